@@ -1,0 +1,1 @@
+"""CPU backend: numpy arrays, BLAS for GEMM, numba for fused/looped kernels."""

@@ -1,0 +1,65 @@
+"""numba helpers shared by every CPU kernel: cached compilation, safe fastmath, serial/parallel pairs.
+
+Kernels are written once with ``prange``; ``parallel_kernel`` compiles a serial copy (prange acts
+as range) and a parallel copy, and picks by work size, because thread start-up costs more than
+it saves on small tensors.
+"""
+from __future__ import annotations
+
+import types
+
+import numba
+import numpy as np
+
+# The fastmath subset that keeps NaN/Inf semantics (no "nnan"/"ninf").
+FASTMATH = {"nsz", "arcp", "contract", "afn", "reassoc"}
+
+# Below this many elements (or inner iterations) a kernel runs on one thread.
+PARALLEL_THRESHOLD = 1 << 15
+
+
+def njit(fn=None, **kw):
+    """numba.njit with ember's defaults: on-disk cache and the safe fastmath subset."""
+    kw.setdefault("cache", True)
+    kw.setdefault("fastmath", FASTMATH)
+    kw.setdefault("nogil", True)
+    if fn is None:
+        return lambda f: numba.njit(**kw)(f)
+    return numba.njit(**kw)(fn)
+
+
+def _renamed(fn, suffix):
+    # A distinct qualname gives the parallel copy its own cache file.
+    g = types.FunctionType(fn.__code__, fn.__globals__, fn.__name__ + suffix, fn.__defaults__, fn.__closure__)
+    g.__qualname__ = fn.__qualname__ + suffix
+    g.__module__ = fn.__module__
+    return g
+
+
+class parallel_kernel:
+    """A kernel compiled twice: serial and prange-parallel; ``k(work, *args)`` picks one."""
+
+    def __init__(self, fn, threshold: int = PARALLEL_THRESHOLD):
+        self.serial = njit(fn)
+        self.parallel = njit(_renamed(fn, "__par"), parallel=True)
+        self.threshold = threshold
+        self.__name__ = fn.__name__
+        self.__doc__ = fn.__doc__
+
+    def __call__(self, work: int, *args):
+        if work >= self.threshold and numba.config.NUMBA_NUM_THREADS > 1:
+            return self.parallel(*args)
+        return self.serial(*args)
+
+
+def prange_kernel(threshold: int = PARALLEL_THRESHOLD):
+    return lambda fn: parallel_kernel(fn, threshold)
+
+
+def f32c(a) -> np.ndarray:
+    """C-contiguous float32 view or copy (the one layout numba kernels are specialised for)."""
+    return np.ascontiguousarray(a, dtype=np.float32)
+
+
+def contig(a) -> np.ndarray:
+    return np.ascontiguousarray(a)

@@ -1,0 +1,178 @@
+"""The op registry: one entry per primitive op.
+
+An entry has a stable ``name`` and ``version``, its attribute names and defaults, a shape rule,
+a forward kernel per device, and (if differentiable) a backward. ``apply`` is the single path by
+which every primitive runs: it checks devices, runs the device kernel on backend arrays, records
+the autograd node, and reports the call to the tracing hook (``set_trace_hook``), so the tracer of
+``ember.serialize`` records exactly these entries and its runtime can execute them.
+
+Kernels take backend arrays (numpy on CPU) plus attributes as keyword arguments and return an
+array, or a tuple of ``n_outputs`` arrays. A backward takes ``(ctx, *grad_outputs)`` (Tensors or
+None) and returns one Tensor or None per input; it runs under ``no_grad`` and may call any op.
+"""
+from __future__ import annotations
+
+from ..autograd.grad_mode import is_grad_enabled
+from ..autograd.node import Context, Node
+
+
+class OpDef:
+    __slots__ = (
+        "name", "version", "attrs", "shape", "backward", "kernels", "n_outputs",
+        "save_inputs", "save_outputs", "doc", "_bw_name",
+    )
+
+    def __init__(self, name, *, version=1, attrs=None, shape=None, n_outputs=1,
+                 save_inputs=True, save_outputs=False, doc=""):
+        self.name = name
+        self.version = version
+        self.attrs = dict(attrs or {})
+        self.shape = shape
+        self.backward = None
+        self.kernels = {}
+        self.n_outputs = n_outputs
+        self.save_inputs = save_inputs
+        self.save_outputs = save_outputs
+        self.doc = doc
+        self._bw_name = "".join(p.capitalize() for p in name.split("_")) + "Backward0"
+
+    @property
+    def differentiable(self) -> bool:
+        return self.backward is not None
+
+    def __repr__(self):
+        return f"OpDef({self.name!r}, v{self.version}, devices={sorted(self.kernels)})"
+
+
+_REGISTRY: dict[str, OpDef] = {}
+_TRACE_HOOK = None
+
+
+def register_op(name, **kw) -> OpDef:
+    """Declare a primitive op. Returns the entry; attach kernels with ``@kernel(name)`` and
+    the gradient with ``@backward(name)``."""
+    if name in _REGISTRY:
+        raise ValueError(f"op {name!r} is already registered")
+    op = OpDef(name, **kw)
+    _REGISTRY[name] = op
+    return op
+
+
+def kernel(name, device="cpu"):
+    def deco(fn):
+        _REGISTRY[name].kernels[device] = fn
+        return fn
+
+    return deco
+
+
+def backward(name):
+    def deco(fn):
+        _REGISTRY[name].backward = fn
+        return fn
+
+    return deco
+
+
+def get_op(name) -> OpDef:
+    try:
+        return _REGISTRY[name]
+    except KeyError:
+        raise KeyError(f"unknown op {name!r}; registered ops: {', '.join(sorted(_REGISTRY))}") from None
+
+
+def list_ops() -> list[str]:
+    return sorted(_REGISTRY)
+
+
+def set_trace_hook(hook):
+    """Install ``hook(op, inputs, attrs, outputs)`` called after every op; returns the previous hook.
+    Used by ``ember.serialize``'s tracer; pass None to remove."""
+    global _TRACE_HOOK
+    prev, _TRACE_HOOK = _TRACE_HOOK, hook
+    return prev
+
+
+def get_trace_hook():
+    return _TRACE_HOOK
+
+
+class OpContext(Context):
+    """Context of a primitive op: ``ctx.inputs`` / ``ctx.outputs`` (when the op saves them),
+    ``ctx.attrs``, ``ctx.needs_input_grad``, ``ctx.input_shapes``, ``ctx.input_dtypes``."""
+
+    def __init__(self, attrs):
+        Context.__init__(self)
+        self.attrs = attrs
+        self._outputs = None
+
+    @property
+    def inputs(self):
+        return self.saved_tensors
+
+    @property
+    def outputs(self):
+        self.saved_tensors  # version check / freed check
+        return self._outputs
+
+    def _free(self):
+        Context._free(self)
+        self._outputs = None
+
+
+def apply(op, *inputs, **attrs):
+    """Run primitive ``op`` (an OpDef or its name) on Tensor ``inputs``; returns a Tensor or a tuple."""
+    from ..tensor import Tensor
+
+    if op.__class__ is str:
+        op = get_op(op)
+    dev = inputs[0].device if inputs else None
+    arrays = []
+    for t in inputs:
+        if t.device != dev:
+            raise RuntimeError(
+                f"{op.name}: expected all tensors to be on the same device, but found at least two devices, "
+                f"{dev} and {t.device}"
+            )
+        arrays.append(t._data)
+    if op.shape is not None:
+        op.shape(*[a.shape for a in arrays], **attrs)
+    fn = op.kernels.get(dev.type if dev is not None else "cpu")
+    if fn is None:
+        raise NotImplementedError(f"op {op.name!r} has no kernel for device {dev}; it has: {sorted(op.kernels)}")
+    out = fn(*arrays, **attrs)
+
+    multi = op.n_outputs > 1
+    outs = tuple(Tensor._wrap(a) for a in out) if multi else (Tensor._wrap(out),)
+
+    if op.backward is not None and is_grad_enabled():
+        needs = tuple(t.requires_grad for t in inputs)
+        if True in needs:
+            ctx = OpContext(attrs)
+            ctx.needs_input_grad = needs
+            ctx.input_shapes = tuple(a.shape for a in arrays)
+            ctx.input_dtypes = tuple(t.dtype for t in inputs)
+            if op.save_inputs:
+                ctx.save_for_backward(*inputs)
+            edges = tuple(_edge(t) for t in inputs)
+            node = Node(op._bw_name, op.backward, ctx, edges, op.n_outputs)
+            if op.save_outputs:
+                ctx._outputs = tuple(Tensor._wrap(o._data) for o in outs)
+            for i, o in enumerate(outs):
+                if o.dtype.is_floating_point:
+                    o._requires_grad = True
+                    o.grad_fn = node
+                    o._out_idx = i
+
+    hook = _TRACE_HOOK
+    if hook is not None:
+        hook(op, inputs, attrs, outs)
+    return outs if multi else outs[0]
+
+
+def _edge(t):
+    if not t.requires_grad:
+        return None
+    if t.grad_fn is None:
+        return t
+    return (t.grad_fn, t._out_idx)

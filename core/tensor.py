@@ -1,0 +1,416 @@
+"""``ember.Tensor``: a backend array plus autograd metadata.
+
+Operators and most methods are bound onto the class by the op modules (``ember/ops/*.py``) next
+to the ops they call, so each op family lives in one file. This file holds what every tensor has:
+construction, metadata, conversion, autograd entry points and the in-place protocol.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from . import dtypes as _dt
+from .autograd.grad_mode import is_grad_enabled, no_grad
+from .device import CPU, as_device
+
+
+class Tensor:
+    __slots__ = ("_data", "_requires_grad", "grad", "grad_fn", "_out_idx", "_vbox", "_retains_grad", "__weakref__")
+
+    # numpy must defer to our reflected operators (ndarray + Tensor -> Tensor.__radd__)
+    __array_priority__ = 1000
+
+    def __init__(self, data, dtype=None, requires_grad=False, device=None):
+        t = tensor(data, dtype=dtype, requires_grad=requires_grad, device=device)
+        self._data = t._data
+        self._requires_grad = t._requires_grad
+        self.grad = None
+        self.grad_fn = None
+        self._out_idx = 0
+        self._vbox = [0]
+        self._retains_grad = False
+
+    @staticmethod
+    def _wrap(array) -> "Tensor":
+        """Fast constructor from a backend array (no copy, no checks beyond making it an array)."""
+        if array.__class__ is not np.ndarray:
+            array = np.asarray(array)
+        t = object.__new__(Tensor)
+        t._data = array
+        t._requires_grad = False
+        t.grad = None
+        t.grad_fn = None
+        t._out_idx = 0
+        t._vbox = [0]
+        t._retains_grad = False
+        return t
+
+    # ---- metadata -------------------------------------------------------------------------
+    @property
+    def shape(self):
+        return self._data.shape
+
+    def size(self, dim=None):
+        if dim is None:
+            return self._data.shape
+        return self._data.shape[_norm_dim(dim, self._data.ndim, "size")]
+
+    @property
+    def ndim(self) -> int:
+        return self._data.ndim
+
+    def dim(self) -> int:
+        return self._data.ndim
+
+    def numel(self) -> int:
+        return int(self._data.size)
+
+    @property
+    def dtype(self):
+        return _dt.from_numpy_dtype(self._data.dtype)
+
+    @property
+    def device(self):
+        return CPU
+
+    @property
+    def is_cuda(self) -> bool:
+        return False
+
+    def is_floating_point(self) -> bool:
+        return self._data.dtype.kind == "f"
+
+    def is_contiguous(self) -> bool:
+        return bool(self._data.flags.c_contiguous)
+
+    def element_size(self) -> int:
+        return self._data.itemsize
+
+    def __len__(self):
+        if self._data.ndim == 0:
+            raise TypeError("len() of a 0-d tensor")
+        return self._data.shape[0]
+
+    def __hash__(self):
+        return id(self)
+
+    # ---- autograd metadata ----------------------------------------------------------------
+    @property
+    def requires_grad(self) -> bool:
+        return self._requires_grad
+
+    @requires_grad.setter
+    def requires_grad(self, value):
+        self.requires_grad_(value)
+
+    def requires_grad_(self, requires_grad=True):
+        if self.grad_fn is not None and not requires_grad:
+            raise RuntimeError(
+                "you can only change requires_grad flags of leaf tensors; use detach() to get a tensor "
+                "without history"
+            )
+        if requires_grad and self._data.dtype.kind != "f":
+            raise RuntimeError(
+                f"only floating point tensors can require gradients, got dtype {self.dtype}; "
+                f"convert with .float() first"
+            )
+        self._requires_grad = bool(requires_grad)
+        return self
+
+    @property
+    def is_leaf(self) -> bool:
+        return self.grad_fn is None
+
+    @property
+    def _version(self) -> int:
+        return self._vbox[0]
+
+    def _bump_version(self):
+        self._vbox[0] += 1
+
+    def retain_grad(self):
+        """Keep ``.grad`` for this non-leaf tensor after backward (leaves always keep theirs)."""
+        if self.grad_fn is not None and not self._retains_grad:
+            self._retains_grad = True
+            node = self.grad_fn
+            node.retained = (node.retained or ()) + (self,)
+
+    def detach(self) -> "Tensor":
+        """A tensor sharing storage (and version counter) with no autograd history."""
+        t = Tensor._wrap(self._data)
+        t._vbox = self._vbox
+        return t
+
+    def detach_(self) -> "Tensor":
+        self.grad_fn = None
+        self._requires_grad = False
+        return self
+
+    @property
+    def data(self) -> "Tensor":
+        return self.detach()
+
+    @data.setter
+    def data(self, value):
+        if not isinstance(value, Tensor):
+            raise TypeError(f"data must be set to a Tensor, got {type(value).__name__}")
+        self._data = value._data
+
+    def backward(self, gradient=None, retain_graph=None, inputs=None):
+        """Accumulate d(self)/d(leaf) into every leaf's ``.grad``."""
+        from .autograd.engine import run_backward
+
+        if not self._requires_grad:
+            raise RuntimeError(
+                "element 0 of tensors does not require grad and does not have a grad_fn: "
+                "the tensor was not computed from a tensor with requires_grad=True (or grad was disabled)"
+            )
+        seeds = _seed_grads((self,), None if gradient is None else (gradient,))
+        if inputs is not None:
+            inputs = (inputs,) if isinstance(inputs, Tensor) else tuple(inputs)
+            grads = run_backward((self,), seeds, retain_graph=bool(retain_graph), inputs=inputs)
+            with no_grad():
+                for t, g in zip(inputs, grads):
+                    if g is not None:
+                        t.grad = g.clone() if t.grad is None else t.grad + g
+            return
+        run_backward((self,), seeds, retain_graph=bool(retain_graph))
+
+    # ---- conversion ----------------------------------------------------------------------
+    def numpy(self, force=False) -> np.ndarray:
+        """The underlying array (zero-copy on CPU). Refuses tensors that require grad, as torch does."""
+        if self._requires_grad and not force:
+            raise RuntimeError(
+                "Can't call numpy() on a tensor that requires grad. Use tensor.detach().numpy() instead."
+            )
+        return self._data
+
+    def __array__(self, dtype=None, copy=None):
+        a = self.numpy()
+        return a if dtype is None else a.astype(dtype)
+
+    def item(self):
+        if self._data.size != 1:
+            raise RuntimeError(
+                f"a Tensor with {self._data.size} elements cannot be converted to a Python scalar (shape {self.shape})"
+            )
+        return self._data.reshape(()).item()
+
+    def tolist(self):
+        return self._data.tolist()
+
+    def __bool__(self):
+        if self._data.size != 1:
+            raise RuntimeError(
+                f"Boolean value of a Tensor with {self._data.size} elements is ambiguous (shape {self.shape}); "
+                f"use .any() or .all()"
+            )
+        return bool(self._data.reshape(()))
+
+    def __float__(self):
+        return float(self.item())
+
+    def __int__(self):
+        return int(self.item())
+
+    def __index__(self):
+        if self._data.dtype.kind not in "iub":
+            raise TypeError(f"only integer tensors of a single element can be converted to an index, got {self.dtype}")
+        return int(self.item())
+
+    def to(self, *args, dtype=None, device=None, copy=False):
+        """``t.to(dtype)``, ``t.to(device)``, ``t.to(device, dtype)`` or ``t.to(other_tensor)``."""
+        for a in args:
+            if isinstance(a, Tensor):
+                dtype, device = a.dtype, a.device
+            elif isinstance(a, _dt.dtype) or a in (float, int, bool):
+                dtype = a
+            elif isinstance(a, str) and a in _dt._NAMES and a not in ("cpu", "cuda"):
+                dtype = a
+            else:
+                device = a
+        if device is not None:
+            as_device(device)  # only cpu exists so far; cuda raises a clear error
+        out = self
+        if dtype is not None and _dt.as_dtype(dtype) != self.dtype:
+            from .ops.basic import cast
+
+            out = cast(self, _dt.as_dtype(dtype))
+        elif copy:
+            out = self.clone()
+        return out
+
+    def float(self):
+        return self.to(_dt.float32)
+
+    def double(self):
+        return self.to(_dt.float64)
+
+    def half(self):
+        return self.to(_dt.float16)
+
+    def long(self):
+        return self.to(_dt.int64)
+
+    def int(self):
+        return self.to(_dt.int32)
+
+    def bool(self):
+        return self.to(_dt.bool_)
+
+    def byte(self):
+        return self.to(_dt.uint8)
+
+    def char(self):
+        return self.to(_dt.int8)
+
+    def type_as(self, other):
+        return self.to(other.dtype)
+
+    def cpu(self):
+        return self
+
+    def cuda(self, device=None):
+        as_device("cuda")
+
+    def contiguous(self):
+        return self if self._data.flags.c_contiguous else self.clone()
+
+    def __repr__(self):
+        return _format(self)
+
+    # ---- in-place protocol ---------------------------------------------------------------
+    def _inplace(self, compute):
+        """Run an in-place op: ``compute(src)`` returns the new value computed out-of-place from
+        ``src``; it is written into this tensor's storage and the autograd history is rebased."""
+        if self._requires_grad and self.grad_fn is None and is_grad_enabled():
+            raise RuntimeError(
+                "a leaf Variable that requires grad is being used in an in-place operation; "
+                "wrap it in `with ember.no_grad():` (as optimizers do) or use an out-of-place op"
+            )
+        if is_grad_enabled():
+            src = self
+            if self._requires_grad:
+                # Ops may save their inputs for backward: give them a snapshot, not this buffer.
+                src = Tensor._wrap(self._data.copy())
+                src._requires_grad, src.grad_fn, src._out_idx = True, self.grad_fn, self._out_idx
+            out = compute(src)
+            if out._requires_grad:
+                if out.shape != self.shape:
+                    raise RuntimeError(
+                        f"output with shape {self.shape} doesn't match the broadcast shape {out.shape} of an in-place op"
+                    )
+                self._data[...] = out._data
+                self._requires_grad, self.grad_fn, self._out_idx = True, out.grad_fn, out._out_idx
+                self._bump_version()
+                return self
+        else:
+            out = compute(self)
+        if out.shape != self.shape:
+            raise RuntimeError(
+                f"output with shape {self.shape} doesn't match the broadcast shape {out.shape} of an in-place op"
+            )
+        if out._data.dtype != self._data.dtype and not np.can_cast(out._data.dtype, self._data.dtype, "same_kind"):
+            raise RuntimeError(f"result type {out.dtype} can't be cast to the desired output type {self.dtype}")
+        np.copyto(self._data, out._data, casting="unsafe")
+        self._bump_version()
+        return self
+
+    def __setitem__(self, index, value):
+        from .ops.index import setitem
+
+        setitem(self, index, value)
+
+
+def _norm_dim(dim, ndim, what):
+    n = max(ndim, 1)
+    if not -n <= dim < n:
+        raise IndexError(f"{what}: dimension out of range (expected to be in range of [{-n}, {n - 1}], but got {dim})")
+    return dim % n
+
+
+def _seed_grads(outputs, grads):
+    from . import factories
+
+    seeds = []
+    for i, out in enumerate(outputs):
+        g = None if grads is None else grads[i]
+        if g is None:
+            if out.numel() != 1:
+                raise RuntimeError(
+                    f"grad can be implicitly created only for scalar outputs; output {i} has shape {out.shape}: "
+                    f"pass gradient= with that shape (e.g. ember.ones_like(out))"
+                )
+            g = factories.ones_like(out)
+        elif not isinstance(g, Tensor):
+            g = tensor(g, dtype=out.dtype)
+        if g.shape != out.shape:
+            raise RuntimeError(f"gradient has shape {g.shape} but output {i} has shape {out.shape}")
+        seeds.append(g.detach())
+    return seeds
+
+
+def _format(t: Tensor) -> str:
+    a = t._data
+    prefix = "tensor("
+    if a.size == 0:
+        body = "[]" if a.ndim == 1 else f"[], size={a.shape}"
+    elif a.dtype.kind == "f":
+        integral = bool(np.all(np.isfinite(a)) and np.all(a == np.round(a)))
+        if integral and a.size:
+            fmt = {"float_kind": lambda x: f"{x:.0f}."}
+        else:
+            fmt = {"float_kind": lambda x: f"{x:.4f}"}
+        body = np.array2string(a, separator=", ", prefix=prefix, formatter=fmt, threshold=1000, edgeitems=3)
+    elif a.dtype.kind == "b":
+        body = np.array2string(a, separator=", ", prefix=prefix, formatter={"bool": lambda x: "True" if x else "False"})
+    else:
+        body = np.array2string(a, separator=", ", prefix=prefix, threshold=1000, edgeitems=3)
+    extras = []
+    if t.dtype not in (_dt.float32, _dt.int64, _dt.bool_) or (a.size == 0 and t.dtype != _dt.float32):
+        extras.append(f"dtype={t.dtype}")
+    if t.grad_fn is not None:
+        extras.append(f"grad_fn=<{t.grad_fn.name()}>")
+    elif t._requires_grad:
+        extras.append("requires_grad=True")
+    return prefix + body + "".join(", " + e for e in extras) + ")"
+
+
+def tensor(data, dtype=None, requires_grad=False, device=None) -> Tensor:
+    """Build a tensor from data (copies). Float data defaults to float32, ints to int64."""
+    as_device(device)
+    if isinstance(data, Tensor):
+        arr = data._data.copy()
+    else:
+        arr = np.array(data)
+        if arr.dtype == object:
+            raise TypeError(
+                "ember.tensor: could not build a numeric array from the data (ragged nested lists or "
+                "non-numeric objects)"
+            )
+        if dtype is None and not isinstance(data, np.ndarray):
+            if arr.dtype.kind == "f":
+                arr = arr.astype(np.float32)
+            elif arr.dtype.kind in "iu":
+                arr = arr.astype(np.int64)
+    if dtype is not None:
+        arr = arr.astype(_dt.as_dtype(dtype).np, copy=False)
+    if arr.dtype not in _dt._FROM_NP:
+        if arr.dtype.kind == "U" or arr.dtype.kind == "S":
+            raise TypeError("ember.tensor: strings are not tensor data")
+        arr = arr.astype(_dt.as_dtype(arr.dtype).np)
+    t = Tensor._wrap(np.ascontiguousarray(arr))
+    if requires_grad:
+        t.requires_grad_(True)
+    return t
+
+
+def from_numpy(a: np.ndarray) -> Tensor:
+    """A tensor sharing memory with ``a`` (no copy)."""
+    if not isinstance(a, np.ndarray):
+        raise TypeError(f"from_numpy expects a numpy.ndarray, got {type(a).__name__}")
+    _dt.from_numpy_dtype(a.dtype)
+    return Tensor._wrap(a)
+
+
+def is_tensor(x) -> bool:
+    return isinstance(x, Tensor)
