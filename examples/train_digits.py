@@ -1,0 +1,89 @@
+"""Train a small CNN on the bundled UCI handwritten digits with ember, PyTorch-style.
+
+    python examples/train_digits.py [--epochs 15] [--batch-size 32] [--lr 0.05] [--seed 0]
+
+Prints a progress bar per epoch (loss, accuracy), then the test accuracy and the time taken.
+"""
+from __future__ import annotations
+
+import argparse
+import time
+
+from tqdm import tqdm
+
+import ember
+import ember.nn as nn
+import ember.nn.functional as F
+from ember.data import DataLoader
+from ember.data.datasets import digits
+
+
+class DigitsCNN(nn.Module):
+    """Two conv blocks and a linear classifier for 1x8x8 images."""
+
+    def __init__(self, num_classes: int = 10):
+        super().__init__()
+        self.features = nn.Sequential(
+            nn.Conv2d(1, 16, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+            nn.Conv2d(16, 32, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+        )
+        self.classifier = nn.Sequential(nn.Flatten(), nn.Dropout(0.1), nn.Linear(32 * 2 * 2, num_classes))
+
+    def forward(self, x):
+        return self.classifier(self.features(x))
+
+
+def evaluate(model, loader):
+    model.eval()
+    correct = total = 0
+    with ember.no_grad():
+        for x, y in loader:
+            correct += (model(x).argmax(dim=1) == y).sum().item()
+            total += len(y)
+    return correct / total
+
+
+def train(epochs=15, batch_size=32, lr=0.05, seed=0, progress=True):
+    ember.manual_seed(seed)
+    train_set, test_set = digits("train"), digits("test")
+    train_loader = DataLoader(train_set, batch_size=batch_size, shuffle=True, generator=ember.Generator(seed))
+    test_loader = DataLoader(test_set, batch_size=256)
+    model = DigitsCNN()
+    opt = ember.optim.SGD(model.parameters(), lr=lr, momentum=0.9, weight_decay=1e-4)
+    sched = ember.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=epochs)
+    for epoch in range(epochs):
+        model.train()
+        seen = correct = 0
+        loss_sum = 0.0
+        bar = tqdm(train_loader, desc=f"epoch {epoch + 1}/{epochs}", leave=False, disable=not progress)
+        for x, y in bar:
+            logits = model(x)
+            loss = F.cross_entropy(logits, y)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            n = len(y)
+            seen += n
+            loss_sum += loss.item() * n
+            correct += (logits.argmax(dim=1) == y).sum().item()
+            bar.set_postfix(loss=f"{loss_sum / seen:.3f}", acc=f"{correct / seen:.3f}")
+        sched.step()
+        if progress:
+            tqdm.write(f"epoch {epoch + 1:2d}  loss {loss_sum / seen:.4f}  train acc {correct / seen:.4f}")
+    return model, evaluate(model, test_loader)
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--epochs", type=int, default=15)
+    ap.add_argument("--batch-size", type=int, default=32)
+    ap.add_argument("--lr", type=float, default=0.05)
+    ap.add_argument("--seed", type=int, default=0)
+    args = ap.parse_args()
+    t0 = time.perf_counter()
+    _, acc = train(args.epochs, args.batch_size, args.lr, args.seed)
+    print(f"test accuracy: {acc:.4f}  ({time.perf_counter() - t0:.1f} s, ember {ember.__version__})")
+
+
+if __name__ == "__main__":
+    main()

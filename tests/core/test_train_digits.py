@@ -1,0 +1,54 @@
+"""End to end: train on the bundled UCI digits with a fixed seed and a small epoch budget."""
+import os
+import subprocess
+import sys
+
+import ember
+import ember.nn as nn
+import ember.nn.functional as F
+from ember.data import DataLoader
+from ember.data.datasets import digits
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def _accuracy(model, loader):
+    model.eval()
+    correct = total = 0
+    with ember.no_grad():
+        for x, y in loader:
+            correct += (model(x).argmax(dim=1) == y).sum().item()
+            total += len(y)
+    return correct / total
+
+
+def test_mlp_reaches_96_percent():
+    ember.manual_seed(0)
+    train = DataLoader(digits("train", flatten=True), batch_size=32, shuffle=True, generator=ember.Generator(0))
+    test = DataLoader(digits("test", flatten=True), batch_size=256)
+    model = nn.Sequential(nn.Linear(64, 128), nn.ReLU(), nn.Linear(128, 10))
+    opt = ember.optim.Adam(model.parameters(), lr=3e-3)
+    for _ in range(15):
+        model.train()
+        for x, y in train:
+            loss = F.cross_entropy(model(x), y)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    acc = _accuracy(model, test)
+    assert acc >= 0.96, f"MLP test accuracy {acc:.4f} < 0.96"
+
+
+def test_cnn_example_reaches_96_percent():
+    sys.path.insert(0, os.path.join(ROOT, "examples"))
+    from train_digits import train
+
+    _, acc = train(epochs=12, seed=0, progress=False)
+    assert acc >= 0.96, f"CNN test accuracy {acc:.4f} < 0.96"
+
+
+def test_example_script_runs():
+    out = subprocess.run([sys.executable, os.path.join(ROOT, "examples", "train_digits.py"), "--epochs", "2"],
+                         capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr
+    assert "test accuracy:" in out.stdout
