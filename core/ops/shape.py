@@ -1,10 +1,14 @@
-"""Shape ops: reshape/view (more are added below by the shape-op family)."""
+"""Shape ops: reshape/view, permute/transpose, expand, flatten/squeeze/unsqueeze, movedim, narrow, flip, repeat.
+
+Ops that only change the shape are the reshape op; concatenation, splitting and padding are in join.py.
+"""
 from __future__ import annotations
 
 import numpy as np
 
 from ..tensor import Tensor
 from .registry import apply, backward, kernel, register_op
+from .util import norm_dim, norm_dims, unbroadcast
 
 
 def _infer_shape(shape, numel, op_name, in_shape):
@@ -91,9 +95,9 @@ def permute(x: Tensor, *dims) -> Tensor:
     if len(dims) == 1 and isinstance(dims[0], (tuple, list)):
         dims = tuple(dims[0])
     n = x.ndim
-    dims = tuple(int(d) % n if n else 0 for d in dims)
     if len(dims) != n:
         raise RuntimeError(f"permute: number of dims {len(dims)} doesn't match the tensor's {n} dims (shape {x.shape})")
+    dims = tuple(norm_dim(d, n, "permute") for d in dims)
     if dims == tuple(range(n)):
         return x
     return apply(_permute, x, dims=dims)
@@ -136,8 +140,6 @@ def _expand_cpu(x, shape):
 
 @backward("expand")
 def _expand_bw(ctx, g):
-    from .util import unbroadcast
-
     return (unbroadcast(g, ctx.input_shapes[0]),)
 
 
@@ -162,3 +164,226 @@ Tensor.T = property(lambda self: permute(self, *reversed(range(self.ndim))))
 Tensor.mT = property(lambda self: transpose(self, -2, -1))
 
 __all__ = ["reshape", "permute", "transpose", "broadcast_to"]
+
+
+# ---- views built on reshape / permute -----------------------------------------------------------
+# flatten, unflatten, squeeze and unsqueeze only change the shape, so they are the reshape op.
+
+def _norm(dim, ndim, op_name):
+    return norm_dim(dim, ndim, op_name)
+
+
+def flatten(x: Tensor, start_dim: int = 0, end_dim: int = -1) -> Tensor:
+    if x.ndim == 0:
+        return reshape(x, 1)
+    s, e = _norm(start_dim, x.ndim, "flatten"), _norm(end_dim, x.ndim, "flatten")
+    if s > e:
+        raise RuntimeError(
+            f"flatten: start_dim cannot come after end_dim (start_dim={start_dim}, end_dim={end_dim}, shape {x.shape})"
+        )
+    n = int(np.prod(x.shape[s:e + 1], dtype=np.int64))
+    return reshape(x, x.shape[:s] + (n,) + x.shape[e + 1:])
+
+
+def unflatten(x: Tensor, dim: int, sizes) -> Tensor:
+    d = _norm(dim, x.ndim, "unflatten")
+    sizes = tuple(int(s) for s in sizes)
+    try:
+        sizes = _infer_shape(sizes, x.shape[d], "unflatten", x.shape)
+    except RuntimeError:
+        raise RuntimeError(
+            f"unflatten: provided sizes {sizes} don't multiply up to the size of dim {dim} ({x.shape[d]}) "
+            f"in the input tensor (shape {x.shape})"
+        ) from None
+    return reshape(x, x.shape[:d] + sizes + x.shape[d + 1:])
+
+
+def squeeze(x: Tensor, dim=None) -> Tensor:
+    """Drop size-1 dims (all of them, or those in ``dim``; a listed dim of another size is kept, as in torch)."""
+    dims = norm_dims(dim, x.ndim, "squeeze")
+    return reshape(x, tuple(s for i, s in enumerate(x.shape) if not (i in dims and s == 1)))
+
+
+def unsqueeze(x: Tensor, dim: int) -> Tensor:
+    d = _norm(dim, x.ndim + 1, "unsqueeze")
+    return reshape(x, x.shape[:d] + (1,) + x.shape[d:])
+
+
+def expand_as(x: Tensor, other: Tensor) -> Tensor:
+    return expand(x, other.shape)
+
+
+def view_as(x: Tensor, other: Tensor) -> Tensor:
+    return reshape(x, other.shape)
+
+
+def movedim(x: Tensor, source, destination) -> Tensor:
+    src = (source,) if isinstance(source, (int, np.integer)) else tuple(source)
+    dst = (destination,) if isinstance(destination, (int, np.integer)) else tuple(destination)
+    if len(src) != len(dst):
+        raise RuntimeError(
+            f"movedim: source {src} and destination {dst} must name the same number of dims"
+        )
+    n = x.ndim
+    src = [_norm(d, n, "movedim") for d in src]
+    dst = [_norm(d, n, "movedim") for d in dst]
+    for name, ds in (("source", src), ("destination", dst)):
+        if len(set(ds)) != len(ds):
+            raise RuntimeError(f"movedim: repeated dim in {name} {tuple(ds)}")
+    rest = iter(d for d in range(n) if d not in src)
+    placed = dict(zip(dst, src))
+    return permute(x, *[placed[i] if i in placed else next(rest) for i in range(n)])
+
+
+def t(x: Tensor) -> Tensor:
+    """Transpose of a matrix; 0-d and 1-D tensors are returned as they are (torch.t)."""
+    if x.ndim > 2:
+        raise RuntimeError(f"t() expects a tensor with <= 2 dimensions, but self is {x.ndim}D (shape {x.shape})")
+    return transpose(x, 0, 1) if x.ndim == 2 else x
+
+
+# ---- narrow: one slice along one dim (the piece split/chunk/unbind return) ---------------------------
+
+def _narrow_rule(x_shape, dim, start, length):
+    if len(x_shape) == 0:
+        raise RuntimeError("narrow: cannot be applied to a 0-dim tensor")
+    n = x_shape[dim]
+    if length < 0:
+        raise RuntimeError(f"narrow: length must be non-negative, got {length}")
+    if not 0 <= start <= n or start + length > n:
+        raise RuntimeError(
+            f"narrow: start ({start}) + length ({length}) exceeds dimension {dim} of size {n} (shape {tuple(x_shape)})"
+        )
+    return x_shape[:dim] + (length,) + x_shape[dim + 1:]
+
+
+_narrow = register_op("narrow", attrs={"dim": 0, "start": 0, "length": 0}, shape=_narrow_rule, save_inputs=False,
+                      doc="elements start..start+length-1 along one dim (a view)")
+
+
+@kernel("narrow")
+def _narrow_cpu(x, dim, start, length):
+    return x[(slice(None),) * dim + (slice(start, start + length),)]
+
+
+@backward("narrow")
+def _narrow_bw(ctx, g):
+    from .join import pad
+
+    shape, dim, start = ctx.input_shapes[0], ctx.attrs["dim"], ctx.attrs["start"]
+    spec = [0] * (2 * (len(shape) - dim))
+    spec[-2:] = [start, shape[dim] - start - ctx.attrs["length"]]
+    return (pad(g, tuple(spec)),)
+
+
+def narrow(x: Tensor, dim: int, start: int, length: int) -> Tensor:
+    d = _norm(dim, x.ndim, "narrow")
+    start = int(start)
+    if start < 0 and x.ndim:
+        start += x.shape[d]
+    out = apply(_narrow, x, dim=d, start=start, length=int(length))
+    out._vbox = x._vbox  # a view shares its base's version counter, as in torch
+    return out
+
+
+# ---- flip, repeat -----------------------------------------------------------------------------------
+
+_flip = register_op("flip", attrs={"dims": ()}, save_inputs=False, doc="reverse the order along dims (a copy)")
+
+
+@kernel("flip")
+def _flip_cpu(x, dims):
+    return np.flip(x, dims).copy()  # a copy, as torch.flip; .copy() keeps 0-d arrays 0-d
+
+
+@backward("flip")
+def _flip_bw(ctx, g):
+    return (apply(_flip, g, dims=ctx.attrs["dims"]),)
+
+
+def flip(x: Tensor, *dims) -> Tensor:
+    if len(dims) == 1 and isinstance(dims[0], (tuple, list)):
+        dims = tuple(dims[0])
+    return apply(_flip, x, dims=norm_dims(dims, x.ndim, "flip") if x.ndim else ())
+
+
+def _repeat_rule(x_shape, sizes):
+    if len(sizes) < len(x_shape):
+        raise RuntimeError(
+            f"repeat: number of dims of repeat sizes {tuple(sizes)} can not be smaller than the tensor's {len(x_shape)} "
+            f"dims (shape {tuple(x_shape)})"
+        )
+    if any(s < 0 for s in sizes):
+        raise RuntimeError(f"repeat: repeat sizes must be non-negative, got {tuple(sizes)}")
+    full = (1,) * (len(sizes) - len(x_shape)) + tuple(x_shape)
+    return tuple(a * b for a, b in zip(full, sizes))
+
+
+_repeat = register_op("repeat", attrs={"sizes": ()}, shape=_repeat_rule, save_inputs=False,
+                      doc="tile the tensor sizes[i] times along dim i (torch.Tensor.repeat)")
+
+
+@kernel("repeat")
+def _repeat_cpu(x, sizes):
+    return np.tile(x, sizes)
+
+
+@backward("repeat")
+def _repeat_bw(ctx, g):
+    # View g as (r0, n0, r1, n1, ...) and sum over the repeat axes.
+    sizes, shape = ctx.attrs["sizes"], ctx.input_shapes[0]
+    full = (1,) * (len(sizes) - len(shape)) + tuple(shape)
+    inter = tuple(v for pair in zip(sizes, full) for v in pair)
+    if 0 in inter:
+        from ..factories import zeros
+
+        return (zeros(shape, dtype=g.dtype),)
+    return (g.reshape(inter).sum(dim=tuple(range(0, 2 * len(sizes), 2))).reshape(shape),)
+
+
+def _sizes(sizes):
+    if len(sizes) == 1 and isinstance(sizes[0], (tuple, list)):
+        sizes = tuple(sizes[0])
+    return tuple(int(s) for s in sizes)
+
+
+def repeat(x: Tensor, *sizes) -> Tensor:
+    sizes = _sizes(sizes)
+    return apply(_repeat, x, sizes=sizes)
+
+
+def tile(x: Tensor, dims) -> Tensor:
+    dims = _sizes((dims,))
+    return repeat(x, (1,) * (x.ndim - len(dims)) + dims)
+
+
+Tensor.flatten = flatten
+Tensor.unflatten = unflatten
+Tensor.squeeze = squeeze
+Tensor.unsqueeze = unsqueeze
+Tensor.expand_as = expand_as
+Tensor.view_as = view_as
+Tensor.reshape_as = view_as
+Tensor.movedim = movedim
+Tensor.moveaxis = movedim
+Tensor.swapaxes = transpose
+Tensor.swapdims = transpose
+Tensor.t = t
+Tensor.narrow = narrow
+Tensor.flip = flip
+Tensor.repeat = repeat
+Tensor.tile = tile
+
+__all__ += [
+    "flatten", "unflatten", "squeeze", "unsqueeze", "movedim", "moveaxis", "swapaxes", "swapdims", "t",
+    "narrow", "flip", "repeat", "tile",
+]
+moveaxis = movedim
+swapaxes = swapdims = transpose
+
+# Concatenation, splitting and padding live in join.py; importing it here registers them with the
+# shape family.
+from .join import *  # noqa: E402,F401,F403
+from .join import __all__ as _join_all  # noqa: E402
+
+__all__ += _join_all
