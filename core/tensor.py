@@ -398,7 +398,7 @@ def tensor(data, dtype=None, requires_grad=False, device=None) -> Tensor:
         if arr.dtype.kind == "U" or arr.dtype.kind == "S":
             raise TypeError("ember.tensor: strings are not tensor data")
         arr = arr.astype(_dt.as_dtype(arr.dtype).np)
-    t = Tensor._wrap(np.ascontiguousarray(arr))
+    t = Tensor._wrap(np.asarray(arr, order="C"))
     if requires_grad:
         t.requires_grad_(True)
     return t

@@ -98,26 +98,22 @@ def get_trace_hook():
 
 
 class OpContext(Context):
-    """Context of a primitive op: ``ctx.inputs`` / ``ctx.outputs`` (when the op saves them),
-    ``ctx.attrs``, ``ctx.needs_input_grad``, ``ctx.input_shapes``, ``ctx.input_dtypes``."""
+    """Context of a primitive op: ``ctx.inputs`` / ``ctx.outputs`` (those the op saves; None for the
+    others), ``ctx.attrs``, ``ctx.needs_input_grad``, ``ctx.input_shapes``, ``ctx.input_dtypes``.
+    Saved tensors are version-checked when read, so an in-place change after the forward is caught."""
 
     def __init__(self, attrs):
         Context.__init__(self)
         self.attrs = attrs
-        self._outputs = None
+        self._n_in = 0
 
     @property
     def inputs(self):
-        return self.saved_tensors
+        return self.saved_tensors[: self._n_in]
 
     @property
     def outputs(self):
-        self.saved_tensors  # version check / freed check
-        return self._outputs
-
-    def _free(self):
-        Context._free(self)
-        self._outputs = None
+        return self.saved_tensors[self._n_in:]
 
 
 def apply(op, *inputs, **attrs):
@@ -152,12 +148,18 @@ def apply(op, *inputs, **attrs):
             ctx.needs_input_grad = needs
             ctx.input_shapes = tuple(a.shape for a in arrays)
             ctx.input_dtypes = tuple(t.dtype for t in inputs)
-            if op.save_inputs:
-                ctx.save_for_backward(*inputs)
+            si = op.save_inputs
+            saved = inputs if si is True else (() if si is False else tuple(
+                t if i in si else None for i, t in enumerate(inputs)))
+            ctx._n_in = len(saved)
+            so = op.save_outputs
+            if so:
+                # aliases, not the outputs themselves: no output -> node -> output reference cycle
+                saved = saved + tuple(_alias(o) if so is True or i in so else None for i, o in enumerate(outs))
+            if saved:
+                ctx.save_for_backward(*saved)
             edges = tuple(_edge(t) for t in inputs)
             node = Node(op._bw_name, op.backward, ctx, edges, op.n_outputs)
-            if op.save_outputs:
-                ctx._outputs = tuple(Tensor._wrap(o._data) for o in outs)
             for i, o in enumerate(outs):
                 if o.dtype.is_floating_point:
                     o._requires_grad = True
@@ -168,6 +170,14 @@ def apply(op, *inputs, **attrs):
     if hook is not None:
         hook(op, inputs, attrs, outs)
     return outs if multi else outs[0]
+
+
+def _alias(t):
+    from ..tensor import Tensor
+
+    a = Tensor._wrap(t._data)
+    a._vbox = t._vbox  # shares the version counter, so in-place changes to the output are caught
+    return a
 
 
 def _edge(t):

@@ -58,8 +58,8 @@ def prange_kernel(threshold: int = PARALLEL_THRESHOLD):
 
 def f32c(a) -> np.ndarray:
     """C-contiguous float32 view or copy (the one layout numba kernels are specialised for)."""
-    return np.ascontiguousarray(a, dtype=np.float32)
+    return np.asarray(a, dtype=np.float32, order="C")
 
 
 def contig(a) -> np.ndarray:
-    return np.ascontiguousarray(a)
+    return np.asarray(a, order="C")
