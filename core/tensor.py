@@ -288,10 +288,10 @@ class Tensor:
                 "wrap it in `with ember.no_grad():` (as optimizers do) or use an out-of-place op"
             )
         if is_grad_enabled():
-            src = self
+            # Ops may save their inputs for backward: give them a snapshot, not this buffer, which
+            # is about to change (also when only the other operand carries history).
+            src = Tensor._wrap(self._data.copy())
             if self._requires_grad:
-                # Ops may save their inputs for backward: give them a snapshot, not this buffer.
-                src = Tensor._wrap(self._data.copy())
                 src._requires_grad, src.grad_fn, src._out_idx = True, self.grad_fn, self._out_idx
             out = compute(src)
             if out._requires_grad:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from ..autograd.grad_mode import is_grad_enabled
 from ..autograd.node import Context, Node
+from ..tensor import Tensor
 
 
 class OpDef:
@@ -118,8 +119,6 @@ class OpContext(Context):
 
 def apply(op, *inputs, **attrs):
     """Run primitive ``op`` (an OpDef or its name) on Tensor ``inputs``; returns a Tensor or a tuple."""
-    from ..tensor import Tensor
-
     if op.__class__ is str:
         op = get_op(op)
     dev = inputs[0].device if inputs else None
@@ -173,8 +172,6 @@ def apply(op, *inputs, **attrs):
 
 
 def _alias(t):
-    from ..tensor import Tensor
-
     a = Tensor._wrap(t._data)
     a._vbox = t._vbox  # shares the version counter, so in-place changes to the output are caught
     return a

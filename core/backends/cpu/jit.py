@@ -23,6 +23,9 @@ def njit(fn=None, **kw):
     kw.setdefault("cache", True)
     kw.setdefault("fastmath", FASTMATH)
     kw.setdefault("nogil", True)
+    # numpy semantics for division by zero (inf/nan, as torch) and no per-division zero check,
+    # which would also block vectorisation.
+    kw.setdefault("error_model", "numpy")
     if fn is None:
         return lambda f: numba.njit(**kw)(f)
     return numba.njit(**kw)(fn)
