@@ -1,9 +1,12 @@
 """ember: a compact deep-learning core with a PyTorch-shaped API on numba kernels."""
 from __future__ import annotations
 
-from ._config import setup_numba_cache as _setup_numba_cache
+from ._config import setup_numba_cache as _setup_numba_cache, setup_numba_threading as _setup_numba_threading
+from ._config import tune_malloc as _tune_malloc
 
 _setup_numba_cache()  # before numba is imported anywhere below
+_setup_numba_threading()
+_tune_malloc()
 
 from . import dtypes as _dtypes  # noqa: E402
 from .dtypes import (  # noqa: E402,F401

@@ -6,6 +6,7 @@ it saves on small tensors.
 """
 from __future__ import annotations
 
+import threading
 import types
 
 import numba
@@ -39,6 +40,11 @@ def _renamed(fn, suffix):
     return g
 
 
+# numba's workqueue layer (see ember._config) must not be entered by two threads at once:
+# a thread that finds the parallel pool busy runs the serial copy instead of waiting.
+_PARALLEL_LOCK = threading.Lock()
+
+
 class parallel_kernel:
     """A kernel compiled twice: serial and prange-parallel; ``k(work, *args)`` picks one."""
 
@@ -50,8 +56,11 @@ class parallel_kernel:
         self.__doc__ = fn.__doc__
 
     def __call__(self, work: int, *args):
-        if work >= self.threshold and numba.config.NUMBA_NUM_THREADS > 1:
-            return self.parallel(*args)
+        if work >= self.threshold and numba.config.NUMBA_NUM_THREADS > 1 and _PARALLEL_LOCK.acquire(blocking=False):
+            try:
+                return self.parallel(*args)
+            finally:
+                _PARALLEL_LOCK.release()
         return self.serial(*args)
 
 
