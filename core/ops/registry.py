@@ -12,9 +12,14 @@ None) and returns one Tensor or None per input; it runs under ``no_grad`` and ma
 """
 from __future__ import annotations
 
+import numpy as np
+
 from ..autograd.grad_mode import is_grad_enabled
 from ..autograd.node import Context, Node
+from ..dtypes import _FROM_NP
 from ..tensor import Tensor
+
+_ndarray = np.ndarray
 
 
 class OpDef:
@@ -121,54 +126,66 @@ def apply(op, *inputs, **attrs):
     """Run primitive ``op`` (an OpDef or its name) on Tensor ``inputs``; returns a Tensor or a tuple."""
     if op.__class__ is str:
         op = get_op(op)
-    dev = inputs[0].device if inputs else None
-    arrays = []
-    for t in inputs:
-        if t.device != dev:
-            raise RuntimeError(
-                f"{op.name}: expected all tensors to be on the same device, but found at least two devices, "
-                f"{dev} and {t.device}"
-            )
-        arrays.append(t._data)
+    arrays = [t._data for t in inputs]
+    for a in arrays:
+        if a.__class__ is not _ndarray:  # another device's array: check they all agree
+            _check_devices(op, inputs)
+            break
+    device_type = inputs[0].device.type if inputs else "cpu"
     if op.shape is not None:
         op.shape(*[a.shape for a in arrays], **attrs)
-    fn = op.kernels.get(dev.type if dev is not None else "cpu")
+    fn = op.kernels.get(device_type)
     if fn is None:
-        raise NotImplementedError(f"op {op.name!r} has no kernel for device {dev}; it has: {sorted(op.kernels)}")
+        raise NotImplementedError(f"op {op.name!r} has no kernel for device {device_type!r}; it has: {sorted(op.kernels)}")
     out = fn(*arrays, **attrs)
 
     multi = op.n_outputs > 1
     outs = tuple(Tensor._wrap(a) for a in out) if multi else (Tensor._wrap(out),)
 
     if op.backward is not None and is_grad_enabled():
-        needs = tuple(t.requires_grad for t in inputs)
+        needs = tuple(t._requires_grad for t in inputs)
         if True in needs:
-            ctx = OpContext(attrs)
-            ctx.needs_input_grad = needs
-            ctx.input_shapes = tuple(a.shape for a in arrays)
-            ctx.input_dtypes = tuple(t.dtype for t in inputs)
-            si = op.save_inputs
-            saved = inputs if si is True else (() if si is False else tuple(
-                t if i in si else None for i, t in enumerate(inputs)))
-            ctx._n_in = len(saved)
-            so = op.save_outputs
-            if so:
-                # aliases, not the outputs themselves: no output -> node -> output reference cycle
-                saved = saved + tuple(_alias(o) if so is True or i in so else None for i, o in enumerate(outs))
-            if saved:
-                ctx.save_for_backward(*saved)
-            edges = tuple(_edge(t) for t in inputs)
-            node = Node(op._bw_name, op.backward, ctx, edges, op.n_outputs)
-            for i, o in enumerate(outs):
-                if o.dtype.is_floating_point:
-                    o._requires_grad = True
-                    o.grad_fn = node
-                    o._out_idx = i
+            _record(op, inputs, arrays, attrs, outs, needs)
 
     hook = _TRACE_HOOK
     if hook is not None:
         hook(op, inputs, attrs, outs)
     return outs if multi else outs[0]
+
+
+def _record(op, inputs, arrays, attrs, outs, needs):
+    """Attach the autograd node of one op application to its floating outputs."""
+    ctx = OpContext(attrs)
+    ctx.needs_input_grad = needs
+    ctx.input_shapes = tuple(a.shape for a in arrays)
+    ctx.input_dtypes = tuple(_FROM_NP[a.dtype] for a in arrays)
+    si = op.save_inputs
+    saved = inputs if si is True else (() if si is False else tuple(
+        t if i in si else None for i, t in enumerate(inputs)))
+    ctx._n_in = len(saved)
+    so = op.save_outputs
+    if so:
+        # aliases, not the outputs themselves: no output -> node -> output reference cycle
+        saved = saved + tuple(_alias(o) if so is True or i in so else None for i, o in enumerate(outs))
+    if saved:
+        ctx.save_for_backward(*saved)
+    edges = tuple(_edge(t) for t in inputs)
+    node = Node(op._bw_name, op.backward, ctx, edges, op.n_outputs)
+    for i, o in enumerate(outs):
+        if o._data.dtype.kind == "f":
+            o._requires_grad = True
+            o.grad_fn = node
+            o._out_idx = i
+
+
+def _check_devices(op, inputs):
+    dev = inputs[0].device
+    for t in inputs:
+        if t.device != dev:
+            raise RuntimeError(
+                f"{op.name}: expected all tensors to be on the same device, but found at least two devices, "
+                f"{dev} and {t.device}"
+            )
 
 
 def _alias(t):
@@ -178,7 +195,7 @@ def _alias(t):
 
 
 def _edge(t):
-    if not t.requires_grad:
+    if not t._requires_grad:
         return None
     if t.grad_fn is None:
         return t

@@ -4,6 +4,8 @@ Ops that only change the shape are the reshape op; concatenation, splitting and 
 """
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from ..tensor import Tensor
@@ -32,7 +34,7 @@ def _infer_shape(shape, numel, op_name, in_shape):
 
 
 def _reshape_rule(x_shape, shape):
-    return _infer_shape(shape, int(np.prod(x_shape, dtype=np.int64)), "reshape", tuple(x_shape))
+    return _infer_shape(shape, math.prod(x_shape), "reshape", tuple(x_shape))
 
 
 _reshape = register_op("reshape", attrs={"shape": ()}, shape=_reshape_rule, save_inputs=False,
@@ -181,7 +183,7 @@ def flatten(x: Tensor, start_dim: int = 0, end_dim: int = -1) -> Tensor:
         raise RuntimeError(
             f"flatten: start_dim cannot come after end_dim (start_dim={start_dim}, end_dim={end_dim}, shape {x.shape})"
         )
-    n = int(np.prod(x.shape[s:e + 1], dtype=np.int64))
+    n = math.prod(x.shape[s:e + 1])
     return reshape(x, x.shape[:s] + (n,) + x.shape[e + 1:])
 
 
