@@ -4,9 +4,8 @@ from __future__ import annotations
 import numpy as np
 
 
-def ember_model(name):
-    import ember.nn as nn
-
+def build(nn, name):
+    """The workload's model from ``nn`` — ``ember.nn`` or ``torch.nn``: the same code builds both."""
     if name == "mlp":
         return nn.Sequential(nn.Linear(784, 512), nn.ReLU(), nn.Linear(512, 256), nn.ReLU(), nn.Linear(256, 10))
     if name == "cnn":
@@ -16,20 +15,18 @@ def ember_model(name):
             nn.Flatten(), nn.Linear(1568, 10),
         )
     raise ValueError(f"unknown workload {name!r}; valid: mlp, cnn")
+
+
+def ember_model(name):
+    import ember.nn
+
+    return build(ember.nn, name)
 
 
 def torch_model(name):
-    import torch.nn as nn
+    import torch.nn
 
-    if name == "mlp":
-        return nn.Sequential(nn.Linear(784, 512), nn.ReLU(), nn.Linear(512, 256), nn.ReLU(), nn.Linear(256, 10))
-    if name == "cnn":
-        return nn.Sequential(
-            nn.Conv2d(1, 16, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
-            nn.Conv2d(16, 32, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
-            nn.Flatten(), nn.Linear(1568, 10),
-        )
-    raise ValueError(f"unknown workload {name!r}; valid: mlp, cnn")
+    return build(torch.nn, name)
 
 
 def input_shape(name, batch):

@@ -34,7 +34,12 @@ class Tensor:
         """Fast constructor from a backend array (no copy, no checks beyond making it an array)."""
         if array.__class__ is not np.ndarray:
             array = np.asarray(array)
-        t = object.__new__(Tensor)
+        return Tensor._new(Tensor, array)
+
+    @staticmethod
+    def _new(cls, array):
+        """A bare instance of ``cls`` (Tensor or a subclass such as Parameter) over ``array``."""
+        t = object.__new__(cls)
         t._data = array
         t._requires_grad = False
         t.grad = None

@@ -18,14 +18,7 @@ class Parameter(Tensor):
             arr = data._data
         else:
             arr = np.asarray(data, dtype=np.float32)
-        p = object.__new__(cls)
-        p._data = arr
-        p._requires_grad = False
-        p.grad = None
-        p.grad_fn = None
-        p._out_idx = 0
-        p._vbox = [0]
-        p._retains_grad = False
+        p = Tensor._new(cls, arr)
         if requires_grad:
             p.requires_grad_(True)
         return p
