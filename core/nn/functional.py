@@ -20,7 +20,7 @@ from ..ops.loss import (  # noqa: F401
 )
 from ..ops.nn_misc import dropout, embedding  # noqa: F401
 from ..ops.norm import batch_norm, group_norm, layer_norm  # noqa: F401
-from ..ops.pool import adaptive_avg_pool2d, avg_pool2d, max_pool2d  # noqa: F401
+from ..ops.pool import adaptive_avg_pool2d, adaptive_max_pool2d, avg_pool2d, max_pool2d  # noqa: F401
 from ..ops.reduce import log_softmax as _log_softmax, logsumexp, softmax as _softmax  # noqa: F401
 
 

@@ -547,3 +547,11 @@ def test_functional_namespace():
                  "cross_entropy", "nll_loss", "mse_loss", "l1_loss", "binary_cross_entropy",
                  "binary_cross_entropy_with_logits", "dropout", "embedding", "logsumexp"]:
         assert callable(getattr(F, name)), name
+
+
+def test_adaptive_max_pool2d_module_matches_torch():
+    x = np.random.default_rng(3).standard_normal((2, 3, 7, 9)).astype(np.float32)
+    e = nn.AdaptiveMaxPool2d((3, 4))(ember.from_numpy(x))
+    t = torch.nn.AdaptiveMaxPool2d((3, 4))(torch.from_numpy(x))
+    np.testing.assert_allclose(e.numpy(), t.numpy())
+    assert repr(nn.AdaptiveMaxPool2d((3, 4))) == repr(torch.nn.AdaptiveMaxPool2d((3, 4)))
