@@ -14,7 +14,6 @@ import numpy as np
 
 import ember
 import ember.nn.functional as F
-from ember.ops import pool as _pool
 from ember.ops.index import encode_index
 from ember.ops.registry import apply
 
@@ -241,7 +240,7 @@ SAMPLES: dict[str, list[Sample]] = {
                    Sample(lambda x: F.avg_pool2d(x, 3, stride=2, padding=1, count_include_pad=False),
                           [_n(1, 1, 5, 5)])],
     "adaptive_avg_pool2d": [Sample(lambda x: F.adaptive_avg_pool2d(x, (2, 3)), [_n(1, 2, 5, 5)])],
-    "adaptive_max_pool2d": [Sample(lambda x: _pool.adaptive_max_pool2d(x, (2, 2)), [_distinct(1, 2, 5, 4)],
+    "adaptive_max_pool2d": [Sample(lambda x: F.adaptive_max_pool2d(x, (2, 2)), [_distinct(1, 2, 5, 4)],
                                    note="not exported by ember.nn.functional yet: called from its op family")],
     # ---- losses ---------------------------------------------------------------------------------------
     "mse_loss": [Sample(F.mse_loss, [_n(3, 4), _n(3, 4)]),
