@@ -160,9 +160,11 @@ class Tensor:
             raise TypeError(f"data must be set to a Tensor, got {type(value).__name__}")
         self._data = value._data
 
-    def backward(self, gradient=None, retain_graph=None, inputs=None):
+    def backward(self, gradient=None, retain_graph=None, create_graph=False, inputs=None):
         """Accumulate d(self)/d(leaf) into every leaf's ``.grad``."""
-        from .autograd.engine import run_backward
+        from .autograd.engine import run_backward, refuse_create_graph
+
+        refuse_create_graph(create_graph)
 
         if not self._requires_grad:
             raise RuntimeError(

@@ -1,14 +1,16 @@
 """Define-by-run automatic differentiation."""
 from __future__ import annotations
 
-from .engine import run_backward
+from .engine import refuse_create_graph, run_backward
 from .function import Function, FunctionCtx
 from .grad_mode import enable_grad, is_grad_enabled, no_grad, set_grad_enabled
 
 
-def grad(outputs, inputs, grad_outputs=None, retain_graph=None, allow_unused=False):
+def grad(outputs, inputs, grad_outputs=None, retain_graph=None, create_graph=False, allow_unused=False):
     """Gradients of ``outputs`` with respect to ``inputs``, returned (not accumulated into ``.grad``)."""
     from ..tensor import Tensor, _seed_grads
+
+    refuse_create_graph(create_graph)
 
     single_in = isinstance(inputs, Tensor)
     outputs = (outputs,) if isinstance(outputs, Tensor) else tuple(outputs)

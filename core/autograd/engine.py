@@ -29,6 +29,14 @@ def _topo_order(roots):
     return order
 
 
+def refuse_create_graph(create_graph):
+    if create_graph:
+        raise NotImplementedError(
+            "create_graph=True (higher-order gradients) is not supported by ember yet: backward passes run "
+            "without recording a graph"
+        )
+
+
 def _check_grad(node, i, g):
     shape = node.ctx.input_shapes[i]
     if g.shape != shape:
