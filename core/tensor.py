@@ -224,8 +224,9 @@ class Tensor:
             raise TypeError(f"only integer tensors of a single element can be converted to an index, got {self.dtype}")
         return int(self.item())
 
-    def to(self, *args, dtype=None, device=None, copy=False):
-        """``t.to(dtype)``, ``t.to(device)``, ``t.to(device, dtype)`` or ``t.to(other_tensor)``."""
+    def to(self, *args, dtype=None, device=None, copy=False, non_blocking=False, memory_format=None):
+        """``t.to(dtype)``, ``t.to(device)``, ``t.to(device, dtype)`` or ``t.to(other_tensor)``.
+        ``non_blocking`` and ``memory_format`` are accepted for torch compatibility (no effect on CPU)."""
         for a in args:
             if isinstance(a, Tensor):
                 dtype, device = a.dtype, a.device
@@ -284,6 +285,37 @@ class Tensor:
 
     def __repr__(self):
         return _format(self)
+
+    def __format__(self, spec):
+        # torch: a 0-d tensor formats as its value (f"{loss:.4f}"); others only with an empty spec
+        if self._data.ndim == 0:
+            return format(self.item(), spec)
+        if not spec:
+            return repr(self)
+        raise TypeError(f"unsupported format string {spec!r} for a Tensor of shape {self.shape}; use .item() or .tolist()")
+
+    def new_tensor(self, data, dtype=None, requires_grad=False):
+        return tensor(data, dtype=dtype or self.dtype, requires_grad=requires_grad)
+
+    def new_zeros(self, *size, dtype=None, requires_grad=False):
+        from . import factories
+
+        return factories.zeros(*size, dtype=dtype or self.dtype, requires_grad=requires_grad)
+
+    def new_ones(self, *size, dtype=None, requires_grad=False):
+        from . import factories
+
+        return factories.ones(*size, dtype=dtype or self.dtype, requires_grad=requires_grad)
+
+    def new_empty(self, *size, dtype=None, requires_grad=False):
+        from . import factories
+
+        return factories.empty(*size, dtype=dtype or self.dtype, requires_grad=requires_grad)
+
+    def new_full(self, size, fill_value, dtype=None, requires_grad=False):
+        from . import factories
+
+        return factories.full(size, fill_value, dtype=dtype or self.dtype, requires_grad=requires_grad)
 
     # ---- in-place protocol ---------------------------------------------------------------
     def _inplace(self, compute):
@@ -394,7 +426,7 @@ def tensor(data, dtype=None, requires_grad=False, device=None) -> Tensor:
                 "ember.tensor: could not build a numeric array from the data (ragged nested lists or "
                 "non-numeric objects)"
             )
-        if dtype is None and not isinstance(data, np.ndarray):
+        if dtype is None and not isinstance(data, (np.ndarray, np.generic)):  # numpy data keeps its dtype
             if arr.dtype.kind == "f":
                 arr = arr.astype(np.float32)
             elif arr.dtype.kind in "iu":
@@ -409,6 +441,16 @@ def tensor(data, dtype=None, requires_grad=False, device=None) -> Tensor:
     if requires_grad:
         t.requires_grad_(True)
     return t
+
+
+def as_tensor(data, dtype=None, device=None) -> Tensor:
+    """Like ``tensor`` but shares memory when it can: a Tensor or ndarray of the right dtype is not copied."""
+    as_device(device)
+    if isinstance(data, Tensor):
+        return data if dtype is None else data.to(dtype)
+    if isinstance(data, np.ndarray) and data.dtype in _dt._FROM_NP and (dtype is None or _dt.as_dtype(dtype).np == data.dtype):
+        return Tensor._wrap(data)
+    return tensor(data, dtype=dtype)
 
 
 def from_numpy(a: np.ndarray) -> Tensor:

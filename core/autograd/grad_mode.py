@@ -11,7 +11,7 @@ def is_grad_enabled() -> bool:
     return getattr(_state, "enabled", True)
 
 
-def set_grad_enabled(mode: bool) -> None:
+def _set(mode: bool) -> None:
     _state.enabled = bool(mode)
 
 
@@ -20,11 +20,11 @@ class _GradMode:
 
     def __enter__(self):
         self._prev = is_grad_enabled()
-        set_grad_enabled(self._mode)
+        _set(self._mode)
         return self
 
     def __exit__(self, *exc):
-        set_grad_enabled(self._prev)
+        _set(self._prev)
         return False
 
     def __call__(self, fn):
@@ -48,3 +48,27 @@ class enable_grad(_GradMode):
     """Context manager / decorator: re-enable graph recording inside a no_grad block."""
 
     _mode = True
+
+
+class set_grad_enabled(_GradMode):
+    """``set_grad_enabled(mode)``: sets grad mode now (as a call), or for a block (as a context
+    manager, restoring the previous mode on exit), like torch."""
+
+    def __init__(self, mode: bool):
+        self._prev = is_grad_enabled()
+        self._mode = bool(mode)
+        _set(self._mode)
+
+    def __enter__(self):
+        return self
+
+    def __call__(self, fn):
+        mode = self._mode
+        _set(self._prev)  # used as a decorator: only the decorated function runs in ``mode``
+
+        @functools.wraps(fn)
+        def wrapper(*args, **kwargs):
+            with set_grad_enabled(mode):
+                return fn(*args, **kwargs)
+
+        return wrapper

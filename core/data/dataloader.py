@@ -6,6 +6,8 @@ default collate, each batch is one fancy-index of the underlying arrays instead 
 """
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 
 from ..tensor import from_numpy
@@ -30,14 +32,14 @@ class DataLoader:
             raise ValueError(f"DataLoader: num_workers option should be a non-negative int, got {num_workers!r}; "
                              f"use num_workers=0 to load in the main process")
         if num_workers > 0:
-            raise NotImplementedError(
-                f"DataLoader: num_workers={num_workers} is not supported yet; ember loads batches in the main "
-                f"process, so pass num_workers=0 (for in-memory TensorDatasets each batch is a single gather)")
+            warnings.warn(
+                f"DataLoader: ember loads batches in the main process; num_workers={num_workers} is ignored "
+                f"(for in-memory TensorDatasets each batch is a single gather)", stacklevel=2)
         if timeout < 0:
             raise ValueError(f"DataLoader: timeout option should be non-negative, got {timeout!r}")
-        if prefetch_factor is not None or persistent_workers or worker_init_fn is not None:
-            raise ValueError("DataLoader: prefetch_factor, persistent_workers and worker_init_fn need worker "
-                             "processes (num_workers > 0), which ember does not support yet")
+        if num_workers == 0 and (prefetch_factor is not None or persistent_workers):
+            raise ValueError("DataLoader: prefetch_factor and persistent_workers need num_workers > 0 "
+                             "(as in torch); ember then ignores them, since it loads in the main process")
 
         if isinstance(dataset, IterableDataset):
             for name, value in (("shuffle", shuffle), ("sampler", sampler), ("batch_sampler", batch_sampler)):

@@ -275,8 +275,12 @@ def test_loader_options_match_torch():
         DataLoader(ds, batch_sampler=bs, batch_size=2)
     with pytest.raises(ValueError, match="mutually exclusive with drop_last"):
         DataLoader(ds, batch_size=None, drop_last=True)
-    with pytest.raises(NotImplementedError, match="num_workers=2 is not supported yet"):
-        DataLoader(ds, num_workers=2)
+    with pytest.warns(UserWarning, match="num_workers=2 is ignored"):
+        workers = DataLoader(ds, batch_size=3, num_workers=2)
+    for e, t in zip(workers, tud.DataLoader(tds, batch_size=3)):  # still loads, in the main process
+        _assert_same_batch(e, t)
+    with pytest.raises(ValueError, match="persistent_workers need num_workers > 0"):
+        DataLoader(ds, persistent_workers=True)
     with pytest.raises(ValueError, match="non-negative"):
         DataLoader(ds, num_workers=-1)
 
