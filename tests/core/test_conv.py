@@ -234,3 +234,81 @@ def test_parallel_kernels_match_serial():
     ck.rows_to_nchw.parallel(rows, bias, out2, 5, 14)
     np.testing.assert_array_equal(out, out2)
     np.testing.assert_array_equal(out, g + bias[None, :, None, None])
+
+
+# ---- the direct kernels (stride 1, short K = C/groups*kh*kw): the first layer of a CNN ---------------
+
+# (N, C, H, W), (Cout, kh, kw), padding, dilation, groups: taps not a multiple of 3, groups whose
+# channel count is not a multiple of the 4-channel (forward) or 2-channel (weight gradient) blocks
+DIRECT = [
+    ((3, 1, 9, 8), (16, 3, 3), 1, 1, 1),  # the cnn benchmark's conv1, small
+    ((2, 1, 6, 6), (5, 2, 2), 0, 1, 1),  # 4 taps: a last pass of one tap
+    ((2, 1, 7, 6), (6, 1, 5), (0, 2), 1, 1),  # 5 taps: a last pass of two
+    ((2, 2, 7, 7), (10, 3, 3), (1, 2), (2, 1), 2),  # 5 output channels per group
+    ((2, 3, 6, 5), (12, 1, 3), 1, 1, 3),  # 4 output channels per group, one input channel
+    ((1, 2, 5, 6), (7, 2, 4), 2, 1, 1),  # 16 taps (the largest direct K), padding > kernel // 2
+]
+
+
+@pytest.mark.parametrize("case", DIRECT, ids=[f"{c[0]}-{c[1]}-p{c[2]}-d{c[3]}-g{c[4]}" for c in DIRECT])
+@pytest.mark.parametrize("grad_inputs", [None, [1, 2]])
+def test_direct_path_matches_torch(case, grad_inputs):
+    from ember.backends.cpu import conv_kernels as ck
+
+    shape, (co, kh, kw), p, d, g = case
+    x, w, b = rnd(*shape), rnd(co, shape[1] // g, kh, kw), rnd(co)
+    pp, dd = ((p, p) if isinstance(p, int) else p), ((d, d) if isinstance(d, int) else d)
+    out_hw = tuple(F.conv2d(torch.from_numpy(x), torch.from_numpy(w), padding=pp, dilation=dd, groups=g).shape[2:])
+    assert ck._Geometry(shape, w.shape, (1, 1), pp, dd, out_hw, 4).direct
+    check_against_torch(lambda x, w, b: conv2d(x, w, b, padding=p, dilation=d, groups=g),
+                        lambda x, w, b: F.conv2d(x, w, b, padding=p, dilation=d, groups=g), [x, w, b],
+                        grad_inputs=grad_inputs)
+
+
+@pytest.mark.filterwarnings("ignore:Using padding='same'")
+def test_direct_path_padding_same_even_kernel():
+    x, w, b = rnd(2, 1, 7, 8), rnd(4, 1, 2, 4), rnd(4)  # bottom/right padding one more than top/left
+    check_against_torch(lambda x, w, b: conv2d(x, w, b, padding="same", dilation=2),
+                        lambda x, w, b: F.conv2d(x, w, b, padding="same", dilation=2), [x, w, b])
+
+
+def test_direct_path_equals_gemm_path(monkeypatch):
+    from ember.backends.cpu import conv_kernels as ck
+
+    x, w, b = rnd(4, 1, 10, 9), rnd(6, 1, 3, 3), rnd(6)
+    g = rnd(4, 6, 10, 9)
+    args = ((1, 1), (1, 1), (1, 1), 1)
+    direct = (ck.conv2d_forward(x, w, b, *args, (10, 9)), *ck.conv2d_backward(g, x, w, *args, (True, True, True)))
+    monkeypatch.setattr(ck, "DIRECT_MAX_K", 0)
+    gemm = (ck.conv2d_forward(x, w, b, *args, (10, 9)), *ck.conv2d_backward(g, x, w, *args, (True, True, True)))
+    for a, e in zip(direct, gemm):
+        np.testing.assert_allclose(a, e, atol=1e-5, rtol=1e-5)
+
+
+def test_direct_path_inf_input():
+    # the one-tap last pass must not multiply a padding weight of 0 by the inf
+    x, w = rnd(1, 1, 5, 5), np.abs(rnd(4, 1, 2, 2))
+    x[0, 0, 2, 3] = np.inf
+    got = conv2d(ember.from_numpy(x), ember.from_numpy(w)).numpy()
+    want = F.conv2d(torch.from_numpy(x), torch.from_numpy(w)).numpy()
+    np.testing.assert_allclose(got, want, atol=1e-5, rtol=1e-4)
+    assert np.isinf(got).sum() == np.isinf(want).sum() == 16 and not np.isnan(got).any()
+
+
+def test_direct_kernels_parallel_match_serial():
+    from ember.backends.cpu import conv_kernels as ck
+
+    x, w, b = rnd(5, 3, 7, 6), rnd(6, 1, 3, 2), rnd(6)  # groups=3: two output channels per group
+    geo = ck._Geometry(x.shape, w.shape, (1, 1), (1, 0), (1, 2), (7, 4), 4)
+    xp = np.ascontiguousarray(geo.padded(x, np.float32))
+    out, out2 = np.empty((5, 6, 7, 4), np.float32), np.ones((5, 6, 7, 4), np.float32)
+    ck.direct_forward.serial(xp, w, b, out, 1, 2, geo.wp, geo.le)
+    ck.direct_forward.parallel(xp, w, b, out2, 1, 2, geo.wp, geo.le)
+    np.testing.assert_array_equal(out, out2)
+    g = rnd(5, 6, 7, 4)
+    gw, gw2, gb, gb2 = np.zeros(w.shape), np.zeros(w.shape), np.zeros(6), np.zeros(6)
+    ck.direct_weight_grad.serial(xp, g, gw, gb, 1, 2, geo.wp, geo.le, True)
+    ck.direct_weight_grad.parallel(xp, g, gw2, gb2, 1, 2, geo.wp, geo.le, True)
+    np.testing.assert_allclose(gw2, gw, rtol=1e-12)
+    np.testing.assert_allclose(gb2, gb, rtol=1e-12)
+    np.testing.assert_allclose(gb, g.sum(axis=(0, 2, 3)), rtol=1e-5)
