@@ -10,39 +10,29 @@ from ember.data import DataLoader
 from ember.data.datasets import digits
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.join(ROOT, "examples"))
 
-
-def _accuracy(model, loader):
-    model.eval()
-    correct = total = 0
-    with ember.no_grad():
-        for x, y in loader:
-            correct += (model(x).argmax(dim=1) == y).sum().item()
-            total += len(y)
-    return correct / total
+from train_digits import evaluate, train  # noqa: E402  (the example a newcomer runs first)
 
 
 def test_mlp_reaches_96_percent():
     ember.manual_seed(0)
-    train = DataLoader(digits("train", flatten=True), batch_size=32, shuffle=True, generator=ember.Generator(0))
-    test = DataLoader(digits("test", flatten=True), batch_size=256)
+    train_loader = DataLoader(digits("train", flatten=True), batch_size=32, shuffle=True, generator=ember.Generator(0))
+    test_loader = DataLoader(digits("test", flatten=True), batch_size=256)
     model = nn.Sequential(nn.Linear(64, 128), nn.ReLU(), nn.Linear(128, 10))
     opt = ember.optim.Adam(model.parameters(), lr=3e-3)
     for _ in range(15):
         model.train()
-        for x, y in train:
+        for x, y in train_loader:
             loss = F.cross_entropy(model(x), y)
             opt.zero_grad()
             loss.backward()
             opt.step()
-    acc = _accuracy(model, test)
+    acc = evaluate(model, test_loader)
     assert acc >= 0.96, f"MLP test accuracy {acc:.4f} < 0.96"
 
 
 def test_cnn_example_reaches_96_percent():
-    sys.path.insert(0, os.path.join(ROOT, "examples"))
-    from train_digits import train
-
     _, acc = train(epochs=12, seed=0, progress=False)
     assert acc >= 0.96, f"CNN test accuracy {acc:.4f} < 0.96"
 
