@@ -17,7 +17,7 @@ from .optimizer import Optimizer
 
 __all__ = [
     "LRScheduler", "LambdaLR", "StepLR", "MultiStepLR", "ExponentialLR", "CosineAnnealingLR", "LinearLR",
-    "OneCycleLR", "ReduceLROnPlateau",
+    "OneCycleLR", "ReduceLROnPlateau", "SequentialLR", "ConstantLR", "PolynomialLR", "CosineAnnealingWarmRestarts",
 ]
 
 _EPOCH_DEPRECATED = (
@@ -283,4 +283,6 @@ class LinearLR(LRScheduler):
                 for base in self.base_lrs]
 
 
-from .lr_scheduler_extra import OneCycleLR, ReduceLROnPlateau  # noqa: E402  (they subclass LRScheduler)
+from .lr_scheduler_extra import (  # noqa: E402  (they subclass LRScheduler)
+    ConstantLR, CosineAnnealingWarmRestarts, OneCycleLR, PolynomialLR, ReduceLROnPlateau, SequentialLR,
+)

@@ -14,6 +14,7 @@ import numpy as np
 
 import ember
 import ember.nn.functional as F
+import ember.ops.sorting as _sorting  # registers tril/triu/sort/topk (until ember's __init__ imports it)
 from ember.ops.index import encode_index
 from ember.ops.registry import apply
 
@@ -270,4 +271,12 @@ SAMPLES: dict[str, list[Sample]] = {
     "nll_loss": [Sample(F.nll_loss, [_n(3, 4), np.array([1, 0, 3])]),
                  Sample(lambda x, t, w: F.nll_loss(x, t, w, reduction="sum"),
                         [_n(3, 4), np.array([2, 2, 0]), _u(0.5, 2.0, 4)], {"grad_inputs": [0]})],
+    # ---- sorting --------------------------------------------------------------------------------------
+    "tril": [Sample(lambda x: _sorting.tril(x), [_n(3, 4)]),
+             Sample(lambda x: x.tril(diagonal=-1), [_n(2, 3, 3)])],
+    "triu": [Sample(lambda x: _sorting.triu(x, 1), [_n(4, 3)])],
+    "sort": [Sample(lambda x: x.sort(dim=1, descending=True).values, [_distinct(3, 4)]),
+             Sample(lambda x: _sorting.sort(x, dim=0)[0], [_distinct(4, 2)])],
+    "topk": [Sample(lambda x: x.topk(2, dim=1).values, [_distinct(3, 5)]),
+             Sample(lambda x: _sorting.topk(x, 3, dim=0, largest=False)[0], [_distinct(4, 2)])],
 }

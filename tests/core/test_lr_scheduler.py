@@ -278,3 +278,103 @@ def test_optimizer_copies_after_a_scheduler_wrapped_its_step():
     restored = pickle.loads(pickle.dumps(eo))
     assert len(restored.param_groups) == 2
     restored.step()
+
+
+# ---- ConstantLR, PolynomialLR, CosineAnnealingWarmRestarts, SequentialLR ------------------------------
+
+EXTRA = [
+    ("ConstantLR", {}),
+    ("ConstantLR", dict(factor=0.5, total_iters=12)),
+    ("PolynomialLR", {}),
+    ("PolynomialLR", dict(total_iters=40, power=2.0)),
+    ("PolynomialLR", dict(total_iters=70, power=0.5)),
+    ("CosineAnnealingWarmRestarts", dict(T_0=10)),
+    ("CosineAnnealingWarmRestarts", dict(T_0=3, T_mult=2, eta_min=0.002)),
+]
+
+
+@pytest.mark.parametrize("name,kwargs", EXTRA, ids=[f"{n}-{i}" for i, (n, _) in enumerate(EXTRA)])
+def test_extra_schedulers_match_torch(name, kwargs):
+    eo, to = _pair()
+    _run(eo, to, getattr(sched, name)(eo, **kwargs), getattr(torch.optim.lr_scheduler, name)(to, **kwargs))
+
+
+def _sequential(lib_sched, opt, kind):
+    S = lib_sched
+    if kind == "warmup_cosine":
+        return S.SequentialLR(opt, [S.LinearLR(opt, start_factor=0.1, total_iters=5),
+                                    S.CosineAnnealingLR(opt, T_max=20, eta_min=0.001)], milestones=[5])
+    if kind == "three":
+        return S.SequentialLR(opt, [S.ConstantLR(opt, factor=0.25, total_iters=4), S.ExponentialLR(opt, gamma=0.9),
+                                    S.StepLR(opt, step_size=6, gamma=0.5)], milestones=[4, 20])
+    if kind == "restarts":
+        return S.SequentialLR(opt, [S.LinearLR(opt, start_factor=0.5, total_iters=3),
+                                    S.CosineAnnealingWarmRestarts(opt, T_0=7, T_mult=2)], milestones=[3])
+    if kind == "poly":
+        return S.SequentialLR(opt, [S.ExponentialLR(opt, gamma=0.8), S.PolynomialLR(opt, total_iters=30, power=1.5)],
+                              milestones=[10])
+    raise AssertionError(kind)
+
+
+@pytest.mark.parametrize("kind", ["warmup_cosine", "three", "restarts", "poly"])
+def test_sequential_lr_matches_torch(kind):
+    eo, to = _pair()
+    es, ts = _sequential(sched, eo, kind), _sequential(torch.optim.lr_scheduler, to, kind)
+    _run(eo, to, es, ts)
+
+
+def test_cosine_warm_restarts_fractional_epochs():
+    eo, to = _pair()
+    es = sched.CosineAnnealingWarmRestarts(eo, T_0=4, T_mult=2, eta_min=0.01)
+    ts = torch.optim.lr_scheduler.CosineAnnealingWarmRestarts(to, T_0=4, T_mult=2, eta_min=0.01)
+    for epoch in range(12):
+        for i in range(5):
+            es.step(epoch + i / 5)
+            ts.step(epoch + i / 5)
+            _same(es.get_last_lr(), ts.get_last_lr(), f"epoch {epoch} batch {i}")
+            assert es.last_epoch == ts.last_epoch and es.T_i == ts.T_i
+    with pytest.raises(ValueError, match="Expected non-negative epoch"):
+        es.step(-1)
+
+
+def test_sequential_lr_state_dict_resume():
+    eo, to = _pair()
+    es = _sequential(sched, eo, "warmup_cosine")
+    ts = _sequential(torch.optim.lr_scheduler, to, "warmup_cosine")
+    for _ in range(8):
+        eo.step()
+        to.step()
+        es.step()
+        ts.step()
+    sd = es.state_dict()
+    assert len(sd["_schedulers"]) == 2 and "optimizer" not in sd
+    eo2, to2 = _pair()
+    for g2, g in zip(eo2.param_groups, eo.param_groups):
+        g2.update(lr=g["lr"], initial_lr=g["initial_lr"])
+    es2 = _sequential(sched, eo2, "warmup_cosine")
+    es2.load_state_dict(copy.deepcopy(sd))
+    for g2, g in zip(eo2.param_groups, eo.param_groups):
+        g2["lr"] = g["lr"]
+    eo2.step()
+    for k in range(10):
+        es.step()
+        es2.step()
+        ts.step()
+        _same(es2.get_last_lr(), ts.get_last_lr(), f"resumed step {k}")
+
+
+def test_extra_scheduler_errors():
+    eo, _ = _pair()
+    with pytest.raises(ValueError, match="between 0 and 1"):
+        sched.ConstantLR(eo, factor=1.5)
+    with pytest.raises(ValueError, match="Expected positive integer T_0"):
+        sched.CosineAnnealingWarmRestarts(eo, T_0=0)
+    with pytest.raises(ValueError, match="Expected integer T_mult >= 1"):
+        sched.CosineAnnealingWarmRestarts(eo, T_0=2, T_mult=0)
+    s1 = sched.StepLR(eo, 3)
+    with pytest.raises(ValueError, match="one more than the number of milestone points"):
+        sched.SequentialLR(eo, [s1], milestones=[2])
+    with pytest.raises(ValueError, match="does not support `ReduceLROnPlateau`"):
+        sched.SequentialLR(eo, [s1, sched.ReduceLROnPlateau(eo)], milestones=[2])
+    with pytest.raises(ValueError, match="same optimizer"):
+        sched.SequentialLR(eo, [s1, sched.StepLR(_pair()[0], 3)], milestones=[2])
