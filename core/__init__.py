@@ -16,7 +16,7 @@ from .dtypes import float16 as half, float32 as float, float64 as double, int32 
 from .device import device  # noqa: E402,F401
 from . import cuda  # noqa: E402,F401
 from .tensor import Tensor, as_tensor, from_numpy, is_tensor, tensor  # noqa: E402,F401
-from .autograd import enable_grad, is_grad_enabled, no_grad, set_grad_enabled  # noqa: E402,F401
+from .autograd import enable_grad, inference_mode, is_grad_enabled, no_grad, set_grad_enabled  # noqa: E402,F401
 from . import autograd  # noqa: E402,F401
 from .random import Generator, initial_seed, manual_seed  # noqa: E402,F401
 from .factories import (  # noqa: E402,F401

@@ -14,7 +14,8 @@ from .device import CPU, as_device
 
 
 class Tensor:
-    __slots__ = ("_data", "_requires_grad", "grad", "grad_fn", "_out_idx", "_vbox", "_retains_grad", "__weakref__")
+    __slots__ = ("_data", "_requires_grad", "grad", "grad_fn", "_out_idx", "_vbox", "_retains_grad", "_hooks",
+                 "__weakref__")
 
     # numpy must defer to our reflected operators (ndarray + Tensor -> Tensor.__radd__)
     __array_priority__ = 1000
@@ -28,6 +29,7 @@ class Tensor:
         self._out_idx = 0
         self._vbox = [0]
         self._retains_grad = False
+        self._hooks = None
 
     @staticmethod
     def _wrap(array) -> "Tensor":
@@ -47,6 +49,7 @@ class Tensor:
         t._out_idx = 0
         t._vbox = [0]
         t._retains_grad = False
+        t._hooks = None
         return t
 
     # ---- metadata -------------------------------------------------------------------------
@@ -138,6 +141,24 @@ class Tensor:
             self._retains_grad = True
             node = self.grad_fn
             node.retained = (node.retained or ()) + (self,)
+
+    def register_hook(self, hook):
+        """Call ``hook(grad)`` when this tensor's gradient is computed; a returned tensor replaces it."""
+        from .autograd.node import RemovableHook
+
+        if not self._requires_grad:
+            raise RuntimeError("cannot register a hook on a tensor that doesn't require gradient")
+        if self.grad_fn is None:
+            if self._hooks is None:
+                self._hooks = []
+            hooks = self._hooks
+        else:
+            node = self.grad_fn
+            if node.hooks is None:
+                node.hooks = {}
+            hooks = node.hooks.setdefault(self._out_idx, [])
+        hooks.append(hook)
+        return RemovableHook(hooks, hook)
 
     def detach(self) -> "Tensor":
         """A tensor sharing storage (and version counter) with no autograd history."""

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from .engine import refuse_create_graph, run_backward
 from .function import Function, FunctionCtx
-from .grad_mode import enable_grad, is_grad_enabled, no_grad, set_grad_enabled
+from .grad_mode import enable_grad, inference_mode, is_grad_enabled, no_grad, set_grad_enabled
 
 
 def grad(outputs, inputs, grad_outputs=None, retain_graph=None, create_graph=False, allow_unused=False):
@@ -32,4 +32,4 @@ def grad(outputs, inputs, grad_outputs=None, retain_graph=None, create_graph=Fal
     return res
 
 
-__all__ = ["Function", "FunctionCtx", "grad", "no_grad", "enable_grad", "is_grad_enabled", "set_grad_enabled"]
+__all__ = ["Function", "FunctionCtx", "grad", "no_grad", "enable_grad", "inference_mode", "is_grad_enabled", "set_grad_enabled"]

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from .grad_mode import no_grad
+from .node import run_hooks
 
 
 def _topo_order(roots):
@@ -86,6 +87,10 @@ def run_backward(outputs, grad_outputs, retain_graph=False, inputs=None):
                 if not retain_graph:
                     node.ctx._free()
                 continue
+            if node.hooks:
+                for idx, fns in node.hooks.items():
+                    if grads[idx] is not None and fns:
+                        grads[idx] = run_hooks(fns, grads[idx])
             if node.retained and capture is None:
                 for t in node.retained:
                     g = grads[t._out_idx]
@@ -131,6 +136,8 @@ def run_backward(outputs, grad_outputs, retain_graph=False, inputs=None):
 
 
 def _accumulate_leaf(t, g, owned):
+    if t._hooks:
+        g = run_hooks(t._hooks, g)
     if g.dtype != t.dtype:
         g = g.to(t.dtype)
     if t.grad is None:

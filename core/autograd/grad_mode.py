@@ -72,3 +72,24 @@ class set_grad_enabled(_GradMode):
                 return fn(*args, **kwargs)
 
         return wrapper
+
+
+class inference_mode(_GradMode):
+    """``torch.inference_mode`` for ported code: in ember the same as ``no_grad`` (no graph is recorded)."""
+
+    def __init__(self, mode: bool = True):
+        self._mode = not mode
+
+    def __call__(self, fn):
+        mode = self._mode
+
+        @functools.wraps(fn)
+        def wrapper(*args, **kwargs):
+            prev = is_grad_enabled()
+            _set(mode)
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                _set(prev)
+
+        return wrapper

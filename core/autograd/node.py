@@ -50,7 +50,7 @@ class Node:
     later in-place ops that rebase a tensor's ``grad_fn`` do not rewire this node.
     """
 
-    __slots__ = ("backward_fn", "ctx", "edges", "n_outputs", "_name", "retained", "__weakref__")
+    __slots__ = ("backward_fn", "ctx", "edges", "n_outputs", "_name", "retained", "hooks", "__weakref__")
 
     def __init__(self, name, backward_fn, ctx, edges, n_outputs=1):
         self._name = name
@@ -59,6 +59,7 @@ class Node:
         self.edges = edges
         self.n_outputs = n_outputs
         self.retained = None  # non-leaf outputs that called retain_grad()
+        self.hooks = None  # {output index: [fn, ...]} from Tensor.register_hook on non-leaf outputs
 
     def name(self) -> str:
         return self._name
@@ -69,3 +70,23 @@ class Node:
 
     def __repr__(self):
         return f"<{self._name} object>"
+
+
+class RemovableHook:
+    """Returned by ``Tensor.register_hook``; ``remove()`` unregisters the hook."""
+
+    def __init__(self, hooks: list, fn):
+        self._hooks, self._fn = hooks, fn
+
+    def remove(self):
+        if self._fn in self._hooks:
+            self._hooks.remove(self._fn)
+
+
+def run_hooks(hooks, g):
+    """Apply gradient hooks in order; a hook returning a tensor replaces the gradient."""
+    for fn in list(hooks):
+        out = fn(g)
+        if out is not None:
+            g = out
+    return g

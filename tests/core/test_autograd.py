@@ -129,3 +129,30 @@ def test_detach_shares_storage_and_has_no_history():
     yd = y.detach()
     yd.zero_()
     np.testing.assert_allclose(y.detach().numpy(), [0.0, 0.0])
+
+
+def test_register_hook_on_leaf_and_non_leaf_matches_torch():
+    a = np.array([1.0, -2.0, 3.0], np.float32)
+    seen = {}
+    results = []
+    for lib in (ember, torch):
+        x = lib.tensor(a, requires_grad=True)
+        h = x * 2
+
+        def triple(g, name=lib.__name__):
+            seen[name] = g.detach().numpy().copy()
+            return g * 3
+
+        h.register_hook(triple)
+        handle = x.register_hook(lambda g: g + 1)
+        (h * h).sum().backward()
+        results.append(x.grad.detach().numpy().copy())
+        handle.remove()
+        x.grad = None
+        (x * 1).sum().backward()
+        results.append(x.grad.detach().numpy().copy())
+    np.testing.assert_allclose(results[0], results[2])
+    np.testing.assert_allclose(results[1], results[3])
+    np.testing.assert_allclose(seen["ember"], seen["torch"])
+    with pytest.raises(RuntimeError, match="doesn't require gradient"):
+        ember.ones(2).register_hook(lambda g: g)

@@ -80,3 +80,17 @@ def test_set_grad_enabled_as_call_and_context_manager():
     finally:
         ember.set_grad_enabled(True)
     assert (x * 2).requires_grad
+
+
+def test_inference_mode_like_torch():
+    x = ember.ones(1, requires_grad=True)
+    with ember.inference_mode():
+        assert not (x * 2).requires_grad
+    with ember.inference_mode(False):
+        assert (x * 2).requires_grad
+
+    @ember.inference_mode()
+    def f(v):
+        return v * 2
+
+    assert not f(x).requires_grad and ember.is_grad_enabled()
