@@ -305,7 +305,9 @@ class Tensor:
         return self if self._data.flags.c_contiguous else self.clone()
 
     def __repr__(self):
-        return _format(self)
+        from .printing import format_tensor
+
+        return format_tensor(self)
 
     def __format__(self, spec):
         # torch: a 0-d tensor formats as its value (f"{loss:.4f}"); others only with an empty spec
@@ -409,78 +411,5 @@ def _seed_grads(outputs, grads):
     return seeds
 
 
-def _format(t: Tensor) -> str:
-    a = t._data
-    prefix = "tensor("
-    if a.size == 0:
-        body = "[]" if a.ndim == 1 else f"[], size={a.shape}"
-    elif a.dtype.kind == "f":
-        integral = bool(np.all(np.isfinite(a)) and np.all(a == np.round(a)))
-        if integral and a.size:
-            fmt = {"float_kind": lambda x: f"{x:.0f}."}
-        else:
-            fmt = {"float_kind": lambda x: f"{x:.4f}"}
-        body = np.array2string(a, separator=", ", prefix=prefix, formatter=fmt, threshold=1000, edgeitems=3)
-    elif a.dtype.kind == "b":
-        body = np.array2string(a, separator=", ", prefix=prefix, formatter={"bool": lambda x: "True" if x else "False"})
-    else:
-        body = np.array2string(a, separator=", ", prefix=prefix, threshold=1000, edgeitems=3)
-    extras = []
-    if t.dtype not in (_dt.float32, _dt.int64, _dt.bool_) or (a.size == 0 and t.dtype != _dt.float32):
-        extras.append(f"dtype={t.dtype}")
-    if t.grad_fn is not None:
-        extras.append(f"grad_fn=<{t.grad_fn.name()}>")
-    elif t._requires_grad:
-        extras.append("requires_grad=True")
-    return prefix + body + "".join(", " + e for e in extras) + ")"
-
-
-def tensor(data, dtype=None, requires_grad=False, device=None) -> Tensor:
-    """Build a tensor from data (copies). Float data defaults to float32, ints to int64."""
-    as_device(device)
-    if isinstance(data, Tensor):
-        arr = data._data.copy()
-    else:
-        arr = np.array(data)
-        if arr.dtype == object:
-            raise TypeError(
-                "ember.tensor: could not build a numeric array from the data (ragged nested lists or "
-                "non-numeric objects)"
-            )
-        if dtype is None and not isinstance(data, (np.ndarray, np.generic)):  # numpy data keeps its dtype
-            if arr.dtype.kind == "f":
-                arr = arr.astype(np.float32)
-            elif arr.dtype.kind in "iu":
-                arr = arr.astype(np.int64)
-    if dtype is not None:
-        arr = arr.astype(_dt.as_dtype(dtype).np, copy=False)
-    if arr.dtype not in _dt._FROM_NP:
-        if arr.dtype.kind == "U" or arr.dtype.kind == "S":
-            raise TypeError("ember.tensor: strings are not tensor data")
-        arr = arr.astype(_dt.as_dtype(arr.dtype).np)
-    t = Tensor._wrap(np.asarray(arr, order="C"))
-    if requires_grad:
-        t.requires_grad_(True)
-    return t
-
-
-def as_tensor(data, dtype=None, device=None) -> Tensor:
-    """Like ``tensor`` but shares memory when it can: a Tensor or ndarray of the right dtype is not copied."""
-    as_device(device)
-    if isinstance(data, Tensor):
-        return data if dtype is None else data.to(dtype)
-    if isinstance(data, np.ndarray) and data.dtype in _dt._FROM_NP and (dtype is None or _dt.as_dtype(dtype).np == data.dtype):
-        return Tensor._wrap(data)
-    return tensor(data, dtype=dtype)
-
-
-def from_numpy(a: np.ndarray) -> Tensor:
-    """A tensor sharing memory with ``a`` (no copy)."""
-    if not isinstance(a, np.ndarray):
-        raise TypeError(f"from_numpy expects a numpy.ndarray, got {type(a).__name__}")
-    _dt.from_numpy_dtype(a.dtype)
-    return Tensor._wrap(a)
-
-
-def is_tensor(x) -> bool:
-    return isinstance(x, Tensor)
+# the constructors live in creation.py; re-exported here for ``from .tensor import tensor``
+from .creation import as_tensor, from_numpy, is_tensor, tensor  # noqa: E402,F401
