@@ -31,6 +31,7 @@ from .ops.reduce import *  # noqa: E402,F401,F403
 from .ops.linalg import *  # noqa: E402,F401,F403
 from .ops.index import *  # noqa: E402,F401,F403
 from .ops.sorting import *  # noqa: E402,F401,F403
+from .serialization import load, save  # noqa: E402,F401
 from . import nn, optim, data  # noqa: E402,F401
 
 __version__ = "0.1.0"
