@@ -6,8 +6,9 @@ import numpy as np
 from .. import dtypes as _dt
 from ..tensor import Tensor
 from .registry import apply, backward, kernel, register_op
+from .util import same_shape
 
-_cast = register_op("cast", attrs={"dtype": "float32"}, save_inputs=False, doc="convert elements to another dtype")
+_cast = register_op("cast", attrs={"dtype": "float32"}, shape=same_shape, save_inputs=False, doc="convert elements to another dtype")
 
 
 @kernel("cast")
@@ -25,7 +26,7 @@ def cast(x: Tensor, dtype) -> Tensor:
     return apply(_cast, x, dtype=_dt.as_dtype(dtype).name)
 
 
-_clone = register_op("clone", save_inputs=False, doc="copy into fresh contiguous storage")
+_clone = register_op("clone", shape=same_shape, save_inputs=False, doc="copy into fresh contiguous storage")
 
 
 @kernel("clone")

@@ -50,6 +50,11 @@ def _along_dim_rule(op_name, x_shape, i_shape, dim, src_shape=None):
         raise RuntimeError(f"{op_name}: src shape {tuple(src_shape)} must equal index shape {tuple(i_shape)}")
 
 
+def _attr_shape_rule(*_, shape, **__):
+    """Gradient ops that scatter into zeros of the forward input's shape, given as the ``shape`` attribute."""
+    return tuple(shape)
+
+
 # ---- gather ---------------------------------------------------------------------------------------
 
 def _gather_rule(x_shape, i_shape, dim):
@@ -73,7 +78,7 @@ def _gather_bw(ctx, g):
     return apply(_gather_backward, g, index, dim=ctx.attrs["dim"], shape=ctx.input_shapes[0]), None
 
 
-_gather_backward = register_op("gather_backward", attrs={"dim": 0, "shape": ()},
+_gather_backward = register_op("gather_backward", attrs={"dim": 0, "shape": ()}, shape=_attr_shape_rule,
                                doc="gradient of gather: g summed into zeros of x's shape at the gathered places")
 
 
@@ -197,7 +202,7 @@ def scatter_add(x: Tensor, dim: int, index: Tensor, src: Tensor) -> Tensor:
 def _vector_index(i_shape, op_name):
     if len(i_shape) > 1:
         raise IndexError(f"{op_name}: index is supposed to be a vector, got shape {tuple(i_shape)}")
-    return int(np.prod(i_shape, dtype=np.int64))
+    return i_shape[0] if i_shape else 1
 
 
 def _index_select_rule(x_shape, i_shape, dim):
@@ -220,7 +225,7 @@ def _index_select_bw(ctx, g):
     return apply(_index_select_backward, g, ctx.inputs[1], dim=ctx.attrs["dim"], shape=ctx.input_shapes[0]), None
 
 
-_index_select_backward = register_op("index_select_backward", attrs={"dim": 0, "shape": ()},
+_index_select_backward = register_op("index_select_backward", attrs={"dim": 0, "shape": ()}, shape=_attr_shape_rule,
                                      doc="gradient of index_select: rows of g summed into zeros of x's shape")
 
 
@@ -287,7 +292,8 @@ def index_add(x: Tensor, dim: int, index: Tensor, source: Tensor, *, alpha=1) ->
 
 # ---- one_hot --------------------------------------------------------------------------------------
 
-_one_hot = register_op("one_hot", attrs={"num_classes": 0}, doc="int64 one-hot encoding along a new last dim")
+_one_hot = register_op("one_hot", attrs={"num_classes": 0}, shape=lambda x, num_classes: tuple(x) + (num_classes,),
+                       doc="int64 one-hot encoding along a new last dim")
 
 
 @kernel("one_hot")

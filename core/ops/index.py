@@ -23,9 +23,11 @@ from ..autograd.grad_mode import is_grad_enabled
 from ..tensor import Tensor
 from ..backends.cpu import index_kernels
 from .registry import apply, backward, kernel, register_op
+from .index_rules import (ELLIPSIS, TENSOR, check_index_items, getitem_backward_shape, index_put_shape, index_shape,
+                          masks_to_positions, used_dims)
+from .index_rules import oob as _oob
 from .util import norm_dim, unbroadcast
 
-TENSOR, ELLIPSIS = "tensor", "..."
 _FULL = (None, None, None)
 
 
@@ -92,11 +94,6 @@ def encode_index(index, op_name="getitem"):
 
 # ---- decoding: items + arrays -> numpy index, with torch's checks --------------------------------
 
-def _oob(k, d, n, op_name=None):
-    msg = f"index {k} is out of bounds for dimension {d} with size {n}"
-    return IndexError(f"{op_name}: {msg}" if op_name else msg)
-
-
 def check_int_index(a, d, n, op_name=None, allow_negative=True):
     """Raise torch's out-of-bounds error for integer array ``a`` indexing a dim of size ``n``."""
     if a.size == 0:
@@ -111,24 +108,8 @@ def check_int_index(a, d, n, op_name=None, allow_negative=True):
 def numpy_index(shape, items, arrays, op_name="getitem"):
     """The numpy index tuple for ``items`` on a tensor of ``shape``; raises torch-style errors."""
     ndim = len(shape)
-    used, n_ell, k = 0, 0, 0
-    for it in items:
-        if it == ELLIPSIS:
-            n_ell += 1
-        elif it == TENSOR:
-            a = arrays[k]
-            used += a.ndim if a.dtype == np.bool_ else 1
-            k += 1
-        elif it is not None:
-            used += 1
-    if n_ell > 1:
-        raise IndexError(f"{op_name}: an index can only have a single ellipsis ('...')")
-    if used > ndim:
-        if ndim == 0:
-            raise IndexError(
-                f"{op_name}: invalid index of a 0-dim tensor. Use `tensor.item()` to convert a 0-dim tensor to a number"
-            )
-        raise IndexError(f"{op_name}: too many indices for tensor of dimension {ndim} (shape {tuple(shape)})")
+    used, n_ell = used_dims(items, arrays), ELLIPSIS in items
+    check_index_items(shape, items, used, op_name)
     out, d, k = [], 0, 0
     for it in items:
         if it is None:
@@ -158,17 +139,17 @@ def numpy_index(shape, items, arrays, op_name="getitem"):
                 raise _oob(it, d, shape[d])
             out.append(it)
             d += 1
-    if n_ell == 0:
+    if not n_ell:
         out.append(Ellipsis)  # keeps x[0] on a 1-D array a 0-d view instead of a numpy scalar copy
     return tuple(out)
 
 
 # ---- getitem (basic, a view) and index (advanced) -------------------------------------------------
 
-_getitem = register_op("getitem", attrs={"index": ()}, save_inputs=False,
+_getitem = register_op("getitem", attrs={"index": ()}, shape=index_shape, save_inputs=False,
                        doc="basic indexing: ints, slices, None, Ellipsis (a view)")
-_index = register_op("index", attrs={"index": ()},
-                     doc="advanced indexing: integer and boolean tensor indices mixed with basic items")
+_index = register_op("index", attrs={"index": ()}, shape=index_shape,
+                     doc="advanced indexing: integer tensor indices mixed with basic items (masks become positions)")
 
 
 @kernel("getitem")
@@ -192,7 +173,7 @@ def _index_bw(ctx, g):
 
 
 _getitem_backward = register_op(
-    "getitem_backward", attrs={"index": (), "shape": ()},
+    "getitem_backward", attrs={"index": (), "shape": ()}, shape=getitem_backward_shape,
     doc="gradient of x[index]: g written (basic) or summed (advanced) into zeros of x's shape")
 
 
@@ -236,9 +217,20 @@ def _single_int_index(shape, items, arrays):
 def getitem(x: Tensor, index) -> Tensor:
     items, tensors = encode_index(index)
     if tensors:
-        return apply(_index, x, *tensors, index=items)
+        if any(t._data.dtype == np.bool_ for t in tensors):
+            x, items, tensors = masks_to_positions(x, items, tensors, "getitem")
+        return getitem_items(x, items, tensors)
     out = apply(_getitem, x, index=items)
     out._vbox = x._vbox  # a view shares its base's version counter, as in torch
+    return out
+
+
+def getitem_items(x: Tensor, items, tensors) -> Tensor:
+    """``x[index]`` from encoded items and integer index tensors."""
+    if tensors:
+        return apply(_index, x, *tensors, index=items)
+    out = apply(_getitem, x, index=items)
+    out._vbox = x._vbox
     return out
 
 
@@ -255,7 +247,7 @@ def select(x: Tensor, dim: int, index: int) -> Tensor:
 
 # ---- setitem / index_put --------------------------------------------------------------------------
 
-_index_put = register_op("index_put", attrs={"index": ()},
+_index_put = register_op("index_put", attrs={"index": ()}, shape=index_put_shape,
                          doc="out-of-place x[index] = value (value broadcast); backs setitem under autograd")
 
 
@@ -282,7 +274,10 @@ def _index_put_bw(ctx, g):
         zero = Tensor._wrap(np.zeros((), dtype=g._data.dtype))
         gx = apply(_index_put, g, zero, *tensors, index=index)
     if ctx.needs_input_grad[1]:
-        gv = apply(op, g, *tensors, index=index)
+        if any(t._data.dtype == np.bool_ for t in tensors):
+            gv = getitem_items(*masks_to_positions(g, index, tensors, "setitem"))
+        else:
+            gv = apply(op, g, *tensors, index=index)
         vshape = ctx.input_shapes[1]
         extra = len(vshape) - gv.ndim  # numpy lets the value carry extra leading 1s
         gv = unbroadcast(gv, vshape[extra:]).reshape(vshape) if extra > 0 else unbroadcast(gv, vshape)

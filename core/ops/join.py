@@ -255,6 +255,7 @@ def _pad_bw(ctx, g):
 
 
 _pad_backward = register_op("pad_backward", attrs={"pad": (), "mode": "reflect", "shape": ()}, save_inputs=False,
+                            shape=lambda g, shape, **_: tuple(shape),
                             doc="gradient of non-constant pad: sum each output position back into its source")
 
 

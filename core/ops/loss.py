@@ -15,6 +15,7 @@ from ..autograd.grad_mode import is_grad_enabled
 from ..backends.cpu import loss_kernels as L
 from ..backends.cpu.jit import f32c
 from .registry import apply, backward, kernel, register_op
+from .util import broadcast_shapes
 
 _REDUCTIONS = ("none", "mean", "sum")
 
@@ -47,6 +48,16 @@ def _class_rule(op):
     return rule
 
 
+def _input_grad_rule(g, x, *_, **__):
+    """A fused loss backward with inputs (grad, x, target[, weight]): the gradient of x."""
+    return x
+
+
+def _pair_grad_rule(g, x, t, *_, **__):
+    """A fused loss backward with inputs (grad, x, target, ...): the gradients of x and of target."""
+    return (x, t)
+
+
 def _raise_bad_target(op, t, pos, n_cls):
     raise IndexError(f"{op}: target {int(t[pos])} is out of bounds for {n_cls} classes (at flat position {pos})")
 
@@ -60,7 +71,7 @@ def _targets(t):
 _CE_ATTRS = {"ignore_index": -100, "reduction": "mean", "label_smoothing": 0.0}
 _ce = register_op("cross_entropy", attrs=_CE_ATTRS, shape=_class_rule("cross_entropy"),
                   doc="log_softmax + nll over rows: inputs (x (N, C), target (N,) int[, weight (C,)])")
-_ce_bwd = register_op("cross_entropy_backward", attrs=_CE_ATTRS,
+_ce_bwd = register_op("cross_entropy_backward", attrs=_CE_ATTRS, shape=_input_grad_rule,
                       doc="fused (softmax - onehot) gradient: inputs (grad, x, target[, weight])")
 
 
@@ -130,7 +141,7 @@ def _prob_rule(x, t, w=None, **attrs):
 _PROB_ATTRS = {"reduction": "mean", "label_smoothing": 0.0}
 _ce_prob = register_op("cross_entropy_prob", attrs=_PROB_ATTRS, shape=_prob_rule,
                        doc="soft-target cross entropy over rows: inputs (x (N, C), target (N, C)[, weight (C,)])")
-_ce_prob_bwd = register_op("cross_entropy_prob_backward", attrs=_PROB_ATTRS, n_outputs=2,
+_ce_prob_bwd = register_op("cross_entropy_prob_backward", attrs=_PROB_ATTRS, n_outputs=2, shape=_pair_grad_rule,
                            doc="gradients of cross_entropy_prob for input and target")
 
 
@@ -159,7 +170,7 @@ def _ce_prob_bwd_cpu(g, x, t, w=None, *, reduction, label_smoothing):
 _NLL_ATTRS = {"ignore_index": -100, "reduction": "mean"}
 _nll = register_op("nll_loss", attrs=_NLL_ATTRS, shape=_class_rule("nll_loss"),
                    doc="-weight[t] * x[i, t] over rows: inputs (x (N, C) log-probs, target (N,)[, weight (C,)])")
-_nll_bwd = register_op("nll_loss_backward", attrs=_NLL_ATTRS, doc="scatter of the nll_loss gradient")
+_nll_bwd = register_op("nll_loss_backward", attrs=_NLL_ATTRS, shape=_input_grad_rule, doc="scatter of the nll_loss gradient")
 
 
 def _nll_parts(x, t, w, ignore_index):
@@ -285,12 +296,12 @@ _POINTWISE = {
 
 def _pointwise_rule(name):
     def rule(x, t, *extra, reduction, **params):
-        shape = tuple(np.broadcast_shapes(tuple(x), tuple(t)))
+        shape = x if x == t else broadcast_shapes(name, x, t)
         names = [n for n in ("weight", "pos_weight") if params.get("has_" + n)]
         for n, s in zip(names, extra):
             try:
-                ok = np.broadcast_shapes(shape, tuple(s)) == shape
-            except ValueError:
+                ok = broadcast_shapes(name, shape, s) == shape
+            except RuntimeError:
                 ok = False
             if not ok:
                 raise RuntimeError(f"{name}: {n} of shape {tuple(s)} does not broadcast to the input shape {shape}")
@@ -329,7 +340,7 @@ _POINTWISE_OPS = {}
 for _name, (_params, _same, _reds) in _POINTWISE.items():
     _attrs = {"reduction": "mean", **_params}
     _fwd = register_op(_name, attrs=_attrs, shape=_pointwise_rule(_name), doc=f"{_name} with its reduction")
-    _bwd = register_op(_name + "_backward", attrs=_attrs, n_outputs=2, doc=f"gradients of {_name}")
+    _bwd = register_op(_name + "_backward", attrs=_attrs, n_outputs=2, shape=_pair_grad_rule, doc=f"gradients of {_name}")
     kernel(_name)(_pointwise_forward(_name))
     kernel(_name + "_backward")(_pointwise_backward_kernel(_name))
     backward(_name)(_pointwise_backward(_bwd))

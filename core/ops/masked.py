@@ -63,7 +63,9 @@ def masked_select(x: Tensor, mask: Tensor) -> Tensor:
     return getitem(expand(x, shape), expand(mask, shape))
 
 
-_nonzero = register_op("nonzero", doc="indices of nonzero elements, shape (count, ndim), int64")
+# No shape rule on purpose: the row count is data, so a traced graph cannot know it and the tracer must
+# refuse this op (x[mask] and masked_select reach it: index_rules.masks_to_positions).
+_nonzero = register_op("nonzero", shape=None, doc="indices of nonzero elements, shape (count, ndim), int64")
 
 
 @kernel("nonzero")

@@ -10,6 +10,7 @@ from .. import random as _random
 from ..autograd.grad_mode import no_grad
 from ..backends.cpu.jit import njit, prange_kernel
 from .registry import apply, backward, kernel, register_op
+from .util import same_shape
 
 # ---- dropout -------------------------------------------------------------------------------------------
 
@@ -30,10 +31,10 @@ def _masked_scale_f32(g, mask, scale, out):
 
 
 _dropout = register_op(
-    "dropout", attrs={"p": 0.5}, n_outputs=2, save_inputs=False, save_outputs=True,
+    "dropout", attrs={"p": 0.5}, n_outputs=2, shape=lambda x, **_: (x, x), save_inputs=False, save_outputs=True,
     doc="inverted dropout: outputs (x * keep / (1 - p), keep mask); the mask comes from ember's global generator",
 )
-_dropout_bwd = register_op("dropout_backward", attrs={"p": 0.5},
+_dropout_bwd = register_op("dropout_backward", attrs={"p": 0.5}, shape=same_shape,
                            doc="grad * mask / (1 - p): inputs (grad, mask)")
 
 
@@ -128,6 +129,7 @@ _embedding = register_op(
 )
 _embedding_bwd = register_op(
     "embedding_backward", attrs={"num_embeddings": 0, "padding_idx": -1, "scale_grad_by_freq": False},
+    shape=lambda g, idx, num_embeddings, **_: (num_embeddings, g[-1]),
     doc="scatter-add of the output gradient into weight rows: inputs (grad, indices)",
 )
 

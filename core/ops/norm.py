@@ -13,6 +13,7 @@ from ..backends.cpu import norm_kernels as K
 from ..backends.cpu.jit import f32c
 from ..tensor import Tensor
 from .registry import apply, backward, kernel, register_op
+from .util import prod
 
 
 def _as3d(a):
@@ -112,8 +113,13 @@ def _bn_bw(ctx, g):
 
 # ---- the shared fused backward ---------------------------------------------------------------------
 
+def _norm_bwd_rule(g, x, mean, var, w, **_):
+    """Fused norm backward, inputs (grad_y, x, stat, stat, weight): grads of x, weight and bias."""
+    return tuple(x), tuple(w), tuple(w)
+
+
 _bn_bwd = register_op(
-    "batch_norm_backward", attrs={"eps": 1e-5, "training": True}, n_outputs=3,
+    "batch_norm_backward", attrs={"eps": 1e-5, "training": True}, n_outputs=3, shape=_norm_bwd_rule,
     doc="fused batch-norm gradients: inputs (grad_y, x, mean, var, weight) -> (grad_x, grad_w, grad_b)",
 )
 
@@ -226,7 +232,7 @@ def _ln_rule(x, w, b, normalized_shape, eps):
             raise RuntimeError(
                 f"layer_norm: {name} should have shape {tuple(normalized_shape)} (normalized_shape), got {tuple(s)}"
             )
-    lead = int(np.prod(x[: len(x) - k], dtype=np.int64))
+    lead = prod(x[: len(x) - k])
     return tuple(x), (lead,), (lead,)
 
 
@@ -270,7 +276,7 @@ def _ln_bw(ctx, g, g_mean, g_rstd):
 
 
 _ln_bwd = register_op(
-    "layer_norm_backward", attrs={"normalized_shape": ()}, n_outputs=3,
+    "layer_norm_backward", attrs={"normalized_shape": ()}, n_outputs=3, shape=_norm_bwd_rule,
     doc="fused layer-norm gradients: inputs (grad_y, x, mean, rstd, weight) -> (grad_x, grad_w, grad_b)",
 )
 

@@ -10,7 +10,7 @@ import numpy as np
 
 from ..tensor import Tensor
 from .registry import apply, backward, kernel, register_op
-from .util import norm_dim, norm_dims, unbroadcast
+from .util import norm_dim, norm_dims, prod, same_shape, unbroadcast
 
 
 def _infer_shape(shape, numel, op_name, in_shape):
@@ -34,7 +34,7 @@ def _infer_shape(shape, numel, op_name, in_shape):
 
 
 def _reshape_rule(x_shape, shape):
-    return _infer_shape(shape, math.prod(x_shape), "reshape", tuple(x_shape))
+    return _infer_shape(shape, prod(x_shape), "reshape", tuple(x_shape))
 
 
 _reshape = register_op("reshape", attrs={"shape": ()}, shape=_reshape_rule, save_inputs=False,
@@ -296,7 +296,7 @@ def narrow(x: Tensor, dim: int, start: int, length: int) -> Tensor:
 
 # ---- flip, repeat -----------------------------------------------------------------------------------
 
-_flip = register_op("flip", attrs={"dims": ()}, save_inputs=False, doc="reverse the order along dims (a copy)")
+_flip = register_op("flip", attrs={"dims": ()}, shape=same_shape, save_inputs=False, doc="reverse the order along dims (a copy)")
 
 
 @kernel("flip")

@@ -49,14 +49,38 @@ def _check_scalar(v, op_name):
 
 
 def broadcast_shapes(op_name, *shapes):
-    """numpy broadcasting, with an error that names the op and the shapes."""
-    try:
-        return np.broadcast_shapes(*shapes)
-    except ValueError:
-        raise RuntimeError(
-            f"{op_name}: shapes {' and '.join(str(tuple(s)) for s in shapes)} are not broadcastable "
-            f"(trailing dimensions must be equal or 1)"
-        ) from None
+    """numpy broadcasting in plain Python (symbolic dims flow through), with an error naming the op and shapes."""
+    out = list(shapes[0])
+    for s in shapes[1:]:
+        lead = len(s) - len(out)
+        if lead > 0:
+            out[:0] = s[:lead]
+        k = len(out) - len(s)
+        for i in range(max(lead, 0), len(s)):
+            a, b = out[k + i], s[i]
+            if a != b:
+                if a == 1:
+                    out[k + i] = b
+                elif b != 1:
+                    raise RuntimeError(
+                        f"{op_name}: shapes {' and '.join(str(tuple(s)) for s in shapes)} are not broadcastable "
+                        f"(trailing dimensions must be equal or 1)"
+                    )
+    return tuple(out)
+
+
+def prod(dims):
+    """Product of shape dims in plain Python (1 for none), so symbolic dims flow through shape rules."""
+    it = iter(dims)
+    out = next(it, 1)
+    for d in it:
+        out = out * d
+    return out
+
+
+def same_shape(s, *_, **__):
+    """Shape rule of ops whose output has the shape of their first input."""
+    return s
 
 
 def unbroadcast(g: Tensor, shape) -> Tensor:
