@@ -101,8 +101,22 @@ def _conv2d_bw(ctx, g):
     return grads + ((gb if mask[2] else None),) if has_bias else grads
 
 
+def _conv2d_backward_rule(g_shape, x_shape, w_shape, *, stride, padding, dilation, groups, padding_extra=(0, 0),
+                          output_mask):
+    """(grad_input, grad_weight, grad_bias) shapes; (0,) for a gradient not in ``output_mask``."""
+    want = _conv2d_rule(x_shape, w_shape, stride=stride, padding=padding, dilation=dilation, groups=groups,
+                        padding_extra=padding_extra)
+    if tuple(g_shape) != want:
+        raise RuntimeError(
+            f"conv2d_backward: grad_output has shape {tuple(g_shape)}, but input {tuple(x_shape)} and weight "
+            f"{tuple(w_shape)} give an output of shape {want}"
+        )
+    return (tuple(x_shape) if output_mask[0] else (0,), tuple(w_shape) if output_mask[1] else (0,),
+            (w_shape[0],) if output_mask[2] else (0,))
+
+
 _conv2d_backward = register_op(
-    "conv2d_backward",
+    "conv2d_backward", shape=_conv2d_backward_rule,
     attrs={"stride": (1, 1), "padding": (0, 0), "dilation": (1, 1), "groups": 1, "padding_extra": (0, 0),
            "output_mask": (True, True, True)},
     n_outputs=3,

@@ -85,8 +85,19 @@ def _max_pool2d_bw(ctx, g, _g_indices):
     return (apply(_max_pool2d_backward, g, ctx.outputs[1], input_hw=tuple(ctx.input_shapes[0][2:])),)
 
 
+def _scatter_rule(g_shape, *rest, input_hw, **_attrs):
+    """A pooling backward's grad_input shape: grad_output's (N, C) and the input's (H, W)."""
+    if len(g_shape) != 4:
+        raise RuntimeError(f"pooling backward: expected a 4-d grad_output (N, C, Ho, Wo), got {tuple(g_shape)}")
+    if rest and tuple(rest[0]) != tuple(g_shape):
+        raise RuntimeError(
+            f"max_pool2d_backward: indices of shape {tuple(rest[0])} do not match grad_output {tuple(g_shape)}"
+        )
+    return (g_shape[0], g_shape[1], input_hw[0], input_hw[1])
+
+
 _max_pool2d_backward = register_op(
-    "max_pool2d_backward", attrs={"input_hw": (0, 0)},
+    "max_pool2d_backward", attrs={"input_hw": (0, 0)}, shape=_scatter_rule,
     doc="gradient of max pooling: scatter-add grad_output (N, C, Ho, Wo) to the argmax indices",
 )
 
@@ -153,7 +164,7 @@ def _avg_pool2d_bw(ctx, g):
     return (apply(_avg_pool2d_backward, g, input_hw=tuple(ctx.input_shapes[0][2:]), **ctx.attrs),)
 
 
-_avg_pool2d_backward = register_op("avg_pool2d_backward", attrs=dict(_AVG_ATTRS, input_hw=(0, 0)),
+_avg_pool2d_backward = register_op("avg_pool2d_backward", attrs=dict(_AVG_ATTRS, input_hw=(0, 0)), shape=_scatter_rule,
                                    doc="gradient of avg_pool2d: spread grad_output over each window")
 
 
@@ -207,7 +218,7 @@ def _adaptive_avg_bw(ctx, g):
     return (apply(_adaptive_avg_backward, g, input_hw=tuple(ctx.input_shapes[0][2:])),)
 
 
-_adaptive_avg_backward = register_op("adaptive_avg_pool2d_backward", attrs={"input_hw": (0, 0)},
+_adaptive_avg_backward = register_op("adaptive_avg_pool2d_backward", attrs={"input_hw": (0, 0)}, shape=_scatter_rule,
                                      doc="gradient of adaptive_avg_pool2d")
 
 

@@ -312,3 +312,27 @@ def test_direct_kernels_parallel_match_serial():
     np.testing.assert_allclose(gw2, gw, rtol=1e-12)
     np.testing.assert_allclose(gb2, gb, rtol=1e-12)
     np.testing.assert_allclose(gb, g.sum(axis=(0, 2, 3)), rtol=1e-5)
+
+
+class _Dim(int):
+    """A stand-in for the tracer's symbolic dims: an int subclass the shape rules must only do arithmetic on."""
+
+
+def test_shape_rules_return_the_kernel_output_shapes():
+    from ember.ops.registry import get_op
+
+    for xs, ws, kw in [((2, 4, 9, 7), (6, 2, 3, 2), dict(stride=(2, 1), padding=(1, 0), dilation=(1, 2), groups=2)),
+                       ((1, 3, 5, 5), (4, 3, 2, 2), dict(stride=(1, 1), padding=(0, 0), dilation=(1, 1), groups=1,
+                                                         padding_extra=(1, 1)))]:
+        x, w, b = rnd(*xs), rnd(*ws), rnd(ws[0])
+        out = apply("conv2d", ember.tensor(x), ember.tensor(w), ember.tensor(b), **kw)
+        sym = tuple(_Dim(d) for d in xs)
+        assert get_op("conv2d").shape(sym, ws, (ws[0],), **kw) == out.shape
+        g = ember.tensor(rnd(*out.shape))
+        for mask in [(True, True, True), (False, True, False), (True, False, True)]:
+            grads = apply("conv2d_backward", g, ember.tensor(x), ember.tensor(w), output_mask=mask, **kw)
+            rule = get_op("conv2d_backward").shape(tuple(_Dim(d) for d in out.shape), sym, ws, output_mask=mask, **kw)
+            assert rule == tuple(t.shape for t in grads)
+    with pytest.raises(RuntimeError, match="conv2d_backward: grad_output has shape"):
+        get_op("conv2d_backward").shape((1, 4, 4, 3), (1, 3, 5, 5), (4, 3, 2, 2), stride=(1, 1), padding=(0, 0),
+                                        dilation=(1, 1), groups=1, output_mask=(True, True, True))

@@ -76,6 +76,20 @@ def test_max_pool2d_nan_and_inf_follow_torch():
         np.testing.assert_array_equal(e_idx.numpy(), t_idx.numpy())
 
 
+def test_max_pool2d_2x2_every_window_pattern():
+    # all 4**4 windows over {-inf, 0, 1, nan}: ties, NaNs and -inf in every position of a 2x2 window
+    vals = np.array([-np.inf, 0.0, 1.0, np.nan], np.float32)
+    combos = np.stack(np.meshgrid(*[np.arange(4)] * 4, indexing="ij"), -1).reshape(-1, 4)
+    x = vals[combos].reshape(16, 16, 2, 2).transpose(0, 2, 1, 3).reshape(1, 1, 32, 32)
+    x = np.concatenate([x, x[:, :, ::-1]], 1)
+    for dt in (np.float32, np.float64):
+        xe = np.ascontiguousarray(x, dtype=dt)
+        e_out, e_idx = max_pool2d(ember.tensor(xe), 2, return_indices=True)
+        t_out, t_idx = F.max_pool2d(torch.tensor(xe), 2, return_indices=True)
+        np.testing.assert_array_equal(e_out.numpy(), t_out.numpy())
+        np.testing.assert_array_equal(e_idx.numpy(), t_idx.numpy())
+
+
 def test_max_pool2d_unbatched_and_integer_input():
     x = rnd(3, 6, 5)
     check_against_torch(lambda x: max_pool2d(x, 2, return_indices=True),
@@ -98,15 +112,24 @@ def test_parallel_kernels_match_serial():
     x = rnd(3, 4, 9, 8)
     x[0, 0, :2, :2] = 1.0  # ties
     g = rnd(3, 4, 4, 4)
-    for fn in ("max_pool2d_fwd", "max_pool2d_fwd_2x2"):
-        res = []
-        for mode in ("serial", "parallel"):
-            out, idx = np.empty((3, 4, 4, 4), np.float32), np.empty((3, 4, 4, 4), np.int64)
-            args = (x, out, idx) + ((2, 2, 2, 2, 0, 0, 1, 1) if fn == "max_pool2d_fwd" else ())
-            getattr(getattr(pk, fn), mode)(*args)
-            res.append((out, idx))
-        np.testing.assert_array_equal(res[0][0], res[1][0])
-        np.testing.assert_array_equal(res[0][1], res[1][1])
+    res = []
+    for mode in ("serial", "parallel"):
+        out, idx = np.empty((3, 4, 4, 4), np.float32), np.empty((3, 4, 4, 4), np.int64)
+        getattr(pk.max_pool2d_fwd, mode)(x, out, idx, 2, 2, 2, 2, 0, 0, 1, 1)
+        res.append((out, idx))
+    # the three passes of the 2x2 / stride-2 path
+    x8 = np.ascontiguousarray(x[:, :, :8, :8]).reshape(-1)
+    for mode in ("serial", "parallel"):
+        hm, ht = np.empty(x8.size // 2, np.float32), np.empty(x8.size // 2, np.int32)
+        m = x8.size // 4
+        out, off, idx = np.empty(m, np.float32), np.empty(m, np.int32), np.empty(m, np.int64)
+        getattr(pk.pool_pairs, mode)(x8, hm, ht)
+        getattr(pk.pool_row_pairs, mode)(hm, ht, out, off, 4, 8)
+        getattr(pk.pool_window_index, mode)(off, idx, 4, 4, 8)
+        res.append((out.reshape(3, 4, 4, 4), idx.reshape(3, 4, 4, 4)))
+    for r in res[1:]:
+        np.testing.assert_array_equal(res[0][0], r[0])
+        np.testing.assert_array_equal(res[0][1], r[1])
     idx = res[0][1].reshape(3, 4, -1)
     a, b = np.empty((3, 4, 72), np.float32), np.empty((3, 4, 72), np.float32)
     pk.max_pool2d_bwd.serial(g.reshape(3, 4, -1), idx, a)
@@ -256,3 +279,31 @@ def test_window_entirely_in_padding():
     np.testing.assert_array_equal(idx.numpy(), t_idx.numpy())
     out.sum().backward()
     np.testing.assert_array_equal(x.grad.numpy(), np.zeros((1, 2, 1, 1), np.float32))
+
+
+def test_shape_rules_return_the_kernel_output_shapes():
+    from ember.ops.registry import apply, get_op
+
+    class Dim(int):  # the tracer's symbolic dims are int subclasses: the rules may only do arithmetic on them
+        pass
+
+    x = ember.tensor(rnd(2, 3, 7, 6))
+    sym = tuple(Dim(d) for d in x.shape)
+    cases = [("max_pool2d", dict(kernel_size=(3, 2), stride=(2, 2), padding=(1, 0), dilation=(1, 1), ceil_mode=True)),
+             ("avg_pool2d", dict(kernel_size=(2, 3), stride=(2, 1), padding=(1, 1), ceil_mode=False,
+                                 count_include_pad=False, divisor_override=None)),
+             ("adaptive_avg_pool2d", dict(output_size=(3, 4))),
+             ("adaptive_max_pool2d", dict(output_size=(2, 5)))]
+    for name, kw in cases:
+        outs = apply(name, x, **kw)
+        outs = outs if isinstance(outs, tuple) else (outs,)
+        rule = get_op(name).shape(sym, **kw)
+        assert (rule if isinstance(rule[0], tuple) else (rule,)) == tuple(o.shape for o in outs)
+        g = ember.tensor(rnd(*outs[0].shape))
+        bw = {"max_pool2d": "max_pool2d_backward", "adaptive_max_pool2d": "max_pool2d_backward",
+              "avg_pool2d": "avg_pool2d_backward", "adaptive_avg_pool2d": "adaptive_avg_pool2d_backward"}[name]
+        extra = (outs[1],) if len(outs) == 2 else ()
+        battrs = {} if bw != "avg_pool2d_backward" else kw
+        gx = apply(bw, g, *extra, input_hw=(7, 6), **battrs)
+        shapes = [tuple(Dim(d) for d in g.shape)] + [e.shape for e in extra]
+        assert get_op(bw).shape(*shapes, input_hw=(7, 6), **battrs) == gx.shape == x.shape

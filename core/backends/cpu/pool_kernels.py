@@ -9,6 +9,7 @@ from __future__ import annotations
 import numpy as np
 from numba import prange
 
+from .conv_kernels import _scratch
 from .jit import njit, prange_kernel
 
 # Memory-bound window loops: below this much work a second thread costs more than it saves.
@@ -74,50 +75,58 @@ def max_pool2d_fwd(x, out, idx, kh, kw, sh, sw, ph, pw, dh, dw):
                 idx[n, c, oh, ow] = mi
 
 
+# The 2x2 / stride-2 case runs as three passes whose inner loops are long or branch-free, because
+# a loop over one short output row (7 or 14 wide) never reaches the vectorised body: (1) maxima of
+# horizontal pairs over the flat input, (2) the larger of each vertical pair of those rows plus the
+# window offset of the winner, (3) offset + the window's flat position -> int64 index (~1.5x to 2x
+# faster than one pass over output rows). Horizontal-then-vertical keeps torch's row-major tie rule.
+
 @prange_kernel(PAR_MIN)
-def max_pool2d_fwd_2x2(x, out, idx):
-    """The common kernel 2, stride 2, no padding case, in two branch-free (vectorising) passes over
-    each output row: the maxima, then the first window element equal to its maximum."""
-    n_, c_, h_, w_ = x.shape
-    ho, wo = out.shape[2], out.shape[3]
-    for t in prange(n_ * c_):
-        n = t // c_
-        c = t - n * c_
-        for oh in range(ho):
-            top = x[n, c, 2 * oh]
-            bot = x[n, c, 2 * oh + 1]
-            o = out[n, c, oh]
-            ix = idx[n, c, oh]
-            for q in range(wo):
-                a, b, cc, d = top[2 * q], top[2 * q + 1], bot[2 * q], bot[2 * q + 1]
-                m = a
-                m = b if (b > m) | (b != b) else m
-                m = cc if (cc > m) | (cc != cc) else m
-                m = d if (d > m) | (d != d) else m
-                o[q] = m
-            k0 = 2 * oh * w_
-            has_nan = False
-            for q in range(wo):
-                m = o[q]
-                k = k0 + 2 * q
-                i = k + w_ + 1
-                i = k + w_ if bot[2 * q] == m else i
-                i = k + 1 if top[2 * q + 1] == m else i
-                i = k if top[2 * q] == m else i
-                ix[q] = i
-                has_nan |= m != m
-            if has_nan:  # torch's `v > m or isnan(v)` keeps the last NaN of the window
-                for q in range(wo):
-                    if o[q] != o[q]:
-                        k = k0 + 2 * q
-                        i = k
-                        if top[2 * q + 1] != top[2 * q + 1]:
-                            i = k + 1
-                        if bot[2 * q] != bot[2 * q]:
-                            i = k + w_
-                        if bot[2 * q + 1] != bot[2 * q + 1]:
-                            i = k + w_ + 1
-                        ix[q] = i
+def pool_pairs(x, hm, ht):
+    """hm[q] = max(x[2q], x[2q + 1]) (the first on ties, the last NaN), ht[q] = 1 where the second won."""
+    for q in prange(hm.size):
+        a = x[2 * q]
+        b = x[2 * q + 1]
+        tk = (b > a) | (b != b)
+        hm[q] = b if tk else a
+        ht[q] = np.int32(1) if tk else np.int32(0)
+
+
+@prange_kernel(PAR_MIN)
+def pool_row_pairs(hm, ht, out, off, wo, w):
+    """out = the larger of rows 2r and 2r + 1 of hm (the top one on ties, the bottom NaN), off = the
+    winner's offset inside its 2x2 window in an input plane w wide (0, 1, w, w + 1)."""
+    nr = out.size // wo
+    w2 = np.int32(w)
+    h2 = hm.reshape(nr, 2, wo)
+    t2 = ht.reshape(nr, 2, wo)
+    o2 = out.reshape(nr, wo)
+    f2 = off.reshape(nr, wo)
+    for r in prange(nr):
+        top, bot, tt, tb, o, f = h2[r, 0], h2[r, 1], t2[r, 0], t2[r, 1], o2[r], f2[r]
+        for q in range(wo):
+            mt = top[q]
+            mb = bot[q]
+            tk = (mb > mt) | (mb != mb)
+            o[q] = mb if tk else mt
+            a = tt[q]
+            f[q] = a + np.int32(tk) * (tb[q] + w2 - a)
+
+
+@prange_kernel(PAR_MIN)
+def pool_window_index(off, idx, ho, wo, w):
+    """idx (planes, ho*wo) = off + the flat position 2*oh*w + 2*ow of window (oh, ow) in an input plane
+    w wide."""
+    m = ho * wo
+    pos = np.empty(m, np.int64)
+    for oh in range(ho):
+        for ow in range(wo):
+            pos[oh * wo + ow] = 2 * oh * w + 2 * ow
+    for p in prange(idx.size // m):
+        s = off[p * m:(p + 1) * m]
+        d = idx[p * m:(p + 1) * m]
+        for k in range(m):
+            d[k] = pos[k] + s[k]
 
 
 @prange_kernel(PAR_MIN)
@@ -292,7 +301,15 @@ def max_pool2d_forward(x, kernel, stride, padding, dilation, out_hw):
     idx = np.empty((n, c, ho, wo), np.int64)
     plain = kernel == (2, 2) and stride == (2, 2) and padding == (0, 0) and dilation == (1, 1)
     if plain and 2 * ho <= h and 2 * wo <= w:  # (ceil_mode may add a partial last window)
-        max_pool2d_fwd_2x2(_work(out.size * 4), xc, out, idx)
+        if (2 * ho, 2 * wo) != (h, w):  # odd sizes: the last row / column is in no window
+            xc = np.ascontiguousarray(xc[:, :, :2 * ho, :2 * wo])
+        m = out.size
+        hm = _scratch("pool_hm", (2 * m,), xc.dtype)
+        ht = _scratch("pool_ht", (2 * m,), np.int32)
+        off = _scratch("pool_off", (m,), np.int32)
+        pool_pairs(_work(4 * m), xc.reshape(-1), hm, ht)
+        pool_row_pairs(_work(2 * m), hm, ht, out.reshape(-1), off, wo, w)
+        pool_window_index(_work(m), off, idx.reshape(-1), ho, wo, w)
     else:
         max_pool2d_fwd(_work(out.size * kernel[0] * kernel[1]), xc, out, idx, kernel[0], kernel[1], stride[0],
                        stride[1], padding[0], padding[1], dilation[0], dilation[1])
