@@ -1,0 +1,102 @@
+"""``Program``: a captured model — callable like the module, with its graph, signature and metadata."""
+from __future__ import annotations
+
+import numpy as np
+
+import ember
+from ember.device import as_device
+
+from .ir import Graph
+from .runtime import Executor
+
+
+class Program:
+    """What ``trace`` returns and ``load`` gives back. ``prog(x)`` runs the graph and returns Tensors."""
+
+    def __init__(self, graph: Graph, metadata=None, device="cpu"):
+        self.graph = graph
+        self.metadata = {str(k): str(v) for k, v in (metadata or {}).items()}
+        self.device = as_device(device)
+        self._executor = Executor(graph, self.device.type)
+
+    # ---- description ----------------------------------------------------------------------
+    @property
+    def signature(self) -> dict:
+        def describe(names):
+            return [{"name": n, "dtype": self.graph.values[n].dtype, "shape": list(self.graph.values[n].shape)}
+                    for n in names]
+
+        return {"inputs": describe(self.graph.inputs), "outputs": describe(self.graph.outputs)}
+
+    @property
+    def code(self) -> str:
+        return self.graph.code()
+
+    @property
+    def constants(self) -> dict:
+        return {k: ember.from_numpy(v) for k, v in self.graph.constants.items()}
+
+    def state_dict(self) -> dict:
+        return self.constants
+
+    def save(self, path, metadata=None) -> None:
+        """Write this program to a ``.ember`` file (see ``ember.serialize.save``)."""
+        from .archive import save
+
+        save(self, path, metadata=metadata)
+
+    def __repr__(self):
+        ins = ", ".join(f"{d['name']}: {d['dtype']}{d['shape']}" for d in self.signature["inputs"])
+        return f"Program({ins}) with {len(self.graph.nodes)} nodes, {len(self.graph.constants)} constants"
+
+    # ---- execution --------------------------------------------------------------------------
+    def to(self, device) -> "Program":
+        dev = as_device(device)
+        return self if dev == self.device else Program(self.graph, self.metadata, dev)
+
+    def __call__(self, *args, **kwargs):
+        arrays = self._bind(args, kwargs)
+        outs = self._executor.run(arrays)
+        res = tuple(ember.from_numpy(np.asarray(o)) for o in outs)
+        return res[0] if len(res) == 1 else res
+
+    def _bind(self, args, kwargs) -> dict:
+        names = self.graph.inputs
+        if len(args) > len(names):
+            raise TypeError(f"program takes {len(names)} inputs ({', '.join(names)}), got {len(args)}")
+        given = dict(zip(names, args))
+        for k, v in kwargs.items():
+            if k not in names:
+                raise TypeError(f"program has no input named {k!r}; inputs: {', '.join(names)}")
+            if k in given:
+                raise TypeError(f"input {k!r} given twice")
+            given[k] = v
+        missing = [n for n in names if n not in given]
+        if missing:
+            raise TypeError(f"missing input(s) {', '.join(missing)}; the program's inputs: {', '.join(names)}")
+        return {n: self._check(n, given[n]) for n in names}
+
+    def _check(self, name, x):
+        spec = self.graph.values[name]
+        if isinstance(x, ember.Tensor):
+            a = x.detach()._data
+        elif isinstance(x, np.ndarray):
+            a = x
+        else:
+            raise TypeError(f"input {name!r}: expected an ember Tensor or a numpy array, got {type(x).__name__}")
+        if a.dtype.name != spec.dtype:
+            raise TypeError(f"input {name!r}: expected dtype {spec.dtype}, got {a.dtype.name}")
+        if a.ndim != len(spec.shape):
+            raise ValueError(f"input {name!r}: expected {len(spec.shape)} dims {_fmt(spec.shape)}, got shape {a.shape}")
+        seen = {}
+        for i, (d, s) in enumerate(zip(a.shape, spec.shape)):
+            if isinstance(s, str):
+                if seen.setdefault(s, d) != d:
+                    raise ValueError(f"input {name!r}: dim {i} ({s!r}) is {d} but {s!r} is {seen[s]} elsewhere in it")
+            elif d != s:
+                raise ValueError(f"input {name!r}: dim {i} must be {s} {_fmt(spec.shape)}, got shape {a.shape}")
+        return np.ascontiguousarray(a)
+
+
+def _fmt(shape):
+    return "(" + ", ".join(str(s) for s in shape) + ")"

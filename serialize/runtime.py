@@ -1,0 +1,64 @@
+"""Executes a Graph on backend arrays through the core op registry's kernels (no autograd).
+
+The schedule (nodes in order, the last use of every value) is computed once per graph; each value
+is dropped after its last use so activations do not pile up; ``{"sym": name}`` attributes are
+resolved from the scalar values computed earlier in the same run.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from ember.ops.registry import get_op
+
+from .ir import Graph, _sym_refs
+
+
+class Executor:
+    """A compiled schedule for one graph on one device."""
+
+    def __init__(self, graph: Graph, device: str = "cpu"):
+        self.graph = graph
+        self.device = device
+        last_use = {}
+        for i, n in enumerate(graph.nodes):
+            for name in list(n.inputs) + list(_sym_refs(n.attrs)):
+                last_use[name] = i
+        keep = set(graph.outputs) | set(graph.constants)
+        steps = []
+        for i, n in enumerate(graph.nodes):
+            op = get_op(n.op)
+            fn = op.kernels.get(device)
+            if fn is None:
+                raise NotImplementedError(f"op {n.op!r} has no kernel for device {device!r}")
+            frees = tuple(name for name in dict.fromkeys(list(n.inputs) + list(_sym_refs(n.attrs)))
+                          if last_use.get(name) == i and name not in keep)
+            has_sym = any(True for _ in _sym_refs(n.attrs))
+            steps.append((fn, tuple(n.inputs), n.attrs, has_sym, tuple(n.outputs), op.n_outputs > 1, frees))
+        self._steps = steps
+
+    def run(self, inputs: dict) -> list:
+        """``inputs``: graph input name -> array. Returns the output arrays in graph order."""
+        env = dict(self.graph.constants)
+        env.update(inputs)
+        for fn, ins, attrs, has_sym, outs, multi, frees in self._steps:
+            if has_sym:
+                attrs = _resolve(attrs, env)
+            res = fn(*[env[name] for name in ins], **attrs)
+            if multi:
+                for name, a in zip(outs, res):
+                    env[name] = a
+            else:
+                env[outs[0]] = res
+            for name in frees:
+                del env[name]
+        return [env[name] for name in self.graph.outputs]
+
+
+def _resolve(obj, env):
+    if isinstance(obj, dict):
+        if set(obj) == {"sym"}:
+            return int(np.asarray(env[obj["sym"]]))
+        return {k: _resolve(v, env) for k, v in obj.items()}
+    if isinstance(obj, tuple):
+        return tuple(_resolve(v, env) for v in obj)
+    return obj
