@@ -3,10 +3,21 @@ from __future__ import annotations
 
 import numpy as np
 
+from . import _hooks
 from . import dtypes as _dt
 from .device import as_device
 from .random import rng_of
 from .tensor import Tensor
+
+
+def _symbolic(*values) -> bool:
+    """Whether a size argument holds an int subclass (a tracer's symbolic dim) while a tracer listens."""
+    if _hooks.factory is None:
+        return False
+    flat = []
+    for v in values:
+        flat.extend(v if isinstance(v, (tuple, list)) else (v,))
+    return any(isinstance(v, int) and type(v) not in (int, bool) for v in flat)
 
 
 def _shape(size):
@@ -31,24 +42,34 @@ def _np(dtype, default=_dt.float32):
 
 
 def zeros(*size, dtype=None, device=None, requires_grad=False):
+    if _symbolic(size):
+        return _hooks.factory("zeros", size, dict(dtype=dtype, requires_grad=requires_grad))
     return _make(np.zeros(_shape(size), _np(dtype)), None, device, requires_grad)
 
 
 def ones(*size, dtype=None, device=None, requires_grad=False):
+    if _symbolic(size):
+        return _hooks.factory("ones", size, dict(dtype=dtype, requires_grad=requires_grad))
     return _make(np.ones(_shape(size), _np(dtype)), None, device, requires_grad)
 
 
 def empty(*size, dtype=None, device=None, requires_grad=False):
+    if _symbolic(size):
+        return _hooks.factory("empty", size, dict(dtype=dtype, requires_grad=requires_grad))
     return _make(np.empty(_shape(size), _np(dtype)), None, device, requires_grad)
 
 
 def full(size, fill_value, dtype=None, device=None, requires_grad=False):
+    if _symbolic(size):
+        return _hooks.factory("full", (size, fill_value), dict(dtype=dtype, requires_grad=requires_grad))
     if dtype is None:
         dtype = _dt.scalar_dtype(fill_value)
     return _make(np.full(_shape((size,)), fill_value, _np(dtype)), None, device, requires_grad)
 
 
 def arange(start, end=None, step=1, dtype=None, device=None, requires_grad=False):
+    if _symbolic(start, end, step):
+        return _hooks.factory("arange", (start, end, step), dict(dtype=dtype, requires_grad=requires_grad))
     if end is None:
         start, end = 0, start
     if step == 0:
@@ -69,17 +90,23 @@ def eye(n, m=None, dtype=None, device=None, requires_grad=False):
 
 
 def rand(*size, generator=None, dtype=None, device=None, requires_grad=False):
+    if _symbolic(size):
+        return _hooks.factory("rand", size, dict(dtype=dtype))
     arr = rng_of(generator).random(_shape(size), dtype=np.float32)
     return _make(arr, dtype, device, requires_grad)
 
 
 def randn(*size, generator=None, dtype=None, device=None, requires_grad=False):
+    if _symbolic(size):
+        return _hooks.factory("randn", size, dict(dtype=dtype))
     arr = rng_of(generator).standard_normal(_shape(size), dtype=np.float32)
     return _make(arr, dtype, device, requires_grad)
 
 
 def randint(low, high=None, size=None, generator=None, dtype=None, device=None):
     """``randint(high, size)`` or ``randint(low, high, size)``: int64 in [low, high)."""
+    if _symbolic(low, high, size):
+        return _hooks.factory("randint", (low, high, size), dict(dtype=dtype))
     if isinstance(high, (tuple, list)) and size is None:  # randint(high, size)
         low, high, size = 0, low, high
     if high is None:

@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import numpy as np
 
+from . import _hooks
 from . import dtypes as _dt
 from .autograd.grad_mode import is_grad_enabled, no_grad
 from .device import CPU, as_device
 
 
 class Tensor:
-    __slots__ = ("_data", "_requires_grad", "grad", "grad_fn", "_out_idx", "_vbox", "_retains_grad", "_hooks",
+    __slots__ = ("_data", "_requires_grad", "grad", "grad_fn", "_out_idx", "_vbox", "_retains_grad", "_grad_hooks",
                  "__weakref__")
 
     # numpy must defer to our reflected operators (ndarray + Tensor -> Tensor.__radd__)
@@ -29,7 +30,7 @@ class Tensor:
         self._out_idx = 0
         self._vbox = [0]
         self._retains_grad = False
-        self._hooks = None
+        self._grad_hooks = None
 
     @staticmethod
     def _wrap(array) -> "Tensor":
@@ -49,18 +50,22 @@ class Tensor:
         t._out_idx = 0
         t._vbox = [0]
         t._retains_grad = False
-        t._hooks = None
+        t._grad_hooks = None
         return t
 
     # ---- metadata -------------------------------------------------------------------------
     @property
     def shape(self):
+        if _hooks.shape is not None:
+            s = _hooks.shape(self)
+            if s is not None:
+                return s
         return self._data.shape
 
     def size(self, dim=None):
         if dim is None:
-            return self._data.shape
-        return self._data.shape[_norm_dim(dim, self._data.ndim, "size")]
+            return self.shape
+        return self.shape[_norm_dim(dim, self._data.ndim, "size")]
 
     @property
     def ndim(self) -> int:
@@ -70,6 +75,11 @@ class Tensor:
         return self._data.ndim
 
     def numel(self) -> int:
+        if _hooks.shape is not None and _hooks.shape(self) is not None:
+            n = 1
+            for d in self.shape:
+                n = n * d
+            return n
         return int(self._data.size)
 
     @property
@@ -96,7 +106,7 @@ class Tensor:
     def __len__(self):
         if self._data.ndim == 0:
             raise TypeError("len() of a 0-d tensor")
-        return self._data.shape[0]
+        return self.shape[0]
 
     def __hash__(self):
         return id(self)
@@ -149,9 +159,9 @@ class Tensor:
         if not self._requires_grad:
             raise RuntimeError("cannot register a hook on a tensor that doesn't require gradient")
         if self.grad_fn is None:
-            if self._hooks is None:
-                self._hooks = []
-            hooks = self._hooks
+            if self._grad_hooks is None:
+                self._grad_hooks = []
+            hooks = self._grad_hooks
         else:
             node = self.grad_fn
             if node.hooks is None:
@@ -206,6 +216,8 @@ class Tensor:
     # ---- conversion ----------------------------------------------------------------------
     def numpy(self, force=False) -> np.ndarray:
         """The underlying array (zero-copy on CPU). Refuses tensors that require grad, as torch does."""
+        if _hooks.concrete is not None:
+            _hooks.concrete(self, "numpy()")
         if self._requires_grad and not force:
             raise RuntimeError(
                 "Can't call numpy() on a tensor that requires grad. Use tensor.detach().numpy() instead."
@@ -217,6 +229,8 @@ class Tensor:
         return a if dtype is None else a.astype(dtype)
 
     def item(self):
+        if _hooks.concrete is not None:
+            _hooks.concrete(self, "item()")
         if self._data.size != 1:
             raise RuntimeError(
                 f"a Tensor with {self._data.size} elements cannot be converted to a Python scalar (shape {self.shape})"
@@ -224,9 +238,13 @@ class Tensor:
         return self._data.reshape(()).item()
 
     def tolist(self):
+        if _hooks.concrete is not None:
+            _hooks.concrete(self, "tolist()")
         return self._data.tolist()
 
     def __bool__(self):
+        if _hooks.concrete is not None:
+            _hooks.concrete(self, "bool()")
         if self._data.size != 1:
             raise RuntimeError(
                 f"Boolean value of a Tensor with {self._data.size} elements is ambiguous (shape {self.shape}); "
@@ -241,6 +259,8 @@ class Tensor:
         return int(self.item())
 
     def __index__(self):
+        if _hooks.concrete is not None:
+            _hooks.concrete(self, "an index")
         if self._data.dtype.kind not in "iub":
             raise TypeError(f"only integer tensors of a single element can be converted to an index, got {self.dtype}")
         return int(self.item())
@@ -364,6 +384,8 @@ class Tensor:
                 self._data[...] = out._data
                 self._requires_grad, self.grad_fn, self._out_idx = True, out.grad_fn, out._out_idx
                 self._bump_version()
+                if _hooks.inplace is not None:
+                    _hooks.inplace(self, out)
                 return self
         else:
             out = compute(self)
@@ -375,6 +397,8 @@ class Tensor:
             raise RuntimeError(f"result type {out.dtype} can't be cast to the desired output type {self.dtype}")
         np.copyto(self._data, out._data, casting="unsafe")
         self._bump_version()
+        if _hooks.inplace is not None:
+            _hooks.inplace(self, out)
         return self
 
     def __setitem__(self, index, value):

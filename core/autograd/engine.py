@@ -136,8 +136,8 @@ def run_backward(outputs, grad_outputs, retain_graph=False, inputs=None):
 
 
 def _accumulate_leaf(t, g, owned):
-    if t._hooks:
-        g = run_hooks(t._hooks, g)
+    if t._grad_hooks:
+        g = run_hooks(t._grad_hooks, g)
     if g.dtype != t.dtype:
         g = g.to(t.dtype)
     if t.grad is None:

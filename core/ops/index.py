@@ -20,6 +20,7 @@ import operator
 import numpy as np
 
 from ..autograd.grad_mode import is_grad_enabled
+from .. import _hooks
 from ..tensor import Tensor
 from ..backends.cpu import index_kernels
 from .registry import apply, backward, kernel, register_op
@@ -322,6 +323,8 @@ def setitem(x: Tensor, index, value) -> None:
 
         x._inplace(compute)
         return
+    if _hooks.setitem is not None:
+        _hooks.setitem(x)
     if not x._data.flags.writeable:
         raise RuntimeError(
             "setitem: unsupported operation: the written-to tensor is read-only memory (e.g. an expand()ed tensor, "

@@ -225,7 +225,7 @@ def test_parallel_kernels_match_serial():
     ck.nchw_to_rows.parallel(g, rows2, gb2, 5, 14, True)
     ck.bias_grad.parallel(g, gb3)
     np.testing.assert_array_equal(rows, rows2)
-    np.testing.assert_allclose(gb, g.sum(axis=(0, 2, 3)), rtol=1e-5)
+    np.testing.assert_allclose(gb, g.astype(np.float64).sum(axis=(0, 2, 3)), rtol=1e-5, atol=1e-5)  # float32 data, float64 sums
     np.testing.assert_allclose(gb2, gb, rtol=1e-12)
     np.testing.assert_allclose(gb3, gb, rtol=1e-12)
     out, out2 = np.empty_like(g), np.empty_like(g)

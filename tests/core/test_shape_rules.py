@@ -25,7 +25,7 @@ DATA_DEPENDENT = {
 
 
 # A slice whose bounds lie inside the dim has a constant length (x[1:3] has 2 rows for any n >= 3).
-_SLICING = {"getitem", "index"}
+_SLICING = {"getitem", "index", "arange"}  # output sizes computed from constants (slice bounds, range ends)
 
 
 class D(int):
@@ -108,6 +108,14 @@ def _extra_calls():
     x.to(ember.int64), x.clone(), x.flip(-1)
     F.pad(_x(1, 2, 3, 4), (1, 2, 2, 0), mode="reflect"), F.pad(_x(1, 2, 5), (2, 2), mode="replicate")
     F.pad(_x(2, 3), (-1, 2, 1, -1))
+    # shape arithmetic ops the tracer records for symbolic dims (never reached from eager code)
+    n = registry.apply("sym_size", y, dim=1)
+    registry.apply("sym_arith", n, kind="mul", const=3), registry.apply("sym_arith", n, n, kind="floordiv")
+    registry.apply("sym_arith", n, kind="sub", const=7, reverse=True)
+    registry.apply("full", shape=(2, 3), value=1.5, dtype="float32")
+    registry.apply("arange", start=0, end=5, step=1, dtype="int64"), registry.apply("arange", start=5, end=0, step=-2,
+                                                                                    dtype="float32")
+    registry.apply("arange", start=3, end=3, step=1, dtype="int64")
 
 
 def _run_sample(sample):

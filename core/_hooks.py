@@ -1,0 +1,16 @@
+"""Hooks the core calls so an upper layer (``ember.serialize``'s tracer) can watch it; None = off.
+
+- ``shape(t)``: return a shape tuple to report for tensor ``t`` (symbolic dims), or None;
+- ``concrete(t, what)``: called before a tensor's data leaves the tensor world (``item()``,
+  ``bool(t)``, ``numpy()`` ...); the tracer raises there, since the value would be baked in;
+- ``inplace(t, new)``: tensor ``t`` now holds the value of ``new`` (an in-place op ran);
+- ``setitem(t)``: a direct write into ``t``'s storage (``t[i] = v`` without autograd);
+- ``factory(name, args, result)``: a factory was asked for a size containing symbolic dims.
+
+The core never imports the modules that install these.
+"""
+shape = None
+concrete = None
+inplace = None
+setitem = None
+factory = None
