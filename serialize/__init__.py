@@ -1,8 +1,11 @@
 """ember.serialize: capture models as graphs, run them, save them as safe ``.ember`` files.
 
-Built so far: the IR (``ir``), the executor (``runtime``) and ``Program``. The tracer and the
-``.ember`` archive are the next steps (docs/serialize-design.md).
+Built so far: the IR (``ir``), the executor (``runtime``), ``Program``, the tracer (``trace``)
+and the ``.ember`` archive (``save`` / ``load``, docs/format.md). The runtime's optimisation
+passes, the ``ember info`` CLI and the inference benchmarks are next (docs/serialize-design.md).
 """
 from .ir import Graph, Node, Sym, Value  # noqa: F401
 from .program import Program  # noqa: F401
 from .runtime import Executor  # noqa: F401
+from .tracer import SymInt, TraceError, trace  # noqa: F401
+from .archive import FormatError, load, save  # noqa: F401

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from .. import _hooks
 from ..autograd.grad_mode import is_grad_enabled
 from ..random import rng_of
 from ..tensor import Tensor
@@ -38,6 +39,9 @@ def _operator(fn, name):
 
 # ---- in-place -------------------------------------------------------------------------------
 def _tracked(self, other):
+    """Whether an in-place op must go through Tensor._inplace: autograd needs it, or a tracer listens."""
+    if _hooks.inplace is not None:
+        return True
     return is_grad_enabled() and (self._requires_grad or (other.__class__ is Tensor and other._requires_grad))
 
 

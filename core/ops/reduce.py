@@ -56,16 +56,16 @@ def _count(shape, dims):
     return n
 
 
-def _reduction(name, doc, save_inputs=True, save_outputs=False):
-    return register_op(name, attrs={"dims": (), "keepdim": False}, shape=_rshape, save_inputs=save_inputs,
+def _reduction(name, doc, extra=None, save_inputs=True, save_outputs=False):
+    return register_op(name, attrs={"dims": (), "keepdim": False, **(extra or {})}, shape=_rshape, save_inputs=save_inputs,
                        save_outputs=save_outputs, doc=doc)
 
 
 # ---- sum / mean / var / std ----------------------------------------------------------------------
-_sum = _reduction("sum", "sum over dims (bool/int -> int64)", save_inputs=False)
-_mean = _reduction("mean", "mean over dims (floating only)", save_inputs=False)
-_var = _reduction("var", "variance over dims with Bessel-style correction")
-_std = _reduction("std", "standard deviation over dims", save_outputs=True)
+_sum = _reduction("sum", "sum over dims (bool/int -> int64)", {"dtype": None}, save_inputs=False)
+_mean = _reduction("mean", "mean over dims (floating only)", {"dtype": None}, save_inputs=False)
+_var = _reduction("var", "variance over dims with Bessel-style correction", {"correction": 1})
+_std = _reduction("std", "standard deviation over dims", {"correction": 1}, save_outputs=True)
 
 
 @kernel("sum")

@@ -10,7 +10,7 @@ import numpy as np
 
 from ..tensor import Tensor
 from .registry import apply, backward, kernel, register_op
-from .util import norm_dim, norm_dims, prod, same_shape, unbroadcast
+from .util import as_size, norm_dim, norm_dims, prod, same_shape, unbroadcast
 
 
 def _infer_shape(shape, numel, op_name, in_shape):
@@ -54,7 +54,7 @@ def _reshape_bw(ctx, g):
 def reshape(x: Tensor, *shape) -> Tensor:
     if len(shape) == 1 and isinstance(shape[0], (tuple, list)):
         shape = tuple(shape[0])
-    shape = tuple(int(s) for s in shape)
+    shape = tuple(as_size(s) for s in shape)
     if shape == x.shape:
         return x
     return apply(_reshape, x, shape=_reshape_rule(x.shape, shape))
@@ -155,7 +155,7 @@ def expand(x: Tensor, *shape) -> Tensor:
     if len(shape) == 1 and isinstance(shape[0], (tuple, list)):
         shape = tuple(shape[0])
     lead = len(shape) - x.ndim
-    shape = tuple(x.shape[i - lead] if s == -1 and i >= lead else int(s) for i, s in enumerate(shape))
+    shape = tuple(x.shape[i - lead] if s == -1 and i >= lead else as_size(s) for i, s in enumerate(shape))
     if shape == x.shape:
         return x
     return apply(_expand, x, shape=_expand_rule(x.shape, shape))
@@ -189,13 +189,13 @@ def flatten(x: Tensor, start_dim: int = 0, end_dim: int = -1) -> Tensor:
         raise RuntimeError(
             f"flatten: start_dim cannot come after end_dim (start_dim={start_dim}, end_dim={end_dim}, shape {x.shape})"
         )
-    n = math.prod(x.shape[s:e + 1])
+    n = prod(x.shape[s:e + 1])
     return reshape(x, x.shape[:s] + (n,) + x.shape[e + 1:])
 
 
 def unflatten(x: Tensor, dim: int, sizes) -> Tensor:
     d = _norm(dim, x.ndim, "unflatten")
-    sizes = tuple(int(s) for s in sizes)
+    sizes = tuple(as_size(s) for s in sizes)
     try:
         sizes = _infer_shape(sizes, x.shape[d], "unflatten", x.shape)
     except RuntimeError:
@@ -352,7 +352,7 @@ def _repeat_bw(ctx, g):
 def _sizes(sizes):
     if len(sizes) == 1 and isinstance(sizes[0], (tuple, list)):
         sizes = tuple(sizes[0])
-    return tuple(int(s) for s in sizes)
+    return tuple(as_size(s) for s in sizes)
 
 
 def repeat(x: Tensor, *sizes) -> Tensor:

@@ -1,6 +1,8 @@
 """Helpers shared by op modules: python-scalar operands, dtype promotion, gradient un-broadcasting."""
 from __future__ import annotations
 
+import operator
+
 import numpy as np
 
 from .. import dtypes as _dt
@@ -113,3 +115,10 @@ def norm_dims(dim, ndim, op_name):
     if len(set(out)) != len(out):
         raise RuntimeError(f"{op_name}: dim {tuple(dim)} appears multiple times in the list of dims")
     return out
+
+
+def as_size(s):
+    """A size argument as an int, keeping int subclasses (a tracer's symbolic dims) as they are."""
+    if isinstance(s, int) and not isinstance(s, bool):
+        return s
+    return operator.index(s)

@@ -1,0 +1,195 @@
+"""Tracing: models captured at one batch size reproduce eager outputs at others; what cannot be
+captured faithfully is refused with the user's file and line."""
+import numpy as np
+import pytest
+
+import ember
+import ember.nn as nn
+import ember.nn.functional as F
+from ember.serialize import TraceError, trace
+
+
+def _mlp():
+    return nn.Sequential(nn.Linear(12, 32), nn.ReLU(), nn.Dropout(0.2), nn.Linear(32, 5))
+
+
+def _cnn():
+    return nn.Sequential(
+        nn.Conv2d(1, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Conv2d(4, 6, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(2), nn.Flatten(), nn.Linear(24, 10),
+    )
+
+
+class Block(nn.Module):
+    """A small transformer block: embedding, LayerNorm, causal attention with matmul/softmax, GELU MLP."""
+
+    def __init__(self, vocab=20, d=16, heads=2):
+        super().__init__()
+        self.emb = nn.Embedding(vocab, d)
+        self.ln1, self.ln2 = nn.LayerNorm(d), nn.LayerNorm(d)
+        self.qkv, self.proj = nn.Linear(d, 3 * d), nn.Linear(d, d)
+        self.mlp = nn.Sequential(nn.Linear(d, 4 * d), nn.GELU(), nn.Linear(4 * d, d))
+        self.head = nn.Linear(d, vocab)
+        self.heads = heads
+
+    def forward(self, idx):
+        b, t = idx.shape
+        x = self.emb(idx)
+        q, k, v = self.qkv(self.ln1(x)).split(x.shape[-1], dim=-1)
+        hd = x.shape[-1] // self.heads
+        q, k, v = (z.view(b, t, self.heads, hd).transpose(1, 2) for z in (q, k, v))
+        att = (q @ k.transpose(-2, -1)) * (hd ** -0.5)
+        att = att.masked_fill(ember.tril(ember.ones(t, t)) == 0, float("-inf")).softmax(dim=-1)
+        x = x + self.proj((att @ v).transpose(1, 2).reshape(b, t, -1))
+        x = x + self.mlp(self.ln2(x))
+        return self.head(x)
+
+
+class Residual(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 3, 3, padding=1, bias=False)
+        self.bn = nn.BatchNorm2d(3)
+        self.relu = nn.ReLU(inplace=True)
+
+    def forward(self, x):
+        out = self.bn(self.conv(x))
+        out += x
+        return self.relu(out)
+
+
+def _eager(model, *xs):
+    model.eval()
+    with ember.no_grad():
+        return model(*xs)
+
+
+def _train_a_bit(model, x):
+    """Give BatchNorm non-trivial running statistics."""
+    model.train()
+    with ember.no_grad():
+        for _ in range(3):
+            model(x)
+
+
+@pytest.mark.parametrize("make,shape", [(_mlp, (12,)), (_cnn, (1, 8, 8)), (Residual, (3, 5, 5))])
+def test_traced_model_matches_eager_at_other_batch_sizes(make, shape):
+    ember.manual_seed(0)
+    model = make()
+    _train_a_bit(model, ember.randn(4, *shape))
+    prog = trace(model, ember.randn(2, *shape))
+    assert prog.signature["inputs"][0]["shape"][0] == "batch"
+    for b in (1, 2, 37):
+        x = ember.randn(b, *shape)
+        np.testing.assert_allclose(prog(x).numpy(), _eager(model, x).numpy(), atol=1e-6, rtol=1e-6)
+
+
+def test_transformer_block_with_dynamic_sequence_length():
+    ember.manual_seed(0)
+    model = Block()
+    prog = trace(model, ember.randint(0, 20, (2, 5)), dynamic_axes={"idx": {1: "seq"}})
+    assert prog.signature["inputs"][0]["shape"] == ["batch", "seq"]
+    for b, t in [(1, 5), (2, 5), (37, 3), (3, 9)]:
+        idx = ember.randint(0, 20, (b, t))
+        np.testing.assert_allclose(prog(idx).numpy(), _eager(model, idx).numpy(), atol=1e-6, rtol=1e-6)
+
+
+def test_functions_with_several_inputs_and_outputs():
+    def f(a, b):
+        s = a + b
+        return s.sum(dim=1), F.softmax(a * b, dim=-1)
+
+    a, b = ember.randn(2, 3), ember.randn(2, 3)
+    prog = trace(f, (a, b), output_names=["total", "probs"])
+    assert [d["name"] for d in prog.signature["inputs"]] == ["a", "b"]
+    assert [d["name"] for d in prog.signature["outputs"]] == ["total", "probs"]
+    a, b = ember.randn(5, 3), ember.randn(5, 3)
+    for got, want in zip(prog(a, b), f(a, b)):
+        np.testing.assert_allclose(got.numpy(), want.numpy(), atol=1e-6)
+
+
+def test_training_mode_and_state_are_left_as_they_were():
+    model = _cnn()
+    model.train()
+    before = {k: v.numpy().copy() for k, v in model.state_dict().items()}
+    trace(model, ember.randn(2, 1, 8, 8))
+    assert model.training
+    for k, v in model.state_dict().items():
+        np.testing.assert_array_equal(v.numpy(), before[k], err_msg=k)
+
+
+def test_code_listing_is_readable_and_stable():
+    ember.manual_seed(1)
+    model = _mlp()
+    code1 = trace(model, ember.randn(2, 12)).code
+    code2 = trace(model, ember.randn(3, 12)).code
+    assert code1 == code2
+    assert "graph(input: float32[batch, 12]):" in code1 and "linear(" in code1 and "return (output)" in code1
+
+
+def test_shared_weights_are_stored_once():
+    lin = nn.Linear(4, 4)
+    model = nn.Sequential(lin, nn.ReLU(), lin)
+    prog = trace(model, ember.randn(2, 4))
+    assert sorted(prog.constants) == ["0.bias", "0.weight"]
+
+
+class _ItemInForward(nn.Module):
+    def forward(self, x):
+        if x.sum() > 0:
+            return x * 2
+        return x
+
+
+class _NumpyInForward(nn.Module):
+    def forward(self, x):
+        return x * float(x.numpy().mean())
+
+
+class _InplaceOnInput(nn.Module):
+    def forward(self, x):
+        x.add_(1)
+        return x
+
+
+class _MaskSelect(nn.Module):
+    def forward(self, x):
+        return x[x > 0]
+
+
+class _HiddenBatchSize(nn.Module):
+    def forward(self, x):
+        n = x.detach()._data.shape[0]  # a size read behind the tracer's back
+        return x.reshape(n, -1)
+
+
+@pytest.mark.parametrize("model,match", [
+    (_ItemInForward(), r"bool\(\) on a tensor computed from the model's inputs \(at .*test_trace.py:\d+"),
+    (_NumpyInForward(), r"numpy\(\) on a tensor computed from the model's inputs \(at .*test_trace.py:\d+"),
+    (_InplaceOnInput(), r"in-place modification of graph input 'x' \(at .*test_trace.py:\d+"),
+    (_MaskSelect(), r"output shape depends on the data"),
+    (_HiddenBatchSize(), r"at batch size 3 the graph's output 0"),
+])
+def test_what_cannot_be_captured_is_refused(model, match):
+    x = ember.randn(2, 3, 2)
+    before = x.numpy().copy()
+    with pytest.raises(TraceError, match=match):
+        trace(model, x)
+    np.testing.assert_array_equal(x.numpy(), before)  # the caller's example is never written
+
+
+def test_random_factory_with_symbolic_size_is_refused():
+    def f(x):
+        return x + ember.randn(x.shape[0], 3)
+
+    with pytest.raises(TraceError, match="random values cannot be captured"):
+        trace(f, ember.randn(2, 3))
+
+
+def test_factories_with_symbolic_sizes_are_recorded():
+    def f(x):
+        return x + ember.ones(x.shape[0], 3) * ember.arange(x.shape[1]).float()
+
+    prog = trace(f, ember.randn(2, 3))
+    x = ember.randn(6, 3)
+    np.testing.assert_allclose(prog(x).numpy(), f(x).numpy())
