@@ -20,7 +20,8 @@ import ember
 from ember import safetensors_io
 from ember.ops.registry import list_ops
 from ember.serialize import Graph, Node, Program, Sym
-from ember.serialize import FORMAT_VERSION, FormatError, load, save
+from ember.serialize import FormatError, load, save
+from ember.serialize.archive import FORMAT_VERSION
 
 RNG = np.random.default_rng(0)
 W = RNG.standard_normal((3, 4)).astype(np.float32)
