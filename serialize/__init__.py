@@ -1,8 +1,8 @@
 """ember.serialize: capture models as graphs, run them, save them as safe ``.ember`` files.
 
 Built so far: the IR (``ir``), the executor (``runtime``), ``Program``, the tracer (``trace``)
-and the ``.ember`` archive (``save`` / ``load``, docs/format.md). The runtime's optimisation
-passes, the ``ember info`` CLI and the inference benchmarks are next (docs/serialize-design.md).
+and the ``.ember`` archive (``save`` / ``load``, docs/format.md); ``ember info`` lives in ``ember.cli``.
+The runtime's optimisation passes and the inference benchmarks are next (docs/serialize-design.md).
 """
 from .ir import Graph, Node, Sym, Value  # noqa: F401
 from .program import Program  # noqa: F401

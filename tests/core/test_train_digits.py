@@ -8,6 +8,7 @@ import ember.nn as nn
 import ember.nn.functional as F
 from ember.data import DataLoader
 from ember.data.datasets import digits
+from ember.serialize import load
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.join(ROOT, "examples"))
@@ -37,8 +38,21 @@ def test_cnn_example_reaches_96_percent():
     assert acc >= 0.96, f"CNN test accuracy {acc:.4f} < 0.96"
 
 
-def test_example_script_runs():
-    out = subprocess.run([sys.executable, os.path.join(ROOT, "examples", "train_digits.py"), "--epochs", "2"],
-                         capture_output=True, text=True, timeout=600)
+def test_example_script_runs(tmp_path):
+    """The script trains, then saves a traced program that loads without the example's classes."""
+    out_file = tmp_path / "digits_cnn.ember"
+    out = subprocess.run([sys.executable, os.path.join(ROOT, "examples", "train_digits.py"), "--epochs", "2",
+                          "--out", str(out_file)], capture_output=True, text=True, timeout=600, cwd=tmp_path)
     assert out.returncode == 0, out.stderr
     assert "test accuracy:" in out.stdout
+    assert f"saved the traced model to {out_file}" in out.stdout
+    assert f"ember info {out_file}" in out.stdout
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["digits_cnn.ember"]  # nothing else left behind
+    prog = load(out_file)
+    assert prog.signature["inputs"] == [{"name": "image", "dtype": "float32", "shape": ["batch", 1, 8, 8]}]
+    assert prog.signature["outputs"] == [{"name": "logits", "dtype": "float32", "shape": ["batch", 10]}]
+    correct = total = 0
+    for x, y in DataLoader(digits("test"), batch_size=256):
+        correct += (prog(x).argmax(dim=1) == y).sum().item()
+        total += len(y)
+    assert f"{correct / total:.4f}" == prog.metadata["test_accuracy"]  # the saved model is the trained one

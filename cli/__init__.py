@@ -1,0 +1,1 @@
+"""The `ember` command line: the one module allowed to import every part of ember."""
