@@ -2,7 +2,8 @@
 
 Built so far: the IR (``ir``), the executor (``runtime``), ``Program``, the tracer (``trace``)
 and the ``.ember`` archive (``save`` / ``load``, docs/format.md); ``ember info`` lives in ``ember.cli``.
-The runtime's optimisation passes and the inference benchmarks are next (docs/serialize-design.md).
+Programs run an optimised copy of their graph (``passes``: identity removal, constant folding,
+Conv/Linear+BatchNorm folding, Linear/Conv+activation fusion); the saved graph stays unfused.
 """
 from .ir import Graph, Node, Sym, Value  # noqa: F401
 from .program import Program  # noqa: F401

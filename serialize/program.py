@@ -7,17 +7,19 @@ import ember
 from ember.device import as_device
 
 from .ir import Graph
+from .passes import optimize as _optimize
 from .runtime import Executor
 
 
 class Program:
     """What ``trace`` returns and ``load`` gives back. ``prog(x)`` runs the graph and returns Tensors."""
 
-    def __init__(self, graph: Graph, metadata=None, device="cpu"):
-        self.graph = graph
+    def __init__(self, graph: Graph, metadata=None, device="cpu", optimize=True):
+        self.graph = graph  # the unoptimised graph: what is saved and exported
         self.metadata = {str(k): str(v) for k, v in (metadata or {}).items()}
         self.device = as_device(device)
-        self._executor = Executor(graph, self.device.type)
+        self._optimize = optimize
+        self._executor = Executor(_optimize(graph) if optimize else graph, self.device.type)
 
     # ---- description ----------------------------------------------------------------------
     @property
@@ -52,7 +54,7 @@ class Program:
     # ---- execution --------------------------------------------------------------------------
     def to(self, device) -> "Program":
         dev = as_device(device)
-        return self if dev == self.device else Program(self.graph, self.metadata, dev)
+        return self if dev == self.device else Program(self.graph, self.metadata, dev, optimize=self._optimize)
 
     def __call__(self, *args, **kwargs):
         arrays = self._bind(args, kwargs)

@@ -116,6 +116,11 @@ def _extra_calls():
     registry.apply("arange", start=0, end=5, step=1, dtype="int64"), registry.apply("arange", start=5, end=0, step=-2,
                                                                                     dtype="float32")
     registry.apply("arange", start=3, end=3, step=1, dtype="int64")
+    # fused inference ops the serialize passes emit (never reached from eager code)
+    registry.apply("linear_act", _x(3, 4), _x(5, 4), _x(5), act="relu")
+    registry.apply("linear_act", _x(2, 3, 4), _x(5, 4), act="gelu")
+    registry.apply("conv2d_act", _x(2, 3, 7, 6), _x(4, 3, 3, 3), _x(4), stride=(2, 1), padding=(1, 0), dilation=(1, 1),
+                   groups=1, padding_extra=(0, 0), act="gelu_tanh")
 
 
 def _run_sample(sample):

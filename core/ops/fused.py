@@ -1,0 +1,97 @@
+"""Fused inference ops the serialize runtime's load-time passes emit: ``linear_act`` and ``conv2d_act``.
+
+Each runs the existing linear / conv2d kernel, then applies the activation (``act``: "relu",
+"gelu" or "gelu_tanh") in place on the fresh output, saving one pass over memory and one
+allocation. They have no backward: graphs are fused only for inference, and files hold the
+unfused graph (docs/serialize-design.md).
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from numba import prange
+
+from ..backends.cpu import elementwise_kernels as _ek
+from ..backends.cpu.jit import prange_kernel
+from .conv import _conv2d_cpu, _conv2d_rule
+from .linalg import _linear_cpu, _linear_rule
+from .registry import get_op, kernel, register_op
+
+ACTIVATIONS = ("relu", "gelu", "gelu_tanh")
+
+
+def _check_act(op, act):
+    if act not in ACTIVATIONS:
+        raise RuntimeError(f"{op}: unknown activation act={act!r}; valid: {', '.join(ACTIVATIONS)}")
+
+
+# One array read and written (not elementwise_kernels' (x, out) loops called with out = x): with
+# two aliased arguments LLVM's no-alias check fails and relu ran 3.5x slower, as a branchy scalar loop.
+@prange_kernel(_ek._MEM_BOUND)
+def _relu_inplace(a):
+    for i in prange(a.size):
+        v = a[i]
+        a[i] = 0.0 if v <= 0 else v  # NaN stays NaN, as in torch
+
+
+@prange_kernel(_ek._MATH_BOUND)
+def _gelu_inplace(a, tanh_approx):
+    if tanh_approx:
+        for i in prange(a.size):
+            v = a[i]
+            a[i] = 0.5 * v * (1.0 + math.tanh(_ek._K_TANH * (v + _ek._C_TANH * v * v * v)))
+    else:
+        for i in prange(a.size):
+            v = a[i]
+            a[i] = 0.5 * v * (1.0 + math.erf(v * _ek._SQRT1_2))
+
+
+def _activate_(out, act):
+    """Apply ``act`` to the fresh array ``out`` in place (and return it)."""
+    if out.dtype == np.float32 or out.dtype == np.float64:
+        flat = out.reshape(-1)  # a view: out is C-contiguous and owned by the caller
+        if act == "relu":
+            _relu_inplace(flat.size, flat)
+        else:
+            _gelu_inplace(flat.size, flat, act == "gelu_tanh")
+        return out
+    # other float dtypes: the unfused op's kernel (it computes via float32 like the fused one would)
+    if act == "relu":
+        return get_op("relu").kernels["cpu"](out)
+    return get_op("gelu").kernels["cpu"](out, approximate="tanh" if act == "gelu_tanh" else "none")
+
+
+def _linear_act_rule(x, w, b=None, *, act="relu"):
+    _check_act("linear_act", act)
+    return _linear_rule(x, w, b)
+
+
+register_op("linear_act", attrs={"act": "relu"}, shape=_linear_act_rule,
+            doc="act(x @ weight^T + bias): linear fused with a following activation (inference only)")
+
+
+@kernel("linear_act")
+def _linear_act_cpu(x, w, b=None, *, act="relu"):
+    out = _linear_cpu(x, w, b)
+    return _activate_(np.ascontiguousarray(out), act)
+
+
+def _conv2d_act_rule(x, w, b=None, *, stride, padding, dilation, groups, padding_extra=(0, 0), act="relu"):
+    _check_act("conv2d_act", act)
+    return _conv2d_rule(x, w, b, stride=stride, padding=padding, dilation=dilation, groups=groups,
+                        padding_extra=padding_extra)
+
+
+register_op("conv2d_act",
+            attrs={"stride": (1, 1), "padding": (0, 0), "dilation": (1, 1), "groups": 1, "padding_extra": (0, 0),
+                   "act": "relu"},
+            shape=_conv2d_act_rule,
+            doc="act(conv2d(x, weight, bias)): conv2d fused with a following activation (inference only)")
+
+
+@kernel("conv2d_act")
+def _conv2d_act_cpu(x, w, b=None, *, stride, padding, dilation, groups, padding_extra=(0, 0), act="relu"):
+    out = _conv2d_cpu(x, w, b, stride=stride, padding=padding, dilation=dilation, groups=groups,
+                      padding_extra=padding_extra)
+    return _activate_(np.ascontiguousarray(out), act)
