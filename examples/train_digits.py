@@ -18,6 +18,7 @@ from tqdm import tqdm
 import ember
 import ember.nn as nn
 import ember.nn.functional as F
+from ember.cli.main import describe, format_info
 from ember.data import DataLoader
 from ember.data.datasets import digits
 from ember.serialize import trace
@@ -101,7 +102,8 @@ def main():
     print(f"test accuracy: {acc:.4f}  ({time.perf_counter() - t0:.1f} s, ember {ember.__version__})")
     saved = export(model, args.out, acc)
     print(f"saved the traced model to {saved}")
-    print(f"describe it with:  ember info {shlex.quote(args.out)}")
+    print(f"\n$ ember info {shlex.quote(args.out)}")
+    print(format_info(describe(saved)))
 
 
 if __name__ == "__main__":

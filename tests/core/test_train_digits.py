@@ -46,7 +46,7 @@ def test_example_script_runs(tmp_path):
     assert out.returncode == 0, out.stderr
     assert "test accuracy:" in out.stdout
     assert f"saved the traced model to {out_file}" in out.stdout
-    assert f"ember info {out_file}" in out.stdout
+    assert f"$ ember info {out_file}" in out.stdout and "logits: float32[batch, 10]" in out.stdout
     assert sorted(p.name for p in tmp_path.iterdir()) == ["digits_cnn.ember"]  # nothing else left behind
     prog = load(out_file)
     assert prog.signature["inputs"] == [{"name": "image", "dtype": "float32", "shape": ["batch", 1, 8, 8]}]
