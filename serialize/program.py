@@ -76,9 +76,10 @@ class Program:
         missing = [n for n in names if n not in given]
         if missing:
             raise TypeError(f"missing input(s) {', '.join(missing)}; the program's inputs: {', '.join(names)}")
-        return {n: self._check(n, given[n]) for n in names}
+        seen = {}  # symbol -> (size, input name): a symbol means one size across all inputs
+        return {n: self._check(n, given[n], seen) for n in names}
 
-    def _check(self, name, x):
+    def _check(self, name, x, seen):
         spec = self.graph.values[name]
         if isinstance(x, ember.Tensor):
             a = x.detach()._data
@@ -90,11 +91,11 @@ class Program:
             raise TypeError(f"input {name!r}: expected dtype {spec.dtype}, got {a.dtype.name}")
         if a.ndim != len(spec.shape):
             raise ValueError(f"input {name!r}: expected {len(spec.shape)} dims {_fmt(spec.shape)}, got shape {a.shape}")
-        seen = {}
         for i, (d, s) in enumerate(zip(a.shape, spec.shape)):
             if isinstance(s, str):
-                if seen.setdefault(s, d) != d:
-                    raise ValueError(f"input {name!r}: dim {i} ({s!r}) is {d} but {s!r} is {seen[s]} elsewhere in it")
+                size, where = seen.setdefault(s, (d, name))
+                if size != d:
+                    raise ValueError(f"input {name!r}: dim {i} ({s!r}) is {d}, but {s!r} is {size} in input {where!r}")
             elif d != s:
                 raise ValueError(f"input {name!r}: dim {i} must be {s} {_fmt(spec.shape)}, got shape {a.shape}")
         return np.ascontiguousarray(a)

@@ -306,7 +306,11 @@ def _default_input_names(model, n):
 
 
 def _input_axes(names, inputs, dynamic_axes):
-    axes = {name: ({0: "batch"} if t.ndim > 0 else {}) for name, t in zip(names, inputs)}
+    # dim 0 is "batch" for every input whose dim 0 matches the first input's; an input with another
+    # leading size gets a symbol of its own, since one symbol stands for one size
+    first = next((t._data.shape[0] for t in inputs if t.ndim > 0), None)
+    axes = {name: ({} if t.ndim == 0 else {0: "batch" if t._data.shape[0] == first else f"{name}_dim0"})
+            for name, t in zip(names, inputs)}
     for name, spec in (dynamic_axes or {}).items():
         if name not in axes:
             continue  # output names may be listed too (ONNX style); outputs follow from the graph

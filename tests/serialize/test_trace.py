@@ -193,3 +193,15 @@ def test_factories_with_symbolic_sizes_are_recorded():
     prog = trace(f, ember.randn(2, 3))
     x = ember.randn(6, 3)
     np.testing.assert_allclose(prog(x).numpy(), f(x).numpy())
+
+
+def test_inputs_are_checked_against_the_signature():
+    prog = trace(lambda a, b: a * b, (ember.randn(2, 3), ember.randn(2, 3)))
+    with pytest.raises(ValueError, match=r"input 'b': dim 0 \('batch'\) is 4, but 'batch' is 3 in input 'a'"):
+        prog(ember.randn(3, 3), ember.randn(4, 3))
+    with pytest.raises(ValueError, match=r"input 'a': dim 1 must be 3"):
+        prog(ember.randn(3, 4), ember.randn(3, 4))
+    with pytest.raises(TypeError, match="expected dtype float32, got float64"):
+        prog(ember.randn(3, 3, dtype=ember.float64), ember.randn(3, 3))
+    with pytest.raises(TypeError, match="missing input"):
+        prog(ember.randn(3, 3))
