@@ -63,7 +63,7 @@ class _BatchNorm(Module):
         _reset_affine(self)
 
     def _check_input_dim(self, input):
-        raise NotImplementedError
+        raise NotImplementedError(f"{type(self).__name__}: subclasses of the batch-norm base define _check_input_dim")
 
     def forward(self, input):
         self._check_input_dim(input)
