@@ -20,6 +20,8 @@ class Program:
         self.device = as_device(device)
         self._optimize = optimize
         self._executor = Executor(_optimize(graph) if optimize else graph, self.device.type)
+        # per input: name, numpy dtype, IR shape (checked on every call, so computed once)
+        self._specs = [(n, np.dtype(graph.values[n].dtype), tuple(graph.values[n].shape)) for n in graph.inputs]
 
     # ---- description ----------------------------------------------------------------------
     @property
@@ -63,6 +65,9 @@ class Program:
         return res[0] if len(res) == 1 else res
 
     def _bind(self, args, kwargs) -> dict:
+        if not kwargs and len(args) == len(self._specs):
+            seen = {}
+            return {spec[0]: self._check(spec, x, seen) for spec, x in zip(self._specs, args)}
         names = self.graph.inputs
         if len(args) > len(names):
             raise TypeError(f"program takes {len(names)} inputs ({', '.join(names)}), got {len(args)}")
@@ -77,27 +82,27 @@ class Program:
         if missing:
             raise TypeError(f"missing input(s) {', '.join(missing)}; the program's inputs: {', '.join(names)}")
         seen = {}  # symbol -> (size, input name): a symbol means one size across all inputs
-        return {n: self._check(n, given[n], seen) for n in names}
+        return {spec[0]: self._check(spec, given[spec[0]], seen) for spec in self._specs}
 
-    def _check(self, name, x, seen):
-        spec = self.graph.values[name]
+    def _check(self, spec, x, seen):
+        name, want, shape = spec
         if isinstance(x, ember.Tensor):
             a = x.detach()._data
         elif isinstance(x, np.ndarray):
             a = x
         else:
             raise TypeError(f"input {name!r}: expected an ember Tensor or a numpy array, got {type(x).__name__}")
-        if a.dtype.name != spec.dtype:
-            raise TypeError(f"input {name!r}: expected dtype {spec.dtype}, got {a.dtype.name}")
-        if a.ndim != len(spec.shape):
-            raise ValueError(f"input {name!r}: expected {len(spec.shape)} dims {_fmt(spec.shape)}, got shape {a.shape}")
-        for i, (d, s) in enumerate(zip(a.shape, spec.shape)):
+        if a.dtype != want:
+            raise TypeError(f"input {name!r}: expected dtype {want.name}, got {a.dtype.name}")
+        if a.ndim != len(shape):
+            raise ValueError(f"input {name!r}: expected {len(shape)} dims {_fmt(shape)}, got shape {a.shape}")
+        for i, (d, s) in enumerate(zip(a.shape, shape)):
             if isinstance(s, str):
                 size, where = seen.setdefault(s, (d, name))
                 if size != d:
                     raise ValueError(f"input {name!r}: dim {i} ({s!r}) is {d}, but {s!r} is {size} in input {where!r}")
             elif d != s:
-                raise ValueError(f"input {name!r}: dim {i} must be {s} {_fmt(spec.shape)}, got shape {a.shape}")
+                raise ValueError(f"input {name!r}: dim {i} must be {s} {_fmt(shape)}, got shape {a.shape}")
         return np.ascontiguousarray(a)
 
 
