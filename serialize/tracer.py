@@ -281,6 +281,7 @@ def trace(model, example_inputs, dynamic_axes=None, input_names=None, output_nam
         raise ValueError(f"trace: the model returned {len(outs)} outputs but {len(onames)} output names were given")
     _name_outputs(graph, out_values, onames)
     _eliminate_dead_code(graph)
+    _renumber(graph)
     prog = Program(graph, metadata=metadata)
     if check:
         if was_training:
@@ -363,6 +364,43 @@ def _eliminate_dead_code(graph):
         del graph.constants[name]
     defined = set(graph.inputs) | set(graph.constants) | {o for n in graph.nodes for o in n.outputs}
     graph.values = {k: v for k, v in graph.values.items() if k in defined}
+
+
+def _renumber(graph):
+    """Name the intermediate values v1, v2, ... and size scalars s1, s2, ... in order of definition,
+    so listings have no gaps where dead code was removed."""
+    fixed = set(graph.inputs) | set(graph.outputs) | set(graph.constants)
+    mapping, counts = {}, {"v": 0, "s": 0}
+    for n in graph.nodes:
+        for o in n.outputs:
+            if o in fixed or o.startswith(tuple(f"{i}_size" for i in graph.inputs)):
+                continue
+            kind = "s" if graph.values[o].dtype == "int64" and graph.values[o].shape == () else "v"
+            counts[kind] += 1
+            while f"{kind}{counts[kind]}" in fixed:  # a user's output or input may already be named "v3"
+                counts[kind] += 1
+            mapping[o] = f"{kind}{counts[kind]}"
+    if not mapping:
+        return
+
+    def ren(obj):
+        if isinstance(obj, Sym):
+            return Sym(mapping.get(obj["sym"], obj["sym"]))
+        if isinstance(obj, dict):
+            return {k: ren(v) for k, v in obj.items()}
+        if isinstance(obj, tuple):
+            return tuple(ren(v) for v in obj)
+        return obj
+
+    for n in graph.nodes:
+        n.inputs = [mapping.get(x, x) for x in n.inputs]
+        n.outputs = [mapping.get(x, x) for x in n.outputs]
+        n.attrs = ren(n.attrs)
+    values = {}
+    for name, v in graph.values.items():
+        v.name = mapping.get(name, name)
+        values[v.name] = v
+    graph.values = values
 
 
 def _check(model, prog, inputs, outs, axes):

@@ -205,3 +205,14 @@ def test_inputs_are_checked_against_the_signature():
         prog(ember.randn(3, 3, dtype=ember.float64), ember.randn(3, 3))
     with pytest.raises(TypeError, match="missing input"):
         prog(ember.randn(3, 3))
+
+
+def test_value_names_do_not_collide_with_user_names():
+    def f(v1, v2):
+        return (v1 * v2).relu() + 1, v1 - v2
+
+    prog = trace(f, (ember.randn(2, 3), ember.randn(2, 3)), output_names=["v3", "v1_out"])
+    a, b = ember.randn(4, 3), ember.randn(4, 3)
+    for got, want in zip(prog(a, b), f(a, b)):
+        np.testing.assert_allclose(got.numpy(), want.numpy())
+    assert len(set(prog.graph.values)) == len(prog.graph.values)
