@@ -19,6 +19,7 @@ from ember import _hooks
 from ember.autograd.grad_mode import no_grad
 from ember.ops import registry
 
+from .graph_edit import eliminate_dead_code, name_outputs, renumber
 from .ir import Graph, Node, Sym
 
 _OWN_DIRS = tuple(os.path.dirname(os.path.abspath(m.__file__)) + os.sep for m in (ember, inspect.getmodule(Graph)))
@@ -89,6 +90,8 @@ class _Session:
 
     def fresh(self, prefix="v"):
         self._n += 1
+        while f"{prefix}{self._n}" in self.graph.values:  # an input may be called "v1"
+            self._n += 1
         return f"{prefix}{self._n}"
 
     # ---- values ------------------------------------------------------------------------
@@ -279,9 +282,9 @@ def trace(model, example_inputs, dynamic_axes=None, input_names=None, output_nam
     onames = list(output_names) if output_names else [f"output{i}" if len(outs) > 1 else "output" for i in range(len(outs))]
     if len(onames) != len(outs):
         raise ValueError(f"trace: the model returned {len(outs)} outputs but {len(onames)} output names were given")
-    _name_outputs(graph, out_values, onames)
-    _eliminate_dead_code(graph)
-    _renumber(graph)
+    name_outputs(graph, out_values, onames)
+    eliminate_dead_code(graph)
+    renumber(graph)
     prog = Program(graph, metadata=metadata)
     if check:
         if was_training:
@@ -323,84 +326,6 @@ def _input_axes(names, inputs, dynamic_axes):
                                  f"{inputs[names.index(name)].ndim} dims")
             axes[name][int(d)] = str(sym)
     return axes
-
-
-def _name_outputs(graph, values, onames):
-    producers = {o: n for n in graph.nodes for o in n.outputs}
-    used_as_output = set()
-    for i, (v, name) in enumerate(zip(values, onames)):
-        node = producers.get(v)
-        if node is not None and v not in used_as_output and v not in graph.inputs and name not in graph.values:
-            _rename(graph, v, name)
-        else:  # an input, a constant or a repeated output: copy it under its own name
-            src = graph.values[v]
-            graph.add_value(name, src.dtype, src.shape)
-            graph.nodes.append(Node("clone", [v], [name]))
-        used_as_output.add(v)
-        graph.outputs.append(name)
-
-
-def _rename(graph, old, new):
-    val = graph.values.pop(old)
-    val.name = new
-    graph.values[new] = val
-    for n in graph.nodes:
-        n.inputs = [new if x == old else x for x in n.inputs]
-        n.outputs = [new if x == old else x for x in n.outputs]
-
-
-def _eliminate_dead_code(graph):
-    from .ir import _sym_refs
-
-    live = set(graph.outputs)
-    kept = []
-    for n in reversed(graph.nodes):
-        if any(o in live for o in n.outputs):
-            kept.append(n)
-            live.update(n.inputs)
-            live.update(_sym_refs(n.attrs))
-    graph.nodes = kept[::-1]
-    for name in [c for c in graph.constants if c not in live]:
-        del graph.constants[name]
-    defined = set(graph.inputs) | set(graph.constants) | {o for n in graph.nodes for o in n.outputs}
-    graph.values = {k: v for k, v in graph.values.items() if k in defined}
-
-
-def _renumber(graph):
-    """Name the intermediate values v1, v2, ... and size scalars s1, s2, ... in order of definition,
-    so listings have no gaps where dead code was removed."""
-    fixed = set(graph.inputs) | set(graph.outputs) | set(graph.constants)
-    mapping, counts = {}, {"v": 0, "s": 0}
-    for n in graph.nodes:
-        for o in n.outputs:
-            if o in fixed or o.startswith(tuple(f"{i}_size" for i in graph.inputs)):
-                continue
-            kind = "s" if graph.values[o].dtype == "int64" and graph.values[o].shape == () else "v"
-            counts[kind] += 1
-            while f"{kind}{counts[kind]}" in fixed:  # a user's output or input may already be named "v3"
-                counts[kind] += 1
-            mapping[o] = f"{kind}{counts[kind]}"
-    if not mapping:
-        return
-
-    def ren(obj):
-        if isinstance(obj, Sym):
-            return Sym(mapping.get(obj["sym"], obj["sym"]))
-        if isinstance(obj, dict):
-            return {k: ren(v) for k, v in obj.items()}
-        if isinstance(obj, tuple):
-            return tuple(ren(v) for v in obj)
-        return obj
-
-    for n in graph.nodes:
-        n.inputs = [mapping.get(x, x) for x in n.inputs]
-        n.outputs = [mapping.get(x, x) for x in n.outputs]
-        n.attrs = ren(n.attrs)
-    values = {}
-    for name, v in graph.values.items():
-        v.name = mapping.get(name, name)
-        values[v.name] = v
-    graph.values = values
 
 
 def _check(model, prog, inputs, outs, axes):
