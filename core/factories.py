@@ -14,10 +14,14 @@ def _symbolic(*values) -> bool:
     """Whether a size argument holds an int subclass (a tracer's symbolic dim) while a tracer listens."""
     if _hooks.factory is None:
         return False
-    flat = []
-    for v in values:
-        flat.extend(v if isinstance(v, (tuple, list)) else (v,))
-    return any(isinstance(v, int) and type(v) not in (int, bool) for v in flat)
+    stack = list(values)
+    while stack:  # sizes come as (2, 3), ((2, 3),) or [2, 3]
+        v = stack.pop()
+        if isinstance(v, (tuple, list)):
+            stack.extend(v)
+        elif isinstance(v, int) and type(v) not in (int, bool):
+            return True
+    return False
 
 
 def _shape(size):

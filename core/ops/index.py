@@ -15,8 +15,6 @@ A pure basic index (no tensors) is the ``getitem`` op (a view); any tensor index
 """
 from __future__ import annotations
 
-import operator
-
 import numpy as np
 
 from ..autograd.grad_mode import is_grad_enabled
@@ -27,7 +25,7 @@ from .registry import apply, backward, kernel, register_op
 from .index_rules import (ELLIPSIS, TENSOR, check_index_items, getitem_backward_shape, index_put_shape, index_shape,
                           masks_to_positions, used_dims)
 from .index_rules import oob as _oob
-from .util import norm_dim, unbroadcast
+from .util import as_size, norm_dim, unbroadcast
 
 _FULL = (None, None, None)
 
@@ -54,7 +52,7 @@ def _as_index_tensor(a, op_name) -> Tensor:
 
 
 def _slice_item(s, op_name):
-    start, stop, step = (None if v is None else operator.index(v) for v in (s.start, s.stop, s.step))
+    start, stop, step = (None if v is None else as_size(v) for v in (s.start, s.stop, s.step))
     if step is not None and step <= 0:
         raise ValueError(
             f"{op_name}: step must be greater than zero, got slice step {step} (negative steps are not supported, "
@@ -81,7 +79,7 @@ def encode_index(index, op_name="getitem"):
             items.append(TENSOR)
             tensors.append(Tensor._wrap(np.asarray(bool(it))))
         elif isinstance(it, (int, np.integer)):
-            items.append(int(it))
+            items.append(as_size(it))
         elif isinstance(it, (Tensor, list, tuple, np.ndarray)):
             items.append(TENSOR)
             tensors.append(_as_index_tensor(it, op_name))
@@ -241,7 +239,7 @@ def select(x: Tensor, dim: int, index: int) -> Tensor:
     n = x.shape[d]
     if not -n <= index < n:
         raise IndexError(f"select: index {index} is out of bounds for dimension {d} with size {n} (shape {x.shape})")
-    out = apply(_getitem, x, index=(_FULL,) * d + (int(index),))
+    out = apply(_getitem, x, index=(_FULL,) * d + (as_size(index),))
     out._vbox = x._vbox
     return out
 

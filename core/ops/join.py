@@ -12,6 +12,7 @@ from .. import dtypes as _dt
 from ..tensor import Tensor
 from .registry import apply, backward, kernel, register_op
 from .shape import _norm, narrow
+from .util import as_size
 
 
 def _promoted(tensors, op_name):
@@ -123,14 +124,14 @@ def split(x: Tensor, split_size_or_sections, dim: int = 0):
     d = _norm(dim, x.ndim, "split")
     n = x.shape[d]
     if isinstance(split_size_or_sections, (int, np.integer)):
-        size = int(split_size_or_sections)
+        size = as_size(split_size_or_sections)
         if size < 0:
             raise RuntimeError(f"split: split_size must be non-negative, but got split_size={size}")
         if size == 0 and n != 0:
             raise RuntimeError(f"split: split_size can only be 0 if dimension size is 0, but got dimension size of {n}")
         sizes = [min(size, n - s) for s in range(0, n, size)] if n else [0]
     else:
-        sizes = [int(s) for s in split_size_or_sections]
+        sizes = [as_size(s) for s in split_size_or_sections]
         if any(s < 0 for s in sizes) or sum(sizes) != n:
             raise RuntimeError(
                 f"split_with_sizes expects split_sizes to sum exactly to {n} (input tensor's size at dimension {d}, "

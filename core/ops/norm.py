@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from .. import factories as _factories
 from ..autograd.grad_mode import no_grad
 from ..backends.cpu import norm_kernels as K
 from ..backends.cpu.jit import f32c
@@ -340,8 +341,9 @@ def group_norm(input, num_groups, weight=None, bias=None, eps=1e-5):
             f"group_norm: expected more than 1 value per group, got input shape {tuple(input.shape)} "
             f"with {num_groups} groups"
         )
-    ones = Tensor._wrap(np.ones(n * num_groups, dtype=input._data.dtype))
-    zeros = Tensor._wrap(np.zeros(n * num_groups, dtype=input._data.dtype))
+    # through the factories, so a traced batch size stays symbolic instead of baking n * num_groups in
+    ones = _factories.ones(n * num_groups, dtype=input.dtype)
+    zeros = _factories.zeros(n * num_groups, dtype=input.dtype)
     y = apply(_bn_train, grouped, ones, zeros, eps=float(eps))[0].reshape(input.shape)
     cshape = _channel_shape(c, input.ndim)
     if weight is not None:

@@ -286,10 +286,10 @@ def _narrow_bw(ctx, g):
 
 def narrow(x: Tensor, dim: int, start: int, length: int) -> Tensor:
     d = _norm(dim, x.ndim, "narrow")
-    start = int(start)
+    start = as_size(start)
     if start < 0 and x.ndim:
         start += x.shape[d]
-    out = apply(_narrow, x, dim=d, start=start, length=int(length))
+    out = apply(_narrow, x, dim=d, start=start, length=as_size(length))
     out._vbox = x._vbox  # a view shares its base's version counter, as in torch
     return out
 

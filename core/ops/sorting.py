@@ -12,7 +12,7 @@ import numpy as np
 from ..tensor import Tensor
 from . import gather as _gather  # noqa: F401  (registers gather_backward, used by the backwards here)
 from .registry import apply, backward, kernel, register_op
-from .util import norm_dim
+from .util import as_size, norm_dim
 
 sort_result = collections.namedtuple("sort", ["values", "indices"])
 topk_result = collections.namedtuple("topk", ["values", "indices"])
@@ -150,7 +150,7 @@ def topk(input: Tensor, k: int, dim: int = -1, largest: bool = True, sorted: boo
         values, indices = topk(input.reshape(1), k, 0, largest, sorted)
         return topk_result(values.reshape(()), indices.reshape(()))
     d = norm_dim(dim, input.ndim, "topk")
-    return topk_result(*apply(_topk, input, k=int(k), dim=d, largest=bool(largest), sorted=bool(sorted)))
+    return topk_result(*apply(_topk, input, k=as_size(k), dim=d, largest=bool(largest), sorted=bool(sorted)))
 
 
 def _msort(input: Tensor) -> Tensor:

@@ -5,12 +5,19 @@ import operator
 
 import numpy as np
 
+from .. import _hooks
 from .. import dtypes as _dt
 from ..tensor import Tensor
 
 
 def scalar_tensor(value, dtype) -> Tensor:
     """A 0-d tensor holding a python scalar in ``dtype`` (so float32 stays float32)."""
+    if _hooks.factory is not None and isinstance(value, int) and type(value) not in (int, bool):
+        # a tracer's symbolic size (``x.sum() / x.shape[0]``): a recorded arange follows the run-time
+        # size, where a constant would bake in the example's
+        from ..factories import arange
+
+        return arange(value, value + 1, dtype=dtype).reshape(())
     return Tensor._wrap(np.asarray(value, dtype=dtype.np))
 
 
