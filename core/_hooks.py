@@ -4,7 +4,8 @@
 - ``concrete(t, what)``: called before a tensor's data leaves the tensor world (``item()``,
   ``bool(t)``, ``numpy()`` ...); the tracer raises there, since the value would be baked in;
 - ``inplace(t, new)``: tensor ``t`` now holds the value of ``new`` (an in-place op ran);
-- ``setitem(t)``: a direct write into ``t``'s storage (``t[i] = v`` without autograd);
+- ``setitem(t, items, value, index_tensors)``: ``t[index] = value`` is about to write into ``t``'s
+  storage without autograd (``items`` is the encoded index, see ``ops.index.encode_index``);
 - ``factory(name, args, result)``: a factory was asked for a size containing symbolic dims.
 
 The core never imports the modules that install these.

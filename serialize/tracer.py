@@ -178,10 +178,23 @@ class _Session:
                              f"(at {_where()}); a traced graph cannot update state")
         self._bind(t, self.names[id(new)], self.sym_shapes.get(id(new), new._data.shape))
 
-    def on_setitem(self, t):
-        if id(t) in self.names or id(t) in self.params:
-            raise TraceError(f"item assignment into a tensor the graph already uses (at {_where()}); build the "
-                             f"value with where/masked_fill/cat instead")
+    def on_setitem(self, t, items, value, tensors):
+        """``t[index] = value``: on a tensor the graph computes, record a functional index_put and
+        let ``t`` stand for its result from here on (the eager write still happens)."""
+        if id(t) in self.inputs or id(t) in self.params:
+            what = "graph input" if id(t) in self.inputs else "parameter/buffer"
+            raise TraceError(f"item assignment into {what} {self.names.get(id(t)) or self.params.get(id(t))!r} "
+                             f"(at {_where()}); clone() it first")
+        name = self.names.get(id(t))
+        if name is None:
+            return  # a tensor not used by the graph yet: a constant being built
+        if name in self.graph.constants:
+            del self.names[id(t)]  # the graph keeps the old value; later uses register the new one
+            return
+        if value.dtype != t.dtype:
+            value = value.to(t.dtype)
+        out = registry.apply("index_put", t, value, *tensors, index=items)
+        self._bind(t, self.names[id(out)], self.sym_shapes.get(id(out), out._data.shape))
 
     def on_factory(self, name, args, kw):
         if name in ("rand", "randn", "randint"):

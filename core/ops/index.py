@@ -322,7 +322,7 @@ def setitem(x: Tensor, index, value) -> None:
         x._inplace(compute)
         return
     if _hooks.setitem is not None:
-        _hooks.setitem(x)
+        _hooks.setitem(x, items, v, tensors)
     if not x._data.flags.writeable:
         raise RuntimeError(
             "setitem: unsupported operation: the written-to tensor is read-only memory (e.g. an expand()ed tensor, "

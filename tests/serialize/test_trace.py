@@ -216,3 +216,20 @@ def test_value_names_do_not_collide_with_user_names():
     for got, want in zip(prog(a, b), f(a, b)):
         np.testing.assert_allclose(got.numpy(), want.numpy())
     assert len(set(prog.graph.values)) == len(prog.graph.values)
+
+
+def test_item_assignment_into_a_computed_tensor_is_recorded():
+    def f(x):
+        y = x.clone()
+        y[:, 0] = 0.0
+        y[y[:, 1] > 0, 2] = 5.0  # a data-dependent mask, but a fixed output shape
+        z = ember.zeros(3)
+        z[1] = 2.0  # a constant being built: stays a constant
+        return y * z.sum()
+
+    x = ember.randn(4, 3)
+    prog = trace(f, x)
+    assert "index_put" in prog.code
+    for b in (1, 4, 9):
+        xb = ember.randn(b, 3)
+        np.testing.assert_allclose(prog(xb).numpy(), f(xb).numpy())
