@@ -65,30 +65,26 @@ def _softmax_dim(name, ndim):
     return 0 if ndim in (0, 1, 3) else 1
 
 
+def _softmax_args(name, input, dim, dtype):
+    """torch's shared prologue: the legacy implicit dim, then the optional cast."""
+    if dim is None:
+        dim = _softmax_dim(name, input.ndim)
+    return (input if dtype is None else input.to(dtype)), dim
+
+
 def softmax(input, dim=None, _stacklevel=3, dtype=None):
     """exp(x) / sum(exp(x)) along ``dim``; ``dtype`` casts the input first (e.g. to float64)."""
-    if dim is None:
-        dim = _softmax_dim("softmax", input.ndim)
-    if dtype is not None:
-        input = input.to(dtype)
-    return _softmax(input, dim)
+    return _softmax(*_softmax_args("softmax", input, dim, dtype))
 
 
 def log_softmax(input, dim=None, _stacklevel=3, dtype=None):
     """log(softmax(x)) along ``dim``, computed stably."""
-    if dim is None:
-        dim = _softmax_dim("log_softmax", input.ndim)
-    if dtype is not None:
-        input = input.to(dtype)
-    return _log_softmax(input, dim)
+    return _log_softmax(*_softmax_args("log_softmax", input, dim, dtype))
 
 
 def softmin(input, dim=None, _stacklevel=3, dtype=None):
     """softmax(-x) along ``dim``."""
-    if dim is None:
-        dim = _softmax_dim("softmin", input.ndim)
-    if dtype is not None:
-        input = input.to(dtype)
+    input, dim = _softmax_args("softmin", input, dim, dtype)
     return _softmax(-input, dim)
 
 

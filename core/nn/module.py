@@ -336,24 +336,12 @@ class Module(StateDictMixin):
     def register_forward_pre_hook(self, hook, *, prepend=False, with_kwargs=False):
         """``hook(module, args)`` (or ``(module, args, kwargs)`` with_kwargs) runs before forward; a
         non-None return replaces the inputs."""
-        handle = RemovableHandle(self._forward_pre_hooks)
-        self._forward_pre_hooks[handle.id] = hook
-        if with_kwargs:
-            self._forward_pre_hooks_with_kwargs.add(handle.id)
-        if prepend:
-            self._forward_pre_hooks.move_to_end(handle.id, last=False)
-        return handle
+        return _add_hook(self._forward_pre_hooks, self._forward_pre_hooks_with_kwargs, hook, prepend, with_kwargs)
 
     def register_forward_hook(self, hook, *, prepend=False, with_kwargs=False):
         """``hook(module, args, output)`` (or ``(module, args, kwargs, output)``) runs after forward; a
         non-None return replaces the output."""
-        handle = RemovableHandle(self._forward_hooks)
-        self._forward_hooks[handle.id] = hook
-        if with_kwargs:
-            self._forward_hooks_with_kwargs.add(handle.id)
-        if prepend:
-            self._forward_hooks.move_to_end(handle.id, last=False)
-        return handle
+        return _add_hook(self._forward_hooks, self._forward_hooks_with_kwargs, hook, prepend, with_kwargs)
 
     def __call__(self, *args, **kwargs):
         if not self._forward_pre_hooks and not self._forward_hooks:
@@ -415,3 +403,14 @@ def empty_parameter(*shape, device=None, dtype=None) -> Parameter:
     if not dt.is_floating_point:
         raise TypeError(f"layer parameters must be floating point, got dtype={dt}")
     return Parameter(Tensor._wrap(np.empty(shape, dt.np)))
+
+
+def _add_hook(table, with_kwargs_ids, hook, prepend, with_kwargs):
+    """Register ``hook`` in an ordered hook table; the handle removes it again."""
+    handle = RemovableHandle(table)
+    table[handle.id] = hook
+    if with_kwargs:
+        with_kwargs_ids.add(handle.id)
+    if prepend:
+        table.move_to_end(handle.id, last=False)
+    return handle

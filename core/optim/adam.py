@@ -17,18 +17,14 @@ class Adam(Optimizer):
 
     def _check_group(self, group):
         betas = group["betas"]
-        if group["lr"] < 0.0:
-            raise ValueError(f"Invalid learning rate: {group['lr']}")
-        if group["eps"] < 0.0:
-            raise ValueError(f"Invalid epsilon value: {group['eps']}")
+        self._require_non_negative(group, "lr", "eps")
         if len(betas) != 2:
             raise ValueError(f"Invalid betas: expected a pair (beta1, beta2), got {betas}")
         if not 0.0 <= betas[0] < 1.0:
             raise ValueError(f"Invalid beta parameter at index 0: {betas[0]}")
         if not 0.0 <= betas[1] < 1.0:
             raise ValueError(f"Invalid beta parameter at index 1: {betas[1]}")
-        if group["weight_decay"] < 0.0:
-            raise ValueError(f"Invalid weight_decay value: {group['weight_decay']}")
+        self._require_non_negative(group, "weight_decay")
         group["betas"] = tuple(betas)
 
     def step(self, closure=None):

@@ -16,6 +16,10 @@ _KERNEL_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 _F32 = np.dtype(np.float32)
 
 
+# how torch names each hyper-parameter in its "Invalid ..." errors
+_LABELS = {"lr": "learning rate", "eps": "epsilon value", "momentum": "momentum value",
+           "weight_decay": "weight_decay value", "alpha": "alpha value"}
+
 class _RequiredParameter:
     """Marks a hyper-parameter every param group must set (no usable default)."""
 
@@ -178,6 +182,13 @@ class Optimizer:
 
     def _check_group(self, group: dict) -> None:
         """Validate a group's hyper-parameters (subclasses raise torch's 'Invalid ...' errors)."""
+
+    @staticmethod
+    def _require_non_negative(group: dict, *names) -> None:
+        """torch's 'Invalid <label>: <value>' error for the first of ``names`` that is negative."""
+        for name in names:
+            if group[name] < 0.0:
+                raise ValueError(f"Invalid {_LABELS[name]}: {group[name]}")
 
     # ---- stepping ---------------------------------------------------------------------------
     def zero_grad(self, set_to_none: bool = True) -> None:

@@ -16,16 +16,7 @@ class RMSprop(Optimizer):
         super().__init__(params, defaults)
 
     def _check_group(self, group):
-        if group["lr"] < 0.0:
-            raise ValueError(f"Invalid learning rate: {group['lr']}")
-        if group["eps"] < 0.0:
-            raise ValueError(f"Invalid epsilon value: {group['eps']}")
-        if group["momentum"] < 0.0:
-            raise ValueError(f"Invalid momentum value: {group['momentum']}")
-        if group["weight_decay"] < 0.0:
-            raise ValueError(f"Invalid weight_decay value: {group['weight_decay']}")
-        if group["alpha"] < 0.0:
-            raise ValueError(f"Invalid alpha value: {group['alpha']}")
+        self._require_non_negative(group, "lr", "eps", "momentum", "weight_decay", "alpha")
 
     def step(self, closure=None):
         """One update of every parameter that has a gradient; returns the closure's loss, if any."""
