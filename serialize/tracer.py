@@ -237,7 +237,7 @@ def trace(model, example_inputs, dynamic_axes=None, input_names=None, output_nam
     The model runs once on ``example_inputs`` (a tensor or a tuple of tensors) in eval mode without
     autograd, so training-only behaviour (dropout, batch-norm statistics updates) is not recorded.
     Dim 0 of every input is the symbol ``"batch"``; ``dynamic_axes`` (ONNX style,
-    ``{"x": {0: "batch", 2: "seq"}}``) names others. With ``check`` the graph is run on the example
+    ``{"x": {0: "batch", 2: "seq"}}``) names others; ``{"x": None}`` fixes every dim of ``x``. With ``check`` the graph is run on the example
     and on a batch one larger, and must reproduce the eager outputs.
     """
     from .program import Program
@@ -331,6 +331,9 @@ def _input_axes(names, inputs, dynamic_axes):
     for name, spec in (dynamic_axes or {}).items():
         if name not in axes:
             continue  # output names may be listed too (ONNX style); outputs follow from the graph
+        if spec is None:  # every dim of this input fixed to the example's size
+            axes[name] = {}
+            continue
         if isinstance(spec, (list, tuple)):
             spec = {int(d): f"{name}_dim{d}" for d in spec}
         for d, sym in spec.items():
