@@ -233,3 +233,12 @@ def test_item_assignment_into_a_computed_tensor_is_recorded():
     for b in (1, 4, 9):
         xb = ember.randn(b, 3)
         np.testing.assert_allclose(prog(xb).numpy(), f(xb).numpy())
+
+
+def test_dynamic_axes_none_fixes_every_dim_of_an_input():
+    model = _mlp()
+    prog = trace(model, ember.randn(3, 12), dynamic_axes={"input": None})
+    assert prog.signature["inputs"][0]["shape"] == [3, 12]
+    assert not any(n.op == "sym_size" for n in prog.graph.nodes)
+    with pytest.raises(ValueError, match=r"dim 0 must be 3"):
+        prog(ember.randn(4, 12))
