@@ -255,6 +255,9 @@ def t(x: Tensor) -> Tensor:
 def _narrow_rule(x_shape, dim, start, length):
     if len(x_shape) == 0:
         raise RuntimeError("narrow: cannot be applied to a 0-dim tensor")
+    if not -len(x_shape) <= dim < len(x_shape):
+        raise RuntimeError(f"narrow: dim {dim} is out of range for a tensor of {len(x_shape)} dims")
+    dim %= len(x_shape)
     n = x_shape[dim]
     if length < 0:
         raise RuntimeError(f"narrow: length must be non-negative, got {length}")
@@ -271,6 +274,7 @@ _narrow = register_op("narrow", attrs={"dim": 0, "start": 0, "length": 0}, shape
 
 @kernel("narrow")
 def _narrow_cpu(x, dim, start, length):
+    dim = dim % x.ndim if x.ndim else dim  # a negative dim counts from the end, as in the shape rule
     return x[(slice(None),) * dim + (slice(start, start + length),)]
 
 

@@ -114,6 +114,17 @@ def test_flip_and_narrow_are_copies_and_views():
     assert x.numpy()[0, 0] == 0.0 and x._version == v + 1
 
 
+def test_narrow_kernel_takes_a_negative_dim_like_its_shape_rule():
+    """Graphs call the kernel directly (the public narrow normalises dim first); -1 is the last dim."""
+    from ember.ops.registry import get_op
+
+    op = get_op("narrow")
+    a = np.arange(12.0).reshape(3, 4)
+    got = op.kernels["cpu"](a, dim=-1, start=1, length=2)
+    assert got.shape == op.shape(a.shape, dim=-1, start=1, length=2) == (3, 2)
+    np.testing.assert_array_equal(got, torch.from_numpy(a).narrow(-1, 1, 2).numpy())
+
+
 @settings(deadline=None, max_examples=20)
 @given(shape=st.lists(st.integers(1, 4), min_size=1, max_size=4), data=st.data())
 def test_permute_transpose_noncontiguous(shape, data):
