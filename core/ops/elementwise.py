@@ -93,8 +93,10 @@ def _div_cpu(a, b, rounding_mode=None):
         if a.dtype.kind in "biu":
             if rounding_mode == "floor":
                 return np.floor_divide(a, b)
-            q = np.floor_divide(np.abs(a), np.abs(b))
-            return np.where((a < 0) != (b < 0), -q, q).astype(q.dtype)
+            # floor, then one step toward zero where it rounded down a negative quotient (no abs(): abs(-128)
+            # wraps in int8)
+            q = np.floor_divide(a, b)
+            return q + ((np.remainder(a, b) != 0) & ((a < 0) != (b < 0))).astype(q.dtype)
         return (np.floor if rounding_mode == "floor" else np.trunc)(a / b)
 
 

@@ -172,6 +172,19 @@ def test_int_dtype_rules(expr):
     np.testing.assert_allclose(got.numpy(), want.numpy(), rtol=1e-6)
 
 
+@pytest.mark.parametrize("dtype", [np.int8, np.int16, np.int32, np.int64])
+def test_integer_division_at_the_dtype_minimum(dtype):
+    """trunc and floor division of the most negative value (whose abs() would wrap) follow torch."""
+    lo = np.iinfo(dtype).min
+    a = np.array([lo, lo, lo + 1, -7, 7], dtype)
+    b = np.array([3, -3, 2, 2, -2], dtype)
+    for mode in ("trunc", "floor"):
+        got = ember.tensor(a).div(ember.tensor(b), rounding_mode=mode)
+        want = torch.div(torch.from_numpy(a), torch.from_numpy(b), rounding_mode=mode)
+        assert got.dtype.name == str(want.dtype).split(".")[-1]
+        np.testing.assert_array_equal(got.numpy(), want.numpy(), err_msg=mode)
+
+
 def test_comparisons_and_logic_vs_torch():
     a, b = _r(3, 4), _r(4)
     a[0, :2] = b[:2]
