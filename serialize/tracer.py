@@ -80,6 +80,9 @@ class _Session:
         self.graph = Graph()
         self.names = {}  # id(tensor) -> value name
         self.sym_shapes = {}  # id(tensor) -> shape tuple with SymInts
+        # id(array) -> (value name, shape): another Tensor object over the same array (detach(), .data) is the
+        # same graph value, not a constant
+        self.arrays = {}
         self.keep = []  # every tensor seen, so ids stay unique while tracing
         self.inputs = set()
         self.params = {}
@@ -95,8 +98,18 @@ class _Session:
         return f"{prefix}{self._n}"
 
     # ---- values ------------------------------------------------------------------------
-    def value_of(self, t):
+    def resolve(self, t):
+        """The value name of tensor ``t``, also when ``t`` is a new Tensor object over a bound array."""
         name = self.names.get(id(t))
+        if name is None:
+            hit = self.arrays.get(id(t._data))
+            if hit is not None:
+                self._bind(t, *hit)
+                name = hit[0]
+        return name
+
+    def value_of(self, t):
+        name = self.resolve(t)
         if name is not None:
             return name
         base = self.params.get(id(t))
@@ -113,10 +126,11 @@ class _Session:
             self.sym_shapes[id(t)] = tuple(shape)
         else:
             self.sym_shapes.pop(id(t), None)
+        self.arrays[id(t._data)] = (name, shape)
         self.keep.append(t)
 
     def is_traced(self, t) -> bool:
-        name = self.names.get(id(t))
+        name = self.resolve(t)
         return name is not None and name not in self.graph.constants
 
     # ---- symbolic arithmetic -----------------------------------------------------------
@@ -161,6 +175,8 @@ class _Session:
         self.graph.nodes.append(Node(op.name, in_names, out_names, _attrs_ir(attrs), op.version))
 
     def on_shape(self, t):
+        if id(t) not in self.names:
+            self.resolve(t)
         return self.sym_shapes.get(id(t))
 
     def on_concrete(self, t, what):
@@ -170,7 +186,7 @@ class _Session:
                              f"use tensor ops (ember.where, masked_fill, clamp ...) instead")
 
     def on_inplace(self, t, new):
-        name = self.names.get(id(t))
+        name = self.resolve(t)
         if id(t) in self.inputs:
             raise TraceError(f"in-place modification of graph input {name!r} (at {_where()}); clone() it first")
         if id(t) in self.params:
@@ -185,11 +201,12 @@ class _Session:
             what = "graph input" if id(t) in self.inputs else "parameter/buffer"
             raise TraceError(f"item assignment into {what} {self.names.get(id(t)) or self.params.get(id(t))!r} "
                              f"(at {_where()}); clone() it first")
-        name = self.names.get(id(t))
+        name = self.resolve(t)
         if name is None:
             return  # a tensor not used by the graph yet: a constant being built
         if name in self.graph.constants:
             del self.names[id(t)]  # the graph keeps the old value; later uses register the new one
+            self.arrays.pop(id(t._data), None)
             return
         if value.dtype != t.dtype:
             value = value.to(t.dtype)

@@ -242,3 +242,19 @@ def test_dynamic_axes_none_fixes_every_dim_of_an_input():
     assert not any(n.op == "sym_size" for n in prog.graph.nodes)
     with pytest.raises(ValueError, match=r"dim 0 must be 3"):
         prog(ember.randn(4, 12))
+
+
+@pytest.mark.parametrize("fn", [
+    lambda x: x.detach() * 2,
+    lambda x: F.relu(x).data + x,
+    lambda x: ember.argsort(x, dim=1),
+    lambda x: x.detach().reshape(x.detach().shape[0], -1).sum(dim=1),
+], ids=["detach", "data", "argsort", "detached-shape"])
+def test_detached_views_of_traced_values_stay_in_the_graph(fn):
+    """detach() / .data make new Tensor objects over the same array: the same graph value, not a constant."""
+    x = ember.randn(3, 4)
+    prog = trace(fn, x)
+    assert not any(v.size > 1 for v in prog.graph.constants.values()), prog.code
+    for b in (1, 3, 6):
+        y = ember.randn(b, 4)
+        np.testing.assert_allclose(prog(y).numpy(), fn(y).numpy(), rtol=1e-6)
