@@ -1,5 +1,6 @@
 """``ember`` command line. ``ember info FILE [--code] [--json]`` describes a ``.ember`` program
-(signature, op counts, constants, metadata) or a checkpoint written by ``ember.save``.
+(signature, op counts, constants, metadata) or a checkpoint written by ``ember.save``;
+``ember export MODEL.ember -o MODEL.onnx [--opset N]`` converts a saved program to ONNX.
 
 Bad or missing files print one message to stderr and exit with status 2: never a traceback.
 """
@@ -189,8 +190,54 @@ def cmd_info(args) -> int:
     return 0
 
 
+def cmd_export(args) -> int:
+    from ember import export  # imports onnx: only this command pays for it
+
+    src = args.file
+    dst = args.output or os.path.splitext(src)[0] + ".onnx"
+    try:
+        describe(src)  # the same checks and messages as `ember info` for missing / bad files
+        prog = serialize.load(src)
+        model = export.to_onnx(prog, dst, opset=args.opset)
+    except _BadFile as e:
+        print(f"ember export: {e}", file=sys.stderr)
+        return EXIT_BAD_FILE
+    except (export.ExportError, ValueError) as e:
+        print(f"ember export: {src}: {e}", file=sys.stderr)
+        return EXIT_BAD_FILE
+    except OSError as e:
+        print(f"ember export: cannot write {dst}: {e.strerror or e}", file=sys.stderr)
+        return EXIT_BAD_FILE
+    print(format_export(dst, model))
+    return 0
+
+
+def format_export(path, model) -> str:
+    """What ``ember export`` prints: the file, opset, inputs/outputs with dims, and ONNX op counts."""
+    def dims(vi):
+        t = vi.type.tensor_type
+        shape = ", ".join(d.dim_param or str(d.dim_value) for d in t.shape.dim)
+        return f"{onnx_type_name(t.elem_type)}[{shape}]"
+
+    ops = Counter(n.op_type for n in model.graph.node)
+    width = max((len(op) for op in ops), default=0)
+    lines = [f"wrote:       {path} ({_size(os.path.getsize(path))})",
+             f"opset:       {model.opset_import[0].version} (ir_version {model.ir_version})",
+             "inputs:"] + [f"  {v.name}: {dims(v)}" for v in model.graph.input]
+    lines += ["outputs:"] + [f"  {v.name}: {dims(v)}" for v in model.graph.output]
+    lines.append(f"nodes:       {len(model.graph.node)}")
+    lines += [f"  {op:<{width}}  {k}" for op, k in sorted(ops.items(), key=lambda kv: (-kv[1], kv[0]))]
+    return "\n".join(lines)
+
+
+def onnx_type_name(elem_type) -> str:
+    from onnx import helper
+
+    return np.dtype(helper.tensor_dtype_to_np_dtype(elem_type)).name
+
+
 def build_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="ember", description="ember: inspect saved models and checkpoints.")
+    ap = argparse.ArgumentParser(prog="ember", description="ember: inspect and convert saved models and checkpoints.")
     ap.add_argument("--version", action="version", version=f"ember {ember.__version__}")
     sub = ap.add_subparsers(dest="command", required=True, metavar="COMMAND")
     info = sub.add_parser("info", help="describe a .ember program or a checkpoint",
@@ -200,6 +247,14 @@ def build_parser() -> argparse.ArgumentParser:
     info.add_argument("--code", action="store_true", help="also print the program's graph listing")
     info.add_argument("--json", action="store_true", help="print the description as JSON")
     info.set_defaults(func=cmd_info)
+    exp = sub.add_parser("export", help="convert a .ember program to ONNX",
+                         description="Convert a saved .ember program to an ONNX model (checked with onnx.checker) "
+                                     "and print its opset, inputs/outputs and node counts by op type.")
+    exp.add_argument("file", help="a .ember program (from ember.serialize.save)")
+    exp.add_argument("-o", "--output", help="the .onnx file to write (default: the input's name with .onnx)")
+    exp.add_argument("--opset", type=int, default=None,
+                     help="ONNX opset to target (default: the newest ember is tested with)")
+    exp.set_defaults(func=cmd_export)
     return ap
 
 

@@ -53,6 +53,12 @@ class Program:
         ins = ", ".join(f"{d['name']}: {d['dtype']}{d['shape']}" for d in self.signature["inputs"])
         return f"Program({ins}) with {len(self.graph.nodes)} nodes, {len(self.graph.constants)} constants"
 
+    def to_onnx(self, path, **kwargs):
+        """Write this program as an ONNX model (``ember.export.to_onnx``; needs the ``onnx`` package)."""
+        from ember.export import to_onnx  # export builds on serialize: imported only when asked for
+
+        return to_onnx(self, path, **kwargs)
+
     # ---- execution --------------------------------------------------------------------------
     def to(self, device) -> "Program":
         dev = as_device(device)
