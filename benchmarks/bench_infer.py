@@ -4,8 +4,9 @@
 
 Every side starts from the same torch model (torch.manual_seed(0)); ember traces the workload with
 torch's weights copied in, saves a ``.ember`` file and times ``ember.serialize.load(path)``'s
-program (load-time passes on, and off for comparison); ONNX Runtime runs an ONNX file exported with
-``torch.onnx.export(..., dynamo=False)``; torch runs eagerly under ``no_grad``. Each side runs in its
+program (load-time passes on, and off for comparison); ONNX Runtime runs the ONNX file
+``torch.onnx.export(..., dynamo=False)`` writes (the peer) and the one ``ember.export.to_onnx`` writes for
+the traced ember model (ember's export, run by ORT); torch runs eagerly under ``no_grad``. Each side runs in its
 own process (idle BLAS/OpenMP/ORT threads of one library would otherwise spin on the cores the other
 needs), all with the same thread count, alternating for several rounds; the table reports the
 median over rounds of each process's median microseconds per call. ORT is skipped (and said so)
@@ -27,7 +28,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 # issue #3: ember / ORT per (workload, batch)
 TARGETS = {("mlp", 1): 1.2, ("mlp", 64): 1.0, ("cnn", 1): 1.5, ("cnn", 64): 1.0}
 BATCHES = (1, 64)
-SIDES = ("ember", "ember-nopass", "torch", "ort")
+SIDES = ("ember", "ember-nopass", "torch", "ort", "ort-ember")
 
 
 def _set_threads(n):
@@ -56,28 +57,37 @@ def _ember_program(graph, metadata, passes):
         return Program(optimize(graph) if passes else graph, metadata)
 
 
-def _ember_fn(tm, name, tmp, passes):
+def _ember_traced(tm, name):
     import ember
-    from ember.serialize import load, trace
+    from ember.serialize import trace
     from workloads import copy_torch_weights, ember_model, input_shape
 
     em = ember_model(name)
     copy_torch_weights(tm, em)
+    return trace(em.eval(), ember.randn(*input_shape(name, 2)), input_names=["x"], output_names=["y"])
+
+
+def _ember_fn(tm, name, tmp, passes):
+    from ember.serialize import load
+
     path = os.path.join(tmp, f"{name}.ember")
-    trace(em.eval(), ember.randn(*input_shape(name, 2))).save(path)
+    _ember_traced(tm, name).save(path)
     loaded = load(path)
     prog = _ember_program(loaded.graph, loaded.metadata, passes)
     return lambda x: prog(x), ember.from_numpy
 
 
-def _ort_fn(tm, name, tmp, threads):
+def _ort_fn(tm, name, tmp, threads, source):
     import onnxruntime as ort
     import torch
     from workloads import input_shape
 
     path = os.path.join(tmp, f"{name}.onnx")
-    torch.onnx.export(tm, (torch.randn(*input_shape(name, 2)),), path, input_names=["x"], output_names=["y"],
-                      dynamic_axes={"x": {0: "batch"}, "y": {0: "batch"}}, dynamo=False)
+    if source == "ember":
+        _ember_traced(tm, name).to_onnx(path)
+    else:
+        torch.onnx.export(tm, (torch.randn(*input_shape(name, 2)),), path, input_names=["x"], output_names=["y"],
+                          dynamic_axes={"x": {0: "batch"}, "y": {0: "batch"}}, dynamo=False)
     so = ort.SessionOptions()
     so.intra_op_num_threads, so.inter_op_num_threads = threads, 1
     sess = ort.InferenceSession(path, so, providers=["CPUExecutionProvider"])
@@ -114,8 +124,8 @@ def worker(side, name, repeats, warmup, threads):
                 with torch.no_grad():
                     return tm(x)
             fn, wrap = call, torch.from_numpy
-        elif side == "ort":
-            fn, wrap = _ort_fn(tm, name, tmp, threads)
+        elif side in ("ort", "ort-ember"):
+            fn, wrap = _ort_fn(tm, name, tmp, threads, "ember" if side == "ort-ember" else "torch")
         else:
             fn, wrap = _ember_fn(tm, name, tmp, passes=side == "ember")
         rng = np.random.default_rng(0)
@@ -179,14 +189,15 @@ def main():
     import ember
 
     has_ort = ort_available()
-    sides = [s for s in SIDES if s != "ort" or has_ort]
+    sides = [s for s in SIDES if not s.startswith("ort") or has_ort]
     ort_note = (f"onnxruntime {__import__('onnxruntime').__version__}" if has_ort
                 else "onnxruntime not installed: ORT skipped")
     print(f"# {time.strftime('%Y-%m-%d')}  {platform.machine()}  {os.cpu_count()} cores  threads={args.threads}  "
           f"python {platform.python_version()}  ember {ember.__version__}  torch {torch.__version__}  {ort_note}  "
           f"numpy {np.__version__}  numba {numba.__version__}  rounds={args.rounds} x {args.repeats} calls (B=1)")
-    print("| workload | B | ember us | ember, no passes us | torch us | ORT us | ember/ORT | target | ember/torch |")
-    print("|---|---|---|---|---|---|---|---|---|")
+    print("| workload | B | ember us | ember, no passes us | torch us | ORT us | ember/ORT | target | ember/torch "
+          "| ORT on ember's ONNX us |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for name in args.workloads.split(","):
         runs = {s: [] for s in sides}
         for _ in range(args.rounds):
@@ -199,10 +210,11 @@ def main():
                 o = med["ort"]
                 verdict = "meets" if e / o <= TARGETS[(name, b)] else "misses"
                 ort_cols = f"{o:.0f} | {e / o:.2f} | <= {TARGETS[(name, b)]} ({verdict})"
+                ort_ember = f"{med['ort-ember']:.0f}"
             else:
-                ort_cols = "- | - | -"
-            print(f"| {name} | {b} | {e:.0f} | {med['ember-nopass']:.0f} | {t:.0f} | {ort_cols} | {e / t:.2f} |",
-                  flush=True)
+                ort_cols, ort_ember = "- | - | -", "-"
+            print(f"| {name} | {b} | {e:.0f} | {med['ember-nopass']:.0f} | {t:.0f} | {ort_cols} | {e / t:.2f} "
+                  f"| {ort_ember} |", flush=True)
     prog_us, exec_us = overhead(args.repeats)
     print(f"\nruntime per-call overhead (1-node graph, x + 1 on 4 floats): Program call {prog_us:.1f} us, "
           f"bare Executor.run {exec_us:.1f} us")

@@ -4,7 +4,8 @@
 
 Prints a progress bar per epoch (loss, accuracy), then the test accuracy and the time taken. The trained
 model is then traced and saved as a ``.ember`` program (``ember info digits_cnn.ember`` describes it;
-``ember.serialize.load`` runs it without this file's classes).
+``ember.serialize.load`` runs it without this file's classes) and exported to ONNX beside it
+(``digits_cnn.onnx``), which is checked against ember in ONNX Runtime when that is installed.
 """
 from __future__ import annotations
 
@@ -79,14 +80,30 @@ def train(epochs=15, batch_size=32, lr=0.05, seed=0, progress=True):
     return model, evaluate(model, test_loader)
 
 
-def export(model, path, accuracy) -> str:
+def save_program(model, path, accuracy):
     """Trace the trained model (eval mode, batch size symbolic) and save it as a .ember program."""
     model.eval()
     example, _ = next(iter(DataLoader(digits("test"), batch_size=2)))
-    program = trace(model, example, input_names=["image"], output_names=["logits"])
-    program.save(path, metadata={"task": "UCI digits, 1x8x8 images -> 10 class logits",
-                                 "test_accuracy": f"{accuracy:.4f}"})
-    return os.path.abspath(path)
+    program = trace(model, example, input_names=["image"], output_names=["logits"],
+                    metadata={"task": "UCI digits, 1x8x8 images -> 10 class logits",
+                              "test_accuracy": f"{accuracy:.4f}"})
+    program.save(path)
+    return program, os.path.abspath(path)
+
+
+def check_in_onnxruntime(program, onnx_path) -> str:
+    """Run the ONNX file in ONNX Runtime on the test images and compare with the ember program."""
+    try:
+        import onnxruntime
+    except ImportError:
+        return "onnxruntime is not installed (pip install onnxruntime): the ONNX file was not run"
+    images, _ = next(iter(DataLoader(digits("test"), batch_size=512)))
+    session = onnxruntime.InferenceSession(onnx_path, providers=["CPUExecutionProvider"])
+    got = session.run(["logits"], {"image": images.numpy()})[0]
+    want = program(images).numpy()
+    same = (got.argmax(1) == want.argmax(1)).mean()
+    return (f"ONNX Runtime {onnxruntime.__version__} on {len(images)} test images: max |difference| "
+            f"{abs(got - want).max():.2e}, same predicted class for {same:.1%}")
 
 
 def main():
@@ -100,8 +117,12 @@ def main():
     t0 = time.perf_counter()
     model, acc = train(args.epochs, args.batch_size, args.lr, args.seed)
     print(f"test accuracy: {acc:.4f}  ({time.perf_counter() - t0:.1f} s, ember {ember.__version__})")
-    saved = export(model, args.out, acc)
+    program, saved = save_program(model, args.out, acc)
     print(f"saved the traced model to {saved}")
+    onnx_path = os.path.splitext(saved)[0] + ".onnx"
+    program.to_onnx(onnx_path)
+    print(f"exported it to ONNX: {onnx_path}")
+    print(check_in_onnxruntime(program, onnx_path))
     print(f"\n$ ember info {shlex.quote(args.out)}")
     print(format_info(describe(saved)))
 

@@ -3,6 +3,8 @@ import os
 import subprocess
 import sys
 
+import numpy as np
+
 import ember
 import ember.nn as nn
 import ember.nn.functional as F
@@ -39,7 +41,8 @@ def test_cnn_example_reaches_96_percent():
 
 
 def test_example_script_runs(tmp_path):
-    """The script trains, then saves a traced program that loads without the example's classes."""
+    """The script trains, then saves a traced program that loads without the example's classes, and its
+    ONNX export, which ONNX Runtime runs with the program's results."""
     out_file = tmp_path / "digits_cnn.ember"
     out = subprocess.run([sys.executable, os.path.join(ROOT, "examples", "train_digits.py"), "--epochs", "2",
                           "--out", str(out_file)], capture_output=True, text=True, timeout=600, cwd=tmp_path)
@@ -47,7 +50,9 @@ def test_example_script_runs(tmp_path):
     assert "test accuracy:" in out.stdout
     assert f"saved the traced model to {out_file}" in out.stdout
     assert f"$ ember info {out_file}" in out.stdout and "logits: float32[batch, 10]" in out.stdout
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["digits_cnn.ember"]  # nothing else left behind
+    assert f"exported it to ONNX: {tmp_path / 'digits_cnn.onnx'}" in out.stdout
+    assert "same predicted class for 100.0%" in out.stdout, out.stdout
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["digits_cnn.ember", "digits_cnn.onnx"]  # nothing else
     prog = load(out_file)
     assert prog.signature["inputs"] == [{"name": "image", "dtype": "float32", "shape": ["batch", 1, 8, 8]}]
     assert prog.signature["outputs"] == [{"name": "logits", "dtype": "float32", "shape": ["batch", 10]}]
@@ -56,3 +61,9 @@ def test_example_script_runs(tmp_path):
         correct += (prog(x).argmax(dim=1) == y).sum().item()
         total += len(y)
     assert f"{correct / total:.4f}" == prog.metadata["test_accuracy"]  # the saved model is the trained one
+    import onnxruntime
+
+    images, _ = next(iter(DataLoader(digits("test"), batch_size=100)))
+    session = onnxruntime.InferenceSession(str(tmp_path / "digits_cnn.onnx"), providers=["CPUExecutionProvider"])
+    got = session.run(["logits"], {"image": images.numpy()})[0]
+    np.testing.assert_allclose(got, prog(images).numpy(), atol=1e-5, rtol=1e-4)
