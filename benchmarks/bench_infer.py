@@ -68,6 +68,7 @@ def _ember_traced(tm, name):
 
 
 def _ember_fn(tm, name, tmp, passes):
+    import ember
     from ember.serialize import load
 
     path = os.path.join(tmp, f"{name}.ember")
