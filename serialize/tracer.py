@@ -43,9 +43,10 @@ def _where() -> str:
 class SymInt(int):
     """A symbolic size: an int with the example's value, whose arithmetic records graph nodes."""
 
-    def __new__(cls, value, session, name, expr):
+    def __new__(cls, value, session, name, expr, mono=None):
         obj = int.__new__(cls, value)
         obj._session, obj._name, obj._expr = session, name, expr
+        obj._mono = mono  # (coefficient, sorted symbol names) when the size is a monomial, else None
         return obj
 
     def _arith(self, other, kind, reverse):
@@ -73,6 +74,35 @@ class SymInt(int):
         return f"SymInt({self._expr}={int(self)})"
 
 
+def _mono_arith(a, b, kind):
+    """``a kind b`` on monomials ``(coefficient, sorted symbols)`` when the result is one too (sizes are
+    positive, so ``batch*8 // batch`` is exactly 8), else None."""
+    if a is None or b is None:
+        return None
+    (ca, sa), (cb, sb) = a, b
+    if kind == "mul":
+        return (0, ()) if 0 in (ca, cb) else (ca * cb, tuple(sorted(sa + sb)))
+    if kind in ("add", "sub"):
+        if sa == sb or ca == 0 or cb == 0:
+            c = ca + cb if kind == "add" else ca - cb
+            syms = sa if ca else sb
+            return (0, ()) if c == 0 else (c, syms)
+        return None
+    rest = list(sa)  # floordiv / mod: exact when b's symbols divide a's and the coefficients divide
+    for s in sb:
+        if s not in rest:
+            return None
+        rest.remove(s)
+    if cb == 0 or ca % cb:
+        return None
+    return (ca // cb, tuple(rest)) if kind == "floordiv" else (0, ())
+
+
+def _mono_expr(mono):
+    c, syms = mono
+    return "*".join(list(syms) + ([str(c)] if c != 1 else [])) if syms else str(c)
+
+
 class _Session:
     """The state of one trace: value names of live tensors, their symbolic shapes, the graph."""
 
@@ -83,6 +113,7 @@ class _Session:
         # id(array) -> (value name, shape): another Tensor object over the same array (detach(), .data) is the
         # same graph value, not a constant
         self.arrays = {}
+        self.monos = {}  # (coefficient, symbols) -> the SymInt computed for that monomial
         self.keep = []  # every tensor seen, so ids stay unique while tracing
         self.inputs = set()
         self.params = {}
@@ -137,6 +168,15 @@ class _Session:
     def arith(self, a, b, kind, reverse):
         ia, ib = int(a), int(b)
         value = _ARITH[kind](ib, ia) if reverse else _ARITH[kind](ia, ib)
+        mb = b._mono if type(b) is SymInt else (ib, ())
+        mono = _mono_arith(mb, a._mono, kind) if reverse else _mono_arith(a._mono, mb, kind)
+        if mono is not None:
+            if not mono[1]:  # provably the same at every size (batch*8 // batch): a plain int, no node
+                assert mono[0] == value, (mono, value)
+                return mono[0]
+            known = self.monos.get(mono)
+            if known is not None:  # the same monomial was computed before: reuse its value
+                return known
         if type(b) is not SymInt:
             if (kind in ("add", "sub") and ib == 0 and not reverse) or (kind in ("mul", "floordiv") and ib == 1 and not
                                                                         (reverse and kind == "floordiv")):
@@ -150,13 +190,20 @@ class _Session:
         name = self.fresh("s")
         self.graph.add_value(name, "int64", ())
         self.graph.nodes.append(Node("sym_arith", inputs, [name], attrs, registry.get_op("sym_arith").version))
-        return SymInt(value, self, name, f"({left}{_ARITH_SYMBOL[kind]}{right})")
+        expr = _mono_expr(mono) if mono is not None else f"({left}{_ARITH_SYMBOL[kind]}{right})"
+        out = SymInt(value, self, name, expr, mono)
+        if mono is not None:
+            self.monos[mono] = out
+        return out
 
     def size_of(self, input_name, t, dim, symbol):
         name = f"{input_name}_size{dim}"
         self.graph.add_value(name, "int64", ())
         self.graph.nodes.append(Node("sym_size", [input_name], [name], {"dim": dim}))
-        return SymInt(t._data.shape[dim], self, name, symbol)
+        mono = (1, (symbol,))
+        out = SymInt(t._data.shape[dim], self, name, symbol, mono)
+        self.monos.setdefault(mono, out)
+        return out
 
     # ---- hooks ---------------------------------------------------------------------------
     def on_op(self, op, inputs, attrs, outs):

@@ -258,3 +258,23 @@ def test_detached_views_of_traced_values_stay_in_the_graph(fn):
     for b in (1, 3, 6):
         y = ember.randn(b, 4)
         np.testing.assert_allclose(prog(y).numpy(), fn(y).numpy(), rtol=1e-6)
+
+
+def test_size_arithmetic_that_is_constant_at_every_batch_size_becomes_a_plain_int():
+    """batch*32*7*7 // batch is 1568 whatever the batch: the flattened dim is static, not a symbol."""
+    prog = trace(lambda x: x.reshape(x.shape[0], -1), ember.randn(3, 4, 2, 5))
+    assert prog.signature["outputs"][0]["shape"] == ["batch", 40]
+    assert [n.op for n in prog.graph.nodes] == ["sym_size", "reshape"]
+    # genuinely symbolic sizes stay symbolic, named by their monomial; one node per monomial
+    prog = trace(lambda x: (x.reshape(-1, 5), x.reshape(x.shape[0] * 8, 5)), ember.randn(3, 4, 2, 5))
+    assert [o["shape"] for o in prog.signature["outputs"]] == [["batch*8", 5], ["batch*8", 5]]
+    first, second = [n.attrs["shape"][0] for n in prog.graph.nodes if n.op == "reshape"]
+    assert first == second, prog.code  # the second batch*8 reuses the first's value
+    for b in (1, 6):
+        x = ember.randn(b, 4, 2, 5)
+        got = prog(x)
+        np.testing.assert_array_equal(got[1].numpy(), x.numpy().reshape(b * 8, 5))
+    # sums of different monomials are not monomials: recorded as they are
+    prog = trace(lambda x: ember.zeros(x.shape[0] + 2, x.shape[1]), ember.randn(3, 4))
+    assert prog.signature["outputs"][0]["shape"] == ["(batch+2)", 4]
+    assert prog(ember.randn(5, 4)).shape == (7, 4)
