@@ -1,5 +1,5 @@
 """ONNX lowerings of the layer ops: linear / matmul, conv2d, pooling, batch and layer norm, and the
-runtime's fused linear/conv + activation ops."""
+runtime's fused ops (linear/conv + activation, conv + relu + 2x2 max pool)."""
 from __future__ import annotations
 
 import numpy as np
@@ -60,6 +60,15 @@ def _conv2d_act(g, n):
     attrs = {k: v for k, v in n.attrs.items() if k != "act"}
     y = g.lower("conv2d", n.inputs, like=n.outputs[0], **attrs)
     _activation(g, n.attrs["act"], y, n.outputs)
+
+
+@lowers("conv2d_pool")
+def _conv2d_pool(g, n):
+    attrs = {k: v for k, v in n.attrs.items() if k != "act"}
+    y = g.lower("conv2d", n.inputs, like=n.outputs[0], **attrs)
+    if n.attrs["act"] == "relu":
+        y = g.lower("relu", [y], like=n.outputs[0])
+    g.op("MaxPool", [y], n.outputs, kernel_shape=[2, 2], strides=[2, 2])
 
 
 # ---- pooling ------------------------------------------------------------------------------------

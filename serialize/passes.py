@@ -11,7 +11,9 @@ in place and returns how many rewrites it made:
    symbolic attributes whose scalar became a constant turn into plain ints;
 3. ``fold_batch_norm``: conv2d (or 2-d linear) -> eval batch_norm folds into the weight and bias;
 4. ``fuse_activations``: linear/conv2d -> relu/gelu becomes ``linear_act`` / ``conv2d_act``;
-5. ``eliminate_dead_code``: nodes and constants no output depends on.
+5. ``fuse_pooling``: conv2d (+ relu) -> 2x2 / stride-2 max_pool2d whose indices are unused becomes
+   ``conv2d_pool`` (the pooling happens as the conv result leaves its GEMM);
+6. ``eliminate_dead_code``: nodes and constants no output depends on.
 """
 from __future__ import annotations
 
@@ -35,7 +37,8 @@ _FUSED = {"linear": "linear_act", "conv2d": "conv2d_act"}
 # Input counts the passes rely on. A node outside these (possible in a hand-edited file: the
 # archive checks names, values and attributes, not arities) is left alone and fails when run.
 _ARITY = {"relu": (1, 1), "gelu": (1, 1), "linear": (2, 3), "conv2d": (2, 3), "batch_norm": (5, 5),
-          "dropout": (1, 1), "clone": (1, 1), "cast": (1, 1), "reshape": (1, 1), "expand": (1, 1)}
+          "max_pool2d": (1, 1), "dropout": (1, 1), "clone": (1, 1), "cast": (1, 1), "reshape": (1, 1),
+          "expand": (1, 1)}
 
 
 def _well_formed(n) -> bool:
@@ -53,6 +56,7 @@ def optimize(graph: Graph) -> Graph:
     fold_constants(g)
     fold_batch_norm(g)
     fuse_activations(g)
+    fuse_pooling(g)
     eliminate_dead_code(g)
     return g
 
@@ -257,7 +261,44 @@ def fuse_activations(g: Graph) -> int:
     return fused_n
 
 
-# ---- 5. dead code --------------------------------------------------------------------------------
+# ---- 5. pooling fusion ---------------------------------------------------------------------------
+_POOL_2X2 = {"kernel_size": (2, 2), "stride": (2, 2), "padding": (0, 0), "dilation": (1, 1), "ceil_mode": False}
+
+
+def fuse_pooling(g: Graph) -> int:
+    """conv2d or conv2d_act(relu) whose output feeds only a plain 2x2 max_pool2d (its indices unused):
+    one ``conv2d_pool`` node."""
+    users, prod = _users(g), _producers(g)
+    drop, fused_n = set(), 0
+    for pool in g.nodes:
+        if pool.op != "max_pool2d" or users.get(pool.outputs[1]):
+            continue
+        attrs = {**get_op("max_pool2d").attrs, **pool.attrs}
+        if any(tuple(attrs[k]) != v if isinstance(v, tuple) else attrs[k] != v for k, v in _POOL_2X2.items()):
+            continue
+        x = pool.inputs[0]
+        p = prod.get(x)
+        if p is None or users.get(x) != [pool] or g.values[x].dtype not in ("float32", "float64"):
+            continue
+        if p.op == "conv2d":
+            act = "none"
+        elif p.op == "conv2d_act" and p.attrs.get("act") == "relu":
+            act = "relu"
+        else:
+            continue
+        p.op = "conv2d_pool"
+        p.attrs = dict({k: v for k, v in p.attrs.items() if k != "act"}, act=act)
+        p.version = get_op(p.op).version
+        p.outputs = [pool.outputs[0]]
+        del g.values[x]
+        g.values.pop(pool.outputs[1], None)
+        drop.add(id(pool))
+        fused_n += 1
+    g.nodes = [n for n in g.nodes if id(n) not in drop]
+    return fused_n
+
+
+# ---- 6. dead code --------------------------------------------------------------------------------
 def eliminate_dead_code(g: Graph) -> int:
     """Remove nodes, constants and values that no graph output depends on."""
     live = set(g.outputs)

@@ -1,8 +1,10 @@
-"""Fused inference ops the serialize runtime's load-time passes emit: ``linear_act`` and ``conv2d_act``.
+"""Fused inference ops the serialize runtime's load-time passes emit: ``linear_act``, ``conv2d_act``
+and ``conv2d_pool``.
 
-Each runs the existing linear / conv2d kernel, then applies the activation (``act``: "relu",
-"gelu" or "gelu_tanh") in place on the fresh output, saving one pass over memory and one
-allocation. They have no backward: graphs are fused only for inference, and files hold the
+``linear_act`` / ``conv2d_act`` run the existing linear / conv2d kernel, then apply the activation
+(``act``: "relu", "gelu" or "gelu_tanh") in place on the fresh output, saving one pass over memory and
+one allocation. ``conv2d_pool`` (conv2d, optional relu, 2x2 max pool) pools in the pass that leaves
+the convolution's GEMM, so the full-size conv output is never written. They have no backward: graphs are fused only for inference, and files hold the
 unfused graph (docs/serialize-design.md).
 """
 from __future__ import annotations
@@ -12,6 +14,7 @@ import math
 import numpy as np
 from numba import prange
 
+from ..backends.cpu import conv_kernels as _ck
 from ..backends.cpu import elementwise_kernels as _ek
 from ..backends.cpu.jit import prange_kernel
 from .conv import _conv2d_cpu, _conv2d_rule
@@ -95,3 +98,32 @@ def _conv2d_act_cpu(x, w, b=None, *, stride, padding, dilation, groups, padding_
     out = _conv2d_cpu(x, w, b, stride=stride, padding=padding, dilation=dilation, groups=groups,
                       padding_extra=padding_extra)
     return _activate_(np.ascontiguousarray(out), act)
+
+
+# ---- conv2d -> (relu) -> 2x2 max pool ---------------------------------------------------------------
+
+def _conv2d_pool_rule(x, w, b=None, *, stride, padding, dilation, groups, padding_extra=(0, 0), act="none"):
+    if act not in ("none", "relu"):
+        raise RuntimeError(f"conv2d_pool: act must be 'none' or 'relu' (max pooling commutes with those only), "
+                           f"got {act!r}")
+    n, c, h, w_ = _conv2d_rule(x, w, b, stride=stride, padding=padding, dilation=dilation, groups=groups,
+                               padding_extra=padding_extra)
+    if h < 2 or w_ < 2:
+        raise RuntimeError(f"conv2d_pool: the conv output ({h}x{w_}) is smaller than the 2x2 pooling window")
+    return (n, c, h // 2, w_ // 2)
+
+
+register_op("conv2d_pool",
+            attrs={"stride": (1, 1), "padding": (0, 0), "dilation": (1, 1), "groups": 1, "padding_extra": (0, 0),
+                   "act": "none"},
+            shape=_conv2d_pool_rule,
+            doc="max_pool2d(act(conv2d(x, weight, bias)), 2): conv2d, optional relu and a 2x2 / stride-2 max pool "
+                "in one pass over the conv result (inference only)")
+
+
+@kernel("conv2d_pool")
+def _conv2d_pool_cpu(x, w, b=None, *, stride, padding, dilation, groups, padding_extra=(0, 0), act="none"):
+    n, co, h, w_ = _conv2d_rule(x.shape, w.shape, None if b is None else b.shape, stride=stride, padding=padding,
+                                dilation=dilation, groups=groups, padding_extra=padding_extra)
+    out = _ck.conv2d_pool_forward(x, w, b, stride, padding, dilation, groups, (h, w_), act == "relu")
+    return out.astype(x.dtype, copy=False)

@@ -178,12 +178,15 @@ def test_layer_norm_float64():
 
 @pytest.mark.parametrize("opset", OPSETS)
 def test_fused_ops_of_the_runtime(opset):
-    """linear_act / conv2d_act appear in optimised graphs (the runtime's passes); they export too."""
+    """linear_act / conv2d_act / conv2d_pool appear in optimised graphs (the runtime's passes); they export too."""
     ember.manual_seed(4)
     for act, layer, shape in (("relu", nn.Linear(4, 3), (2, 4)), ("gelu", nn.Linear(4, 3), (2, 4)),
-                              ("relu", nn.Conv2d(2, 3, 3, padding=1), (2, 2, 5, 5))):
-        model = _module(nn.Sequential(layer, nn.ReLU() if act == "relu" else nn.GELU()))
+                              ("relu", nn.Conv2d(2, 3, 3, padding=1), (2, 2, 5, 5)),
+                              ("relu-pool", nn.Conv2d(2, 3, 3, padding=1), (2, 2, 7, 6)),
+                              ("pool", nn.Conv2d(2, 3, 3, padding=1), (2, 2, 7, 6))):
+        layers = [layer] + ([nn.GELU()] if act == "gelu" else [] if act == "pool" else [nn.ReLU()])
+        model = _module(nn.Sequential(*layers, *([nn.MaxPool2d(2)] if act.endswith("pool") else [])))
         prog = trace(model, ember.tensor(_x(*shape)))
         fused = Program(optimize(prog.graph), optimize=False)
-        assert any(n.op.endswith("_act") for n in fused.graph.nodes), fused.code
+        assert any(n.op.endswith(("_act", "_pool")) for n in fused.graph.nodes), fused.code
         check_export(fused, [_x(*shape)], opset=opset, batches=(1, 5))

@@ -116,7 +116,8 @@ def test_cnn_passes_fire():
     ops, opt = _ops(graph), _ops(optimize(graph))
     assert ops["batch_norm"] == 1 and ops["conv2d"] == 1 and ops["relu"] == 2 and ops["linear"] == 2
     assert opt["batch_norm"] == 0 and opt["relu"] == 0 and opt["conv2d"] == 0
-    assert opt["conv2d_act"] == 1 and opt["linear_act"] == 1 and opt["linear"] == 1  # the last linear has no act
+    # conv -> bn -> relu -> 2x2 max pool: one conv2d_pool; the last linear has no act
+    assert opt["conv2d_pool"] == 1 and opt["max_pool2d"] == 0 and opt["linear_act"] == 1 and opt["linear"] == 1
     assert "dropout" not in ops  # nn.Dropout records nothing in eval mode
 
 

@@ -20,12 +20,39 @@ def _tap(r, c0, kh, kw, dh, dw, wp):
     return c0 + r // (kh * kw), ((r // kw) % kh) * dh * wp + (r % kw) * dw
 
 
+@njit(inline="always")
+def store_plane(src, dst, bv, wp, ho, wo, pool, relu):
+    """One output plane from ``src`` (extended layout: row oh at oh*wp) plus ``bv``: copied to dst
+    (ho, wo), or with ``pool`` its 2x2 / stride-2 max (floor mode, NaN wins as in max_pool2d) into
+    dst (ho//2, wo//2); ``relu`` clamps at 0 afterwards (max and relu commute)."""
+    if not pool:
+        for oh in range(ho):
+            d = dst[oh]
+            s = src[oh * wp:oh * wp + wo]
+            for q in range(wo):
+                v = s[q] + bv
+                d[q] = (v if v > 0 or v != v else 0.0) if relu else v
+        return
+    for oh in range(ho // 2):
+        d = dst[oh]
+        top = src[2 * oh * wp:2 * oh * wp + wo]
+        bot = src[(2 * oh + 1) * wp:(2 * oh + 1) * wp + wo]
+        for q in range(wo // 2):
+            a, b, c, e = top[2 * q], top[2 * q + 1], bot[2 * q], bot[2 * q + 1]
+            m = b if (b > a) | (b != b) else a
+            m2 = e if (e > c) | (e != e) else c
+            m = m2 if (m2 > m) | (m2 != m2) else m
+            v = m + bv
+            d[q] = (v if v > 0 or v != v else 0.0) if relu else v
+
+
 @prange_kernel(PAR_MIN)
-def direct_forward(xp, w, bias, out, dh, dw, wp, le):
+def direct_forward(xp, w, bias, out, dh, dw, wp, le, ho, wo, pool, relu):
     """Stride-1 conv straight from the padded planes xp (N, C, hp*wp): each pass adds three taps to
     four output channels' plane-sized accumulators, so each input load feeds 12 multiply-adds. For a
-    short K = C/groups*kh*kw (a first layer) this beats im2col + a GEMM whose K is too short."""
-    n_, co_, ho, wo = out.shape
+    short K = C/groups*kh*kw (a first layer) this beats im2col + a GEMM whose K is too short. The
+    (ho, wo) planes are stored as they are, or 2x2 max-pooled (``pool``), then ReLU'd (``relu``)."""
+    n_, co_ = out.shape[0], out.shape[1]
     cg, kh, kw = w.shape[1], w.shape[2], w.shape[3]
     nt = cg * kh * kw
     cog = co_ // (xp.shape[1] // cg)
@@ -68,11 +95,7 @@ def direct_forward(xp, w, bias, out, dh, dw, wp, le):
                     a2[q] += wa2 * xa + wb2 * xb + wc2 * xc
                     a3[q] += wa3 * xa + wb3 * xb + wc3 * xc
             for k, co in enumerate((k0, k1, k2, k3)):
-                for oh in range(ho):
-                    d = out[n, co, oh]
-                    s = acc[k, oh * wp:oh * wp + wo]
-                    for q in range(wo):
-                        d[q] = s[q]
+                store_plane(acc[k], out[n, co], z, wp, ho, wo, pool, relu)
 
 
 @njit(inline="always")

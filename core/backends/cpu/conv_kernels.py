@@ -25,7 +25,7 @@ import threading
 import numpy as np
 from numba import prange
 
-from .conv_direct import direct_forward, direct_weight_grad  # noqa: F401 (re-exported for tests)
+from .conv_direct import direct_forward, direct_weight_grad, store_plane  # noqa: F401 (re-exported for tests)
 from .jit import njit, prange_kernel
 
 # Memory-bound copies: below this many elements a second thread costs more than it saves.
@@ -139,6 +139,17 @@ def rows_to_nchw(rows, bias, out, wp, le):
         s = src[(ho - 1) * wp:(ho - 1) * wp + wo]
         for q in range(wo):
             dr[q] = s[q] + bv
+
+
+@prange_kernel(PAR_MIN)
+def rows_to_planes(rows, bias, out, wp, le, ho, wo, pool, relu):
+    """The GEMM result rows (Cout, n*le) as NCHW planes plus bias, 2x2 max-pooled with ``pool`` and
+    ReLU'd with ``relu`` (``rows_to_nchw``'s fused-epilogue sibling, for inference)."""
+    n_, co_ = out.shape[0], out.shape[1]
+    for t in prange(n_ * co_):
+        n = t // co_
+        co = t - n * co_
+        store_plane(rows[co, n * le:(n + 1) * le], out[n, co], bias[co], wp, ho, wo, pool, relu)
 
 
 @prange_kernel(PAR_MIN)
@@ -384,14 +395,37 @@ def conv2d_forward(x, w, b, stride, padding, dilation, groups, out_hw):
     out = np.empty((geo.n, geo.co, geo.ho, geo.wo), dt)
     bias = np.zeros(geo.co, dt) if b is None else np.ascontiguousarray(b, dtype=dt)
     if geo.direct:
-        w = np.ascontiguousarray(w)
-        direct_forward(_work(out), geo.padded(x, dt), w, bias, out, geo.dilation[0], geo.dilation[1], geo.wp, geo.le)
+        direct_forward(_work(out), geo.padded(x, dt), w, bias, out, geo.dilation[0], geo.dilation[1], geo.wp, geo.le,
+                       geo.ho, geo.wo, False, False)
         return out
     for n0, n1 in geo.chunks():
         cols = geo.columns(x[n0:n1], dt)
         rows = _scratch("rows", (geo.co, (n1 - n0) * geo.le), dt)
         _grouped_matmul(w2, cols, groups, rows)
         rows_to_nchw(_work(rows), rows, bias, out[n0:n1], geo.wp, geo.le)
+    return out
+
+
+def conv2d_pool_forward(x, w, b, stride, padding, dilation, groups, out_hw, relu):
+    """Inference: conv2d (+ bias) then a 2x2 / stride-2 max pool (floor mode) and optionally ReLU, in the
+    pass that leaves the GEMM (or the direct kernel's accumulators): the full-size conv output is
+    never written. Returns (N, Cout, Ho//2, Wo//2)."""
+    dt = _compute_dtype(x.dtype)
+    x = np.ascontiguousarray(x, dtype=dt)
+    w = np.ascontiguousarray(w, dtype=dt)
+    geo = _Geometry(x.shape, w.shape, stride, padding, dilation, out_hw, np.dtype(dt).itemsize)
+    out = np.empty((geo.n, geo.co, geo.ho // 2, geo.wo // 2), dt)
+    bias = np.zeros(geo.co, dt) if b is None else np.ascontiguousarray(b, dtype=dt)
+    if geo.direct:
+        direct_forward(_work(out) * 4, geo.padded(x, dt), w, bias, out, geo.dilation[0], geo.dilation[1], geo.wp,
+                       geo.le, geo.ho, geo.wo, True, relu)
+        return out
+    w2 = w.reshape(geo.co, geo.cg * geo.kh * geo.kw)
+    for n0, n1 in geo.chunks():
+        cols = geo.columns(x[n0:n1], dt)
+        rows = _scratch("rows", (geo.co, (n1 - n0) * geo.le), dt)
+        _grouped_matmul(w2, cols, groups, rows)
+        rows_to_planes(_work(rows), rows, bias, out[n0:n1], geo.wp, geo.le, geo.ho, geo.wo, True, relu)
     return out
 
 
