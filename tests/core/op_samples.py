@@ -279,4 +279,19 @@ SAMPLES: dict[str, list[Sample]] = {
              Sample(lambda x: _sorting.sort(x, dim=0)[0], [_distinct(4, 2)])],
     "topk": [Sample(lambda x: x.topk(2, dim=1).values, [_distinct(3, 5)]),
              Sample(lambda x: _sorting.topk(x, 3, dim=0, largest=False)[0], [_distinct(4, 2)])],
+    # ---- quantization ---------------------------------------------------------------------------------
+    # fake_quantize is piecewise constant with a straight-through gradient: eps is a whole number of
+    # quantization steps of every channel, so the central difference sees slope 1 inside the range and 0
+    # where it saturates; x / scale sits 0.2-0.3 away from the .5 ties, and codes inside the range stay inside
+    # after +-eps (those outside stay outside)
+    "fake_quantize": [
+        Sample(lambda x: ember.ops.quantized.fake_quantize_per_tensor_affine(x, 0.125, 3, 0, 15),
+               [0.125 * np.array([[-1.3, 0.2, 2.7, 4.8, 7.3], [9.8, -7.2, -20.3, 15.7, 30.2]])], {"eps": 0.25},
+               note="scale 0.125, codes -3..12 inside; eps = 2 steps"),
+        Sample(lambda x: ember.ops.quantized.fake_quantize_per_channel_affine(
+            x, ember.tensor(np.array([0.125, 0.25, 0.0625], np.float32)), ember.tensor([3, 0, 8]), 1, 0, 15),
+            [np.ascontiguousarray((np.array([0.125, 0.25, 0.0625])[:, None] * np.array(
+                [[0.2, 9.7, -8.3, 3.3], [1.3, 13.8, 20.2, -3.3], [-3.8, 2.7, 15.3, -0.2]])).reshape(3, 2, 2)
+                .transpose(1, 0, 2))], {"eps": 0.25},
+            note="eps = 2, 1 and 4 steps of the three channels")],
 }

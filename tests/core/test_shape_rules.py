@@ -121,6 +121,14 @@ def _extra_calls():
     registry.apply("linear_act", _x(2, 3, 4), _x(5, 4), act="gelu")
     registry.apply("conv2d_act", _x(2, 3, 7, 6), _x(4, 3, 3, 3), _x(4), stride=(2, 1), padding=(1, 0), dilation=(1, 1),
                    groups=1, padding_extra=(0, 0), act="gelu_tanh")
+    registry.apply("conv2d_pool", _x(2, 3, 9, 8), _x(4, 3, 3, 3), _x(4), stride=(1, 1), padding=(1, 0), dilation=(1, 1),
+                   groups=1, padding_extra=(0, 0), act="relu")
+    # quantization: quantize / dequantize, per tensor and per channel (fake_quantize has gradcheck samples)
+    quant = ember.ops.quantized
+    quant.dequantize(quant.quantize_per_tensor(x, 0.05, 3, ember.uint8), 0.05, 3)
+    q8 = quant.quantize_per_channel(x, [0.1, 0.2, 0.3, 0.4], ember.tensor([0, 1, -1, 2]), 1, ember.int8)
+    quant.dequantize(q8, [0.1, 0.2, 0.3, 0.4], ember.tensor([0, 1, -1, 2]), axis=1)
+    quant.quantize_per_tensor(z, 0.05, -3, ember.int8)
 
 
 def _run_sample(sample):

@@ -11,10 +11,11 @@ import onnxruntime as ort
 from onnx.reference import ReferenceEvaluator
 
 import ember
-from ember.export import to_onnx
+from ember.export import DEFAULT_OPSET, MAX_OPSET, MIN_OPSET, to_onnx
 from ember.serialize import Program, trace
 
 ATOL, RTOL = 1e-5, 1e-4
+OPSETS = sorted({MIN_OPSET, DEFAULT_OPSET, MAX_OPSET})  # the ends of the supported range and the default
 
 
 def ort_session(path_or_model):

@@ -14,11 +14,10 @@ from ember.export import DEFAULT_OPSET, MIN_OPSET, ExportError, lowering_table, 
 from ember.ops.registry import apply
 from ember.serialize import trace
 
-from .onnx_check import check_export, onnx_op_types
+from .onnx_check import OPSETS, check_export, onnx_op_types
 
 # special values (NaN, inf, overflow) make numpy warn, in ember's kernels and in onnx.reference alike
 pytestmark = pytest.mark.filterwarnings("ignore::RuntimeWarning")
-OPSETS = [MIN_OPSET, DEFAULT_OPSET]
 rng = np.random.default_rng(11)
 NAN, INF = np.nan, np.inf
 

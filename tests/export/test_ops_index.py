@@ -15,9 +15,8 @@ from ember.serialize import Program
 from ember.serialize.ir import Graph, Node, Sym
 
 from tests.core.op_samples import SAMPLES
-from tests.export.onnx_check import check_export, onnx_op_types
+from tests.export.onnx_check import OPSETS, check_export, onnx_op_types
 
-OPSETS = [MIN_OPSET, DEFAULT_OPSET]
 BATCH = dict(batches=(1, 5))
 FIXED = dict(dynamic_axes={"x": None})
 _rng = np.random.default_rng(11)

@@ -15,9 +15,8 @@ from core.op_samples import SAMPLES
 from ember.export import DEFAULT_OPSET, MIN_OPSET, ExportError, to_onnx
 from ember.serialize import trace
 
-from .onnx_check import assert_same, check_export, ort_session, run_onnx
+from .onnx_check import OPSETS, assert_same, check_export, ort_session, run_onnx
 
-OPSETS = [MIN_OPSET, DEFAULT_OPSET]
 rng = np.random.default_rng(31)
 # NaN / inf / 0-divisor cases are on purpose: numpy (in onnx.reference and the kernels) warns on them
 pytestmark = pytest.mark.filterwarnings("ignore::RuntimeWarning")

@@ -10,9 +10,8 @@ from ember.ops.registry import apply
 from ember.serialize import Program, trace
 from ember.serialize.passes import optimize
 
-from .onnx_check import check_export, onnx_op_types
+from .onnx_check import OPSETS, check_export, onnx_op_types
 
-OPSETS = [MIN_OPSET, DEFAULT_OPSET]
 rng = np.random.default_rng(7)
 
 

@@ -14,9 +14,8 @@ from ember.export import DEFAULT_OPSET, MIN_OPSET, ExportError, to_onnx
 from ember.ops.registry import apply
 from ember.serialize import trace
 
-from .onnx_check import check_export, onnx_op_types
+from .onnx_check import OPSETS, check_export, onnx_op_types
 
-OPSETS = [MIN_OPSET, DEFAULT_OPSET]
 rng = np.random.default_rng(23)
 NAN, INF = np.nan, np.inf
 FIXED = {"x": None}  # trace with every dim of input x fixed

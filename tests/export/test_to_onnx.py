@@ -80,7 +80,8 @@ def test_bad_names_and_metadata_are_refused(tmp_path):
 
 def test_opset_choice(tmp_path):
     prog = trace(_linear(), ember.tensor(_x(2, 4)))
-    assert MIN_OPSET == 17 and DEFAULT_OPSET == MAX_OPSET <= onnx.defs.onnx_opset_version()
+    assert MIN_OPSET == 17 and DEFAULT_OPSET <= MAX_OPSET <= onnx.defs.onnx_opset_version()
+    assert to_onnx(prog, tmp_path / "m.onnx", opset=MAX_OPSET).opset_import[0].version == MAX_OPSET
     m = to_onnx(prog, tmp_path / "m.onnx", opset=MIN_OPSET)
     assert m.opset_import[0].version == MIN_OPSET
     assert m.ir_version == onnx.helper.find_min_ir_version_for(list(m.opset_import))

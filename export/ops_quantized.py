@@ -1,0 +1,110 @@
+"""ONNX lowerings of the quantization ops: QuantizeLinear / DequantizeLinear, or the same math written out.
+
+ember's kernels compute ONNX's formula (a float32 division rounded half to even, then the zero point,
+saturation; NaN gives qmin as in ONNX Runtime), so Q/DQ reproduce them exactly. Where Q/DQ cannot be
+used the formula is spelled out with Div / Round / Where / Cast, clamping in float64 as the kernel does:
+float64 inputs (which Q/DQ do not take), fake_quantize ranges wider than int8/uint8, and opset 28, whose
+QuantizeLinear/DequantizeLinear (new versions there) have no ONNX Runtime 1.32 kernel.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from ember.ops.quantized import QRANGES
+
+from .lowering import lowers, onnx_dtype, refuses
+
+_F32, _F64 = np.dtype(np.float32), np.dtype(np.float64)
+ORT_QDQ_MAX_OPSET = 27  # the newest opset at which ONNX Runtime 1.32 runs QuantizeLinear / DequantizeLinear (probed)
+
+
+def _use_qdq(g, x_dtype):
+    return g.opset <= ORT_QDQ_MAX_OPSET and x_dtype != _F64
+
+
+def _compute_dtype(x_dtype):
+    """The dtype ember's kernel divides in: float64 for float64 input, float32 otherwise (float16 widened)."""
+    return _F64 if x_dtype == _F64 else _F32
+
+
+def _along(g, name, axis, rank):
+    """A per-axis (C,) parameter shaped (C, 1, ..., 1) to broadcast against a rank-``rank`` input."""
+    k = 0 if axis is None else rank - axis - 1
+    if k == 0:
+        return name
+    return g.op("Unsqueeze", [name, g.const(np.arange(1, k + 1, dtype=np.int64), "axes")])
+
+
+def _codes(g, x, scale, zp, axis, qmin, qmax):
+    """``clamp(rint(x / scale), qmin - zp, qmax - zp)`` as float64 (NaN -> the lower bound), and the zero point
+    as float64 shaped to broadcast: the kernel's steps, op for op."""
+    rank, ct = g.rank(x), _compute_dtype(g.dtype(x))
+    s = _along(g, g.cast(scale, ct), axis, rank)
+    r = g.op("Round", [g.op("Div", [g.cast(x, ct), s])])
+    if ct != _F64:
+        r = g.op("Cast", [r], to=onnx_dtype(_F64))
+    z = _along(g, g.cast(zp, _F64), axis, rank)
+    lo = g.op("Sub", [g.scalar(qmin, _F64), z])
+    hi = g.op("Sub", [g.scalar(qmax, _F64), z])
+    r = g.op("Where", [g.op("Greater", [r, lo]), r, lo])
+    return g.op("Where", [g.op("Greater", [r, hi]), hi, r]), z
+
+
+def _zero_point_as(g, zp, qtype):
+    """The zero point as a ``qtype`` tensor (ONNX wants the quantized type): a new initializer for a constant,
+    else a Cast (exact: the kernel checked the zero point lies in the range)."""
+    value = g.constant_value(zp)
+    if value is not None:
+        return g.const(np.asarray(value).astype(qtype), "zero_point")
+    return g.cast(zp, qtype)
+
+
+@lowers("quantize_per_tensor", "quantize_per_channel")
+def _quantize(g, node):
+    x, scale, zp = node.inputs
+    axis = node.attrs["axis"] if node.op == "quantize_per_channel" else None
+    dtype, out = node.attrs["dtype"], node.outputs[0]
+    if _use_qdq(g, g.dtype(x)):
+        g.op("QuantizeLinear", [g.cast(x, _F32), scale, zp], out, axis=axis)
+        return
+    r, z = _codes(g, x, scale, zp, axis, *QRANGES[dtype])
+    g.op("Cast", [g.op("Add", [r, z])], out, to=onnx_dtype(dtype))
+
+
+@lowers("dequantize")
+def _dequantize(g, node):
+    q, scale, zp = node.inputs
+    axis, out = node.attrs["axis"], node.outputs[0]
+    if g.opset <= ORT_QDQ_MAX_OPSET:
+        g.op("DequantizeLinear", [q, scale, zp], out, axis=axis)
+        return
+    rank = g.rank(q)
+    # q - zero_point is a small integer, exact in float32, as in the kernel
+    d = g.op("Sub", [g.cast(q, _F32), _along(g, g.cast(zp, _F32), axis, rank)])
+    g.op("Mul", [d, _along(g, scale, axis, rank)], out)
+
+
+@lowers("fake_quantize")
+def _fake_quantize(g, node):
+    x, scale, zp = node.inputs
+    qmin, qmax, axis = node.attrs["quant_min"], node.attrs["quant_max"], node.attrs["axis"]
+    out, x_dtype = node.outputs[0], g.dtype(x)
+    ct = _compute_dtype(x_dtype)
+    last = out if x_dtype == ct else None
+    qtype = next((name for name, (lo, hi) in QRANGES.items() if lo <= qmin and qmax <= hi), None)
+    if _use_qdq(g, x_dtype) and qtype is not None:
+        z = _zero_point_as(g, zp, qtype)
+        q = g.op("QuantizeLinear", [g.cast(x, _F32), scale, z], axis=axis)
+        if (qmin, qmax) != QRANGES[qtype]:  # a narrower range (reduce_range): saturate at its bounds too
+            q = g.op("Clip", [q, g.scalar(qmin, qtype), g.scalar(qmax, qtype)])
+        y = g.op("DequantizeLinear", [q, scale, z], last, axis=axis)
+    else:
+        r, _ = _codes(g, x, scale, zp, axis, qmin, qmax)
+        s = _along(g, g.cast(scale, ct), axis, g.rank(x))
+        y = g.op("Mul", [g.op("Cast", [r], to=onnx_dtype(ct)), s], last)
+    if last is None:
+        g.op("Cast", [y], out, to=onnx_dtype(x_dtype))
+
+
+refuses(["fake_quantize_backward"], "it computes a gradient (the straight-through mask of fake_quantize); ONNX "
+                                    "export covers inference graphs: export the model's forward, traced in eval mode")

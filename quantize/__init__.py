@@ -1,0 +1,29 @@
+"""ember.quantize: int8 quantization modelled on torch.ao.quantization, with ONNX's arithmetic.
+
+Built so far: the quantization primitives (``quantize_per_tensor``, ``quantize_per_channel``,
+``dequantize``, ``fake_quantize_per_*_affine``; registry ops in ``ember.ops.quantized``, so they trace,
+save and export), observers, ``QConfig`` and ``FakeQuantize``. The workflows (``quantize_dynamic``,
+``prepare`` / ``convert``, QAT) and the int8 modules come next: docs/quantize-design.md.
+"""
+from ember.ops.quantized import (  # noqa: F401
+    dequantize, fake_quantize_per_channel_affine, fake_quantize_per_tensor_affine, quantize_per_channel,
+    quantize_per_tensor,
+)
+
+from .fake_quantize import (  # noqa: F401
+    FakeQuantize, FakeQuantizeBase, FixedQParamsFakeQuantize, default_dynamic_fake_quant, default_fake_quant,
+    default_fixed_qparams_range_0to1_fake_quant, default_fixed_qparams_range_neg1to1_fake_quant,
+    default_histogram_fake_quant, default_per_channel_weight_fake_quant, default_weight_fake_quant,
+    disable_fake_quant, disable_observer, enable_fake_quant, enable_observer,
+)
+from .observer import (  # noqa: F401
+    FixedQParamsObserver, HistogramObserver, MinMaxObserver, MovingAverageMinMaxObserver,
+    MovingAveragePerChannelMinMaxObserver, NoopObserver, ObserverBase, PerChannelMinMaxObserver, PlaceholderObserver,
+    default_dynamic_quant_observer, default_histogram_observer, default_observer, default_per_channel_weight_observer,
+    default_placeholder_observer, default_weight_observer, per_channel_affine, per_channel_symmetric,
+    per_tensor_affine, per_tensor_symmetric,
+)
+from .qconfig import (  # noqa: F401
+    QConfig, default_dynamic_qconfig, default_per_channel_qconfig, default_qat_qconfig, default_qconfig,
+    get_default_qat_qconfig, get_default_qconfig, per_channel_dynamic_qconfig, qconfig_equals,
+)
