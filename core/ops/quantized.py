@@ -29,14 +29,7 @@ _THRESHOLD = 1 << 20  # a division per element: parallel only for large tensors 
 # Compiled without fastmath: its "arcp" flag lets LLVM turn x / s into x * (1 / s), which rounds
 # differently near .5 ties, and the result must be bit-identical to numpy's (and ONNX's) division.
 
-class _exact_kernel(jit.parallel_kernel):
-    """A serial/parallel kernel pair (as ``jit.prange_kernel``) compiled with IEEE arithmetic."""
-
-    def __init__(self, fn, threshold=_THRESHOLD):
-        self.serial = jit.njit(fn, fastmath=False)
-        self.parallel = jit.njit(jit._renamed(fn, "__par"), parallel=True, fastmath=False)
-        self.threshold = threshold
-        self.__name__, self.__doc__ = fn.__name__, fn.__doc__
+_exact_kernel = jit.prange_kernel(_THRESHOLD, fastmath=False)  # serial/parallel pair with IEEE arithmetic
 
 
 @jit.njit(fastmath=False, inline="always")

@@ -46,11 +46,12 @@ _PARALLEL_LOCK = threading.Lock()
 
 
 class parallel_kernel:
-    """A kernel compiled twice: serial and prange-parallel; ``k(work, *args)`` picks one."""
+    """A kernel compiled twice: serial and prange-parallel; ``k(work, *args)`` picks one. ``options`` go to
+    both compilations (e.g. ``fastmath=False`` for IEEE-exact arithmetic)."""
 
-    def __init__(self, fn, threshold: int = PARALLEL_THRESHOLD):
-        self.serial = njit(fn)
-        self.parallel = njit(_renamed(fn, "__par"), parallel=True)
+    def __init__(self, fn, threshold: int = PARALLEL_THRESHOLD, **options):
+        self.serial = njit(fn, **options)
+        self.parallel = njit(_renamed(fn, "__par"), parallel=True, **options)
         self.threshold = threshold
         self.__name__ = fn.__name__
         self.__doc__ = fn.__doc__
@@ -64,8 +65,8 @@ class parallel_kernel:
         return self.serial(*args)
 
 
-def prange_kernel(threshold: int = PARALLEL_THRESHOLD):
-    return lambda fn: parallel_kernel(fn, threshold)
+def prange_kernel(threshold: int = PARALLEL_THRESHOLD, **options):
+    return lambda fn: parallel_kernel(fn, threshold, **options)
 
 
 def f32c(a) -> np.ndarray:
