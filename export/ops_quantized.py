@@ -108,3 +108,34 @@ def _fake_quantize(g, node):
 
 refuses(["fake_quantize_backward"], "it computes a gradient (the straight-through mask of fake_quantize); ONNX "
                                     "export covers inference graphs: export the model's forward, traced in eval mode")
+
+
+@lowers("dynamic_quantized_linear")
+def _dynamic_quantized_linear(g, n):
+    """The kernel's steps as ONNX ops: uint8 qparams from the input's min/max (range widened to 0, scale at
+    least float32 eps), QuantizeLinear, MatMulInteger with the int8 weight, ``float(acc) * (a_scale *
+    w_scale)`` + bias (float32, one rounding per op, as the kernel's epilogue)."""
+    x, w, w_scale = n.inputs[:3]
+    bias = n.inputs[3] if len(n.inputs) > 3 else None
+    f32 = np.float32
+    zero = g.scalar(0, f32)
+    lo = g.op("Min", [g.reduce("ReduceMin", x, None, False), zero])
+    hi = g.op("Max", [g.reduce("ReduceMax", x, None, False), zero])
+    scale = g.op("Max", [g.op("Div", [g.op("Sub", [hi, lo]), g.scalar(255, f32)]),
+                         g.scalar(np.finfo(f32).eps, f32)])
+    zpf = g.op("Clip", [g.op("Neg", [g.op("Round", [g.op("Div", [lo, scale])])]), zero, g.scalar(255, f32)])
+    zp = g.op("Cast", [zpf], to=onnx_dtype(np.uint8))
+    if g.opset <= ORT_QDQ_MAX_OPSET:
+        xq = g.op("QuantizeLinear", [x, scale, zp])
+    else:
+        codes = g.op("Clip", [g.op("Add", [g.op("Round", [g.op("Div", [x, scale])]), zpf]), zero, g.scalar(255, f32)])
+        xq = g.op("Cast", [codes], to=onnx_dtype(np.uint8))
+    acc = g.op("MatMulInteger", [xq, g.op("Transpose", [w], perm=[1, 0]), zp])
+    y = g.op("Mul", [g.op("Cast", [acc], to=onnx_dtype(f32)), g.op("Mul", [scale, w_scale])])
+    last = not n.attrs["relu"]
+    if bias is not None:
+        y = g.op("Add", [y, bias], n.outputs if last else None)
+    elif last:
+        y = g.op("Identity", [y], n.outputs)
+    if not last:
+        g.op("Relu", [y], n.outputs)

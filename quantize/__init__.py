@@ -2,8 +2,9 @@
 
 Built so far: the quantization primitives (``quantize_per_tensor``, ``quantize_per_channel``,
 ``dequantize``, ``fake_quantize_per_*_affine``; registry ops in ``ember.ops.quantized``, so they trace,
-save and export), observers, ``QConfig`` and ``FakeQuantize``. The workflows (``quantize_dynamic``,
-``prepare`` / ``convert``, QAT) and the int8 modules come next: docs/quantize-design.md.
+save and export), observers, ``QConfig``, ``FakeQuantize``, and dynamic quantization
+(``quantize_dynamic`` -> ``ember.quantize.nn.DynamicLinear``, numba int8 kernels). Static post-training
+quantization (``prepare`` / ``convert``) and QAT come next: docs/quantize-design.md.
 """
 from ember.ops.quantized import (  # noqa: F401
     dequantize, fake_quantize_per_channel_affine, fake_quantize_per_tensor_affine, quantize_per_channel,
@@ -23,6 +24,8 @@ from .observer import (  # noqa: F401
     default_placeholder_observer, default_weight_observer, per_channel_affine, per_channel_symmetric,
     per_tensor_affine, per_tensor_symmetric,
 )
+from . import nn  # noqa: F401
+from .workflows import quantize_dynamic, summary  # noqa: F401
 from .qconfig import (  # noqa: F401
     QConfig, default_dynamic_qconfig, default_per_channel_qconfig, default_qat_qconfig, default_qconfig,
     get_default_qat_qconfig, get_default_qconfig, per_channel_dynamic_qconfig, qconfig_equals,

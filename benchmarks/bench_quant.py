@@ -1,0 +1,150 @@
+"""int8 inference benchmark: ember's dynamically quantized mlp vs ember fp32 and ONNX Runtime's own
+``quantize_dynamic`` model, plus the file sizes.
+
+    python benchmarks/bench_quant.py [--repeats 300] [--rounds 3] [--threads 2]
+
+Every side starts from the same torch mlp (torch.manual_seed(0)). ember: the workload traced with
+torch's weights, ``ember.quantize.quantize_dynamic`` (int8 weights per output channel, uint8
+activations quantized per call), saved and loaded with ``ember.serialize.load``; fp32 the same without
+quantization. ONNX Runtime: the fp32 ONNX file torch exports, and that file after
+``onnxruntime.quantization.quantize_dynamic(weight_type=QInt8)``. Each side in its own process, 2
+threads, alternating for several rounds; each checks its output against torch fp32 first (int8 sides
+within 5% of the output range).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+from bench_infer import _median_us, _set_threads  # noqa: E402
+
+BATCHES = (1, 64)
+SIDES = ("ember-fp32", "ember-int8", "ort-fp32", "ort-int8")
+
+
+def _ember_side(tm, tmp, int8):
+    import ember
+    import ember.quantize as Q
+    from ember.serialize import load, trace
+    from workloads import copy_torch_weights, ember_model
+
+    em = ember_model("mlp")
+    copy_torch_weights(tm, em)
+    em.eval()
+    model = Q.quantize_dynamic(em) if int8 else em
+    path = os.path.join(tmp, f"mlp-{'int8' if int8 else 'fp32'}.ember")
+    trace(model, ember.randn(2, 784), input_names=["x"], output_names=["y"]).save(path)
+    prog = load(path)
+    return (lambda x: prog(x)), ember.from_numpy, os.path.getsize(path)
+
+
+def _ort_side(tm, tmp, threads, int8):
+    import onnxruntime as ort
+    import torch
+
+    path = os.path.join(tmp, "mlp.onnx")
+    torch.onnx.export(tm, (torch.randn(2, 784),), path, input_names=["x"], output_names=["y"],
+                      dynamic_axes={"x": {0: "batch"}, "y": {0: "batch"}}, dynamo=False)
+    if int8:
+        from onnxruntime.quantization import QuantType, quantize_dynamic
+
+        qpath = os.path.join(tmp, "mlp-int8.onnx")
+        quantize_dynamic(path, qpath, weight_type=QuantType.QInt8)
+        path = qpath
+    so = ort.SessionOptions()
+    so.intra_op_num_threads, so.inter_op_num_threads = threads, 1
+    sess = ort.InferenceSession(path, so, providers=["CPUExecutionProvider"])
+    return (lambda x: sess.run(None, {"x": x})), (lambda a: a), os.path.getsize(path)
+
+
+def worker(side, repeats, warmup, threads):
+    import numpy as np
+    import torch
+    from workloads import torch_model
+
+    torch.set_num_threads(threads)
+    torch.manual_seed(0)
+    tm = torch_model("mlp").eval()
+    with tempfile.TemporaryDirectory() as tmp:
+        if side.startswith("ember"):
+            fn, wrap, size = _ember_side(tm, tmp, side.endswith("int8"))
+        else:
+            fn, wrap, size = _ort_side(tm, tmp, threads, side.endswith("int8"))
+        rng = np.random.default_rng(0)
+        res = {"bytes": size}
+        for b in BATCHES:
+            a = rng.standard_normal((b, 784)).astype(np.float32)
+            x = wrap(a)
+            out = fn(x)
+            out = out[0] if isinstance(out, list) else out
+            got = out.numpy() if hasattr(out, "numpy") else np.asarray(out)
+            with torch.no_grad():
+                want = tm(torch.from_numpy(a)).numpy()
+            tol = 0.05 * (want.max() - want.min()) if side.endswith("int8") else 1e-4
+            if got.shape != want.shape or np.abs(got - want).max() > tol:
+                raise AssertionError(f"{side}: output differs from torch fp32 by {np.abs(got - want).max()}")
+            res[str(b)] = _median_us(fn, x, repeats if b == 1 else max(20, repeats // 5), warmup)
+    print(json.dumps(res))
+
+
+def measure(side, args):
+    cmd = [sys.executable, __file__, "--worker", side, "--repeats", str(args.repeats), "--warmup", str(args.warmup),
+           "--threads", str(args.threads)]
+    out = subprocess.run(cmd, capture_output=True, text=True, env=os.environ.copy())
+    if out.returncode:
+        raise RuntimeError(f"{side} worker failed:\n{out.stderr[-3000:]}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--repeats", type=int, default=300)
+    ap.add_argument("--warmup", type=int, default=20)
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--worker", choices=SIDES, help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    _set_threads(args.threads)
+    if args.worker:
+        worker(args.worker, args.repeats, args.warmup, args.threads)
+        return
+    import numba
+    import numpy as np
+    import onnxruntime
+    import torch
+
+    import ember
+
+    print(f"# {time.strftime('%Y-%m-%d')}  {platform.machine()}  {os.cpu_count()} cores  threads={args.threads}  "
+          f"python {platform.python_version()}  ember {ember.__version__}  torch {torch.__version__}  "
+          f"onnxruntime {onnxruntime.__version__}  numpy {np.__version__}  numba {numba.__version__}  "
+          f"rounds={args.rounds} x {args.repeats} calls (B=1)")
+    runs = {s: [] for s in SIDES}
+    for _ in range(args.rounds):
+        for side in SIDES:
+            runs[side].append(measure(side, args))
+    print("| workload | B | ember fp32 us | ember int8 us | ORT fp32 us | ORT int8 us | ember int8 / ember fp32 "
+          "| ember int8 / ORT int8 |")
+    print("|---|---|---|---|---|---|---|---|")
+    for b in BATCHES:
+        med = {s: statistics.median(r[str(b)] for r in runs[s]) for s in SIDES}
+        e8, e32, o8 = med["ember-int8"], med["ember-fp32"], med["ort-int8"]
+        print(f"| mlp dynamic int8 | {b} | {e32:.0f} | {e8:.0f} | {med['ort-fp32']:.0f} | {o8:.0f} | {e8 / e32:.2f} "
+              f"| {e8 / o8:.2f} |")
+    size = {s: runs[s][0]["bytes"] for s in SIDES}
+    print(f"\nfile sizes: ember fp32 {size['ember-fp32']:,} B, ember int8 {size['ember-int8']:,} B "
+          f"({size['ember-int8'] / size['ember-fp32']:.3f}x); ORT fp32 {size['ort-fp32']:,} B, ORT int8 "
+          f"{size['ort-int8']:,} B ({size['ort-int8'] / size['ort-fp32']:.3f}x)")
+
+
+if __name__ == "__main__":
+    main()
