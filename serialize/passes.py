@@ -185,7 +185,7 @@ def fold_constants(g: Graph) -> int:
         if len(res) != len(n.outputs):
             kept.append(n)
             continue
-        arrays = [np.ascontiguousarray(a) for a in res]
+        arrays = [np.asarray(a, order="C") for a in res]  # (ascontiguousarray makes 0-d arrays 1-d)
         if any(a.dtype.name != v.dtype or a.shape != tuple(v.shape) for a, v in zip(arrays, outs)):
             kept.append(n)  # the graph's record disagrees with the kernel: leave it to run as recorded
             continue

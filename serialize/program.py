@@ -109,7 +109,7 @@ class Program:
                     raise ValueError(f"input {name!r}: dim {i} ({s!r}) is {d}, but {s!r} is {size} in input {where!r}")
             elif d != s:
                 raise ValueError(f"input {name!r}: dim {i} must be {s} {_fmt(shape)}, got shape {a.shape}")
-        return np.ascontiguousarray(a)
+        return np.asarray(a, order="C")  # (ascontiguousarray would make a 0-d input 1-d)
 
 
 def _fmt(shape):

@@ -145,7 +145,7 @@ class _Session:
             return name
         base = self.params.get(id(t))
         name = base if base is not None and base not in self.graph.values else self.fresh("c")
-        arr = np.ascontiguousarray(t._data) if base is not None else np.array(t._data, copy=True, order="C")
+        arr = np.asarray(t._data, order="C") if base is not None else np.array(t._data, copy=True, order="C")
         self.graph.add_value(name, t.dtype.name, arr.shape)
         self.graph.constants[name] = arr
         self._bind(t, name, None)

@@ -278,3 +278,23 @@ def test_size_arithmetic_that_is_constant_at_every_batch_size_becomes_a_plain_in
     prog = trace(lambda x: ember.zeros(x.shape[0] + 2, x.shape[1]), ember.randn(3, 4))
     assert prog.signature["outputs"][0]["shape"] == ["(batch+2)", 4]
     assert prog(ember.randn(5, 4)).shape == (7, 4)
+
+
+def test_zero_dim_buffers_inputs_and_folded_constants_stay_zero_dim():
+    """numpy's ascontiguousarray turns 0-d arrays into shape (1,); graphs must keep scalars scalar (an
+    int8 layer's zero point is a 0-d buffer and its kernel reads it with int())."""
+    class Scaled(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.register_buffer("s", ember.tensor(2.0))
+
+        def forward(self, x, k):
+            return x * self.s + k, self.s * 3.0 + k
+
+    prog = trace(Scaled(), (ember.randn(3, 2), ember.tensor(1.5)))
+    assert prog.graph.constants["s"].shape == ()
+    executor_graph = prog._executor.graph  # after the passes (s * 3.0 is folded into a constant)
+    assert all(executor_graph.values[c].shape == a.shape for c, a in executor_graph.constants.items())
+    assert all(a.ndim == 0 for c, a in executor_graph.constants.items())
+    y, z = prog(ember.randn(4, 2), ember.tensor(0.5))
+    assert y.shape == (4, 2) and z.shape == () and float(z.item()) == 6.5
