@@ -139,3 +139,43 @@ def _dynamic_quantized_linear(g, n):
         y = g.op("Identity", [y], n.outputs)
     if not last:
         g.op("Relu", [y], n.outputs)
+
+
+def _declare_float(g, name, shape):
+    from ember.serialize.ir import Value
+
+    g.values[name] = Value(name, "float32", tuple(shape))
+    return name
+
+
+@lowers("quantized_linear", "quantized_conv2d")
+def _quantized_layer(g, n):
+    """QDQ form: DequantizeLinear on the activation and the int8 weight (per output channel), the float
+    Gemm/MatMul or Conv with the float bias, ReLU, QuantizeLinear to the output's qparams (ONNX Runtime
+    fuses the pattern into its int8 kernels). Within one output step of ember's integer arithmetic (its
+    bias is rounded to int32 first)."""
+    x, x_scale, x_zp, w, w_scale, y_scale, y_zp = n.inputs[:7]
+    bias = n.inputs[7] if len(n.inputs) > 7 else None
+    out_shape = g.shape(n.outputs[0])
+    xf = g.lower("dequantize", [x, x_scale, x_zp], _declare_float(g, g.fresh("x_dq"), g.shape(x)), axis=None)
+    per_channel = len(g.shape(w_scale)) == 1
+    w_zp = g.const(np.zeros(g.shape(w)[0] if per_channel else (), np.int8), "w_zp")
+    g.values[w_zp] = type(g.values[w])(w_zp, "int8", (g.shape(w)[0],) if per_channel else ())
+    wf = g.lower("dequantize", [w, w_scale, w_zp], _declare_float(g, g.fresh("w_dq"), g.shape(w)),
+                 axis=0 if per_channel else None)
+    yf = _declare_float(g, g.fresh("y_float"), out_shape)
+    if n.op == "quantized_conv2d":
+        a = n.attrs
+        kh, kw = g.shape(w)[2:]
+        (ph, pw) = a["padding"]
+        g.op("Conv", [xf, wf] + ([bias] if bias else []), [yf], kernel_shape=[int(kh), int(kw)],
+             strides=list(a["stride"]), pads=[ph, pw, ph, pw], dilations=list(a["dilation"]), group=int(a["groups"]))
+    else:
+        wt = g.op("Transpose", [wf], perm=[1, 0])
+        if bias:
+            g.op("Add", [g.op("MatMul", [xf, wt]), bias], [yf])
+        else:
+            g.op("MatMul", [xf, wt], [yf])
+    if n.attrs["relu"]:
+        yf = g.op("Relu", [yf], [_declare_float(g, g.fresh("y_relu"), out_shape)])
+    g.lower("quantize_per_tensor", [yf, y_scale, y_zp], n.outputs, dtype="uint8")

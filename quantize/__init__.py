@@ -2,9 +2,11 @@
 
 Built so far: the quantization primitives (``quantize_per_tensor``, ``quantize_per_channel``,
 ``dequantize``, ``fake_quantize_per_*_affine``; registry ops in ``ember.ops.quantized``, so they trace,
-save and export), observers, ``QConfig``, ``FakeQuantize``, and dynamic quantization
-(``quantize_dynamic`` -> ``ember.quantize.nn.DynamicLinear``, numba int8 kernels). Static post-training
-quantization (``prepare`` / ``convert``) and QAT come next: docs/quantize-design.md.
+save and export), observers, ``QConfig``, ``FakeQuantize``, dynamic quantization (``quantize_dynamic`` ->
+``ember.quantize.nn.DynamicLinear``) and static post-training quantization (``fuse_modules``,
+``prepare`` -> ``calibrate`` -> ``convert``, or ``quantize_static``; ``ember.quantize.nn.Linear`` /
+``Conv2d``), on numba int8 kernels. QAT (``prepare_qat``) and the runtime's Q/DQ folding come next:
+docs/quantize-design.md.
 """
 from ember.ops.quantized import (  # noqa: F401
     dequantize, fake_quantize_per_channel_affine, fake_quantize_per_tensor_affine, quantize_per_channel,
@@ -26,6 +28,8 @@ from .observer import (  # noqa: F401
 )
 from . import nn  # noqa: F401
 from .workflows import quantize_dynamic, summary  # noqa: F401
+from .static import DeQuantStub, QuantStub, calibrate, convert, prepare, quantize_static  # noqa: F401
+from .fuse import BNReLU2d, ConvReLU2d, LinearReLU, fuse_known_modules, fuse_modules  # noqa: F401
 from .qconfig import (  # noqa: F401
     QConfig, default_dynamic_qconfig, default_per_channel_qconfig, default_qat_qconfig, default_qconfig,
     get_default_qat_qconfig, get_default_qconfig, per_channel_dynamic_qconfig, qconfig_equals,

@@ -1,4 +1,5 @@
-"""int8 compute ops of quantized models (docs/quantize-design.md): ``dynamic_quantized_linear``.
+"""int8 compute ops of quantized models (docs/quantize-design.md): ``dynamic_quantized_linear`` (float
+in and out), and ``quantized_linear`` / ``quantized_conv2d`` (uint8 in and out, requantized).
 
 The int8 weight is an ordinary int8 tensor input (so files store one byte per weight and the ONNX
 export sees the plain (N, K) matrix); the kernels' packed layout is made on first use and cached per
@@ -11,6 +12,7 @@ import weakref
 
 import numpy as np
 
+from ..backends.cpu import int8_conv as _qconv
 from ..backends.cpu import int8_kernels as _ik
 from .registry import kernel, register_op
 
@@ -61,3 +63,71 @@ def _dql_cpu(x, w, w_scale, bias=None, *, relu=False):
     if x.dtype != np.float32:
         raise TypeError(f"dynamic_quantized_linear: input must be float32, got {x.dtype}")
     return _ik.qlinear_dynamic(x, packed(w), w_scale, bias, relu=bool(relu))
+
+
+# ---- static quantization: uint8 in, uint8 out ---------------------------------------------------------
+# Inputs follow ONNX's QLinearConv / QLinearMatMul: (x, x_scale, x_zero_point, w, w_scale, y_scale,
+# y_zero_point[, bias]); weights are symmetric int8 (zero point 0), w_scale per tensor or per output
+# channel; the float bias is quantized to int32 with x_scale * w_scale inside the kernel.
+
+def _qparams_rule(op, x_scale, x_zp, w, w_scale, y_scale, y_zp, bias):
+    for name, s in (("x_scale", x_scale), ("x_zero_point", x_zp), ("y_scale", y_scale), ("y_zero_point", y_zp)):
+        if tuple(s) != ():
+            raise RuntimeError(f"{op}: {name} must be a scalar (per-tensor activation qparams), got shape {tuple(s)}")
+    if tuple(w_scale) not in ((), (w[0],)):
+        raise RuntimeError(f"{op}: w_scale has shape {tuple(w_scale)}; expected () or ({w[0]},) for weight shape "
+                           f"{tuple(w)}")
+    if bias is not None and tuple(bias) != (w[0],):
+        raise RuntimeError(f"{op}: bias has shape {tuple(bias)}, expected ({w[0]},)")
+
+
+def _ql_rule(x, x_scale, x_zp, w, w_scale, y_scale, y_zp, bias=None, *, relu=False):
+    if len(w) != 2:
+        raise RuntimeError(f"quantized_linear: weight must be 2-D (out_features, in_features), got shape {tuple(w)}")
+    if not x or x[-1] != w[1]:
+        raise RuntimeError(f"quantized_linear: input has {x[-1] if x else 0} features, weight expects {w[1]} "
+                           f"(input shape {tuple(x)})")
+    _qparams_rule("quantized_linear", x_scale, x_zp, w, w_scale, y_scale, y_zp, bias)
+    return tuple(x[:-1]) + (w[0],)
+
+
+register_op("quantized_linear", attrs={"relu": False}, shape=_ql_rule,
+            doc="uint8 x -> uint8 y: the int8 GEMM with a requantizing epilogue (ONNX QLinearMatMul + bias + "
+                "optional ReLU); inputs (x, x_scale, x_zp, weight int8, w_scale, y_scale, y_zp, [bias])")
+
+
+def _requant(op, x, x_scale, x_zp, w, w_scale, y_scale, y_zp, bias):
+    if x.dtype != np.uint8 or x_zp.dtype != np.uint8 or y_zp.dtype != np.uint8:
+        raise TypeError(f"{op}: activations and their zero points must be uint8, got x {x.dtype}, x_zero_point "
+                        f"{x_zp.dtype}, y_zero_point {y_zp.dtype}")
+    if w.dtype != np.int8:
+        raise TypeError(f"{op}: weight must be int8 (symmetric), got {w.dtype}")
+    w_scale = np.broadcast_to(np.asarray(w_scale, np.float32), (w.shape[0],))  # per tensor -> per channel
+    return _ik.requant_params(x_scale, w_scale, y_scale, bias)
+
+
+@kernel("quantized_linear")
+def _ql_cpu(x, x_scale, x_zp, w, w_scale, y_scale, y_zp, bias=None, *, relu=False):
+    bias_i32, mult = _requant("quantized_linear", x, x_scale, x_zp, w, w_scale, y_scale, y_zp, bias)
+    return _ik.qlinear(x, int(x_zp), packed(w), bias_i32, mult, int(y_zp), relu=bool(relu))
+
+
+def _qc_rule(x, x_scale, x_zp, w, w_scale, y_scale, y_zp, bias=None, *, stride, padding, dilation, groups, relu=False):
+    from .conv import _conv2d_rule
+
+    _qparams_rule("quantized_conv2d", x_scale, x_zp, w, w_scale, y_scale, y_zp, bias)
+    return _conv2d_rule(x, w, None, stride=stride, padding=padding, dilation=dilation, groups=groups)
+
+
+register_op("quantized_conv2d", attrs={"stride": (1, 1), "padding": (0, 0), "dilation": (1, 1), "groups": 1,
+                                       "relu": False}, shape=_qc_rule,
+            doc="uint8 NCHW x -> uint8 y: int8 convolution with a requantizing epilogue (ONNX QLinearConv + "
+                "optional ReLU); inputs (x, x_scale, x_zp, weight int8 (Cout, C/groups, kh, kw), w_scale, y_scale, "
+                "y_zp, [bias])")
+
+
+@kernel("quantized_conv2d")
+def _qc_cpu(x, x_scale, x_zp, w, w_scale, y_scale, y_zp, bias=None, *, stride, padding, dilation, groups, relu=False):
+    bias_i32, mult = _requant("quantized_conv2d", x, x_scale, x_zp, w, w_scale, y_scale, y_zp, bias)
+    return _qconv.qconv2d(x, int(x_zp), packed(w), stride, padding, dilation, groups, bias_i32, mult, int(y_zp),
+                          relu=bool(relu))

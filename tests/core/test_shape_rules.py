@@ -123,6 +123,15 @@ def _extra_calls():
                    groups=1, padding_extra=(0, 0), act="gelu_tanh")
     registry.apply("conv2d_pool", _x(2, 3, 9, 8), _x(4, 3, 3, 3), _x(4), stride=(1, 1), padding=(1, 0), dilation=(1, 1),
                    groups=1, padding_extra=(0, 0), act="relu")
+    # int8 layers: dynamic (float in / out) and static (uint8 in / out)
+    w8 = ember.tensor(np.arange(-12, 12).reshape(4, 6).astype(np.int8))
+    registry.apply("dynamic_quantized_linear", _x(3, 6), w8, ember.ones(4), ember.zeros(4), relu=True)
+    u8 = lambda *shape: ember.tensor((np.arange(int(np.prod(shape))) % 251).reshape(shape).astype(np.uint8))  # noqa: E731
+    qp = (ember.tensor(np.float32(0.1)), ember.tensor(np.uint8(3)))
+    registry.apply("quantized_linear", u8(2, 3, 6), *qp, w8, ember.ones(4), *qp, ember.zeros(4), relu=False)
+    wc = ember.tensor(np.ones((4, 3, 3, 3), np.int8))
+    registry.apply("quantized_conv2d", u8(2, 3, 7, 6), *qp, wc, ember.ones(()), *qp, stride=(2, 1), padding=(1, 0),
+                   dilation=(1, 1), groups=1, relu=True)
     # quantization: quantize / dequantize, per tensor and per channel (fake_quantize has gradcheck samples)
     quant = ember.ops.quantized
     quant.dequantize(quant.quantize_per_tensor(x, 0.05, 3, ember.uint8), 0.05, 3)
