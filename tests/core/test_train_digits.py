@@ -41,8 +41,8 @@ def test_cnn_example_reaches_96_percent():
 
 
 def test_example_script_runs(tmp_path):
-    """The script trains, then saves a traced program that loads without the example's classes, and its
-    ONNX export, which ONNX Runtime runs with the program's results."""
+    """The script trains, then saves a traced program that loads without the example's classes, its ONNX
+    export, which ONNX Runtime runs with the program's results, and the int8 model's program."""
     out_file = tmp_path / "digits_cnn.ember"
     out = subprocess.run([sys.executable, os.path.join(ROOT, "examples", "train_digits.py"), "--epochs", "2",
                           "--out", str(out_file)], capture_output=True, text=True, timeout=600, cwd=tmp_path)
@@ -52,7 +52,9 @@ def test_example_script_runs(tmp_path):
     assert f"$ ember info {out_file}" in out.stdout and "logits: float32[batch, 10]" in out.stdout
     assert f"exported it to ONNX: {tmp_path / 'digits_cnn.onnx'}" in out.stdout
     assert "same predicted class for 100.0%" in out.stdout, out.stdout
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["digits_cnn.ember", "digits_cnn.onnx"]  # nothing else
+    assert "int8 (static post-training quantization): test accuracy" in out.stdout
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["digits_cnn.ember", "digits_cnn.onnx", "digits_cnn_int8.ember",
+                                                          "digits_cnn_int8.onnx"]  # nothing else
     prog = load(out_file)
     assert prog.signature["inputs"] == [{"name": "image", "dtype": "float32", "shape": ["batch", 1, 8, 8]}]
     assert prog.signature["outputs"] == [{"name": "logits", "dtype": "float32", "shape": ["batch", 10]}]
@@ -67,3 +69,6 @@ def test_example_script_runs(tmp_path):
     session = onnxruntime.InferenceSession(str(tmp_path / "digits_cnn.onnx"), providers=["CPUExecutionProvider"])
     got = session.run(["logits"], {"image": images.numpy()})[0]
     np.testing.assert_allclose(got, prog(images).numpy(), atol=1e-5, rtol=1e-4)
+    int8 = load(tmp_path / "digits_cnn_int8.ember")
+    assert "quantized_conv2d" in [n.op for n in int8.graph.nodes]
+    assert (int8(images).argmax(dim=1) == prog(images).argmax(dim=1)).float().mean().item() >= 0.95
