@@ -11,10 +11,11 @@ from ember.ops.registry import apply
 from .observer import per_channel_symmetric, per_tensor_symmetric
 
 
-def quantize_weight(weight, observer_factory, who):
+def quantize_weight(weight, observer_factory, who, observer=None):
     """(int8 weight, float32 scale) of a float weight through a weight observer: symmetric int8 only
-    (the int8 kernels take zero-point-free weights), per output channel (axis 0) or per tensor."""
-    obs = observer_factory()
+    (the int8 kernels take zero-point-free weights), per output channel (axis 0) or per tensor. A trained
+    ``observer`` (QAT's weight fake quantizer) gives its learned qparams instead of a fresh observer's."""
+    obs = observer if observer is not None else observer_factory()
     if obs.dtype != ember.int8 or obs.qscheme not in (per_channel_symmetric, per_tensor_symmetric):
         raise ValueError(f"{who}: the weight observer must be symmetric int8 (qscheme per_channel_symmetric or "
                          f"per_tensor_symmetric, dtype ember.int8), got {obs.qscheme} / {obs.dtype}")
@@ -23,7 +24,8 @@ def quantize_weight(weight, observer_factory, who):
         raise ValueError(f"{who}: per-channel weight observers must use ch_axis=0 (output channels), got "
                          f"{obs.ch_axis}")
     w = weight.detach()
-    obs(w)
+    if observer is None:
+        obs(w)
     scale, zero_point = obs.calculate_qparams()
     zp = ember.zeros(scale.shape, dtype=ember.int8)
     assert not zero_point.numpy().any(), "symmetric observers give zero points of 0"

@@ -41,7 +41,7 @@ class _QuantizedLayer(nn.Module):
 
     def _init_q(self, mod, qconfig, relu, observers, who):
         pre, post = observers
-        weight, w_scale = quantize_weight(mod.weight, qconfig.weight, who)
+        weight, w_scale = quantize_weight(mod.weight, qconfig.weight, who, mod.__dict__.get("_quant_weight_observer"))
         self.register_buffer("weight", weight)
         self.register_buffer("w_scale", w_scale)
         self.register_buffer("bias", None if mod.bias is None else mod.bias.detach().to(ember.float32).clone())
@@ -103,6 +103,8 @@ def _float_parts(mod):
         return mod, False
     if type(mod) in (LinearReLU, ConvReLU2d):
         return mod[0], True
+    if "_quant_weight_observer" in mod.__dict__:  # a QAT layer: its own float parameters
+        return mod, mod.relu
     return None
 
 
