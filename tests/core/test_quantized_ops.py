@@ -231,7 +231,8 @@ def test_numba_and_numpy_paths_agree_bitwise(axis, parallel, monkeypatch):
         scale, zp8 = scale.reshape(()), zp8.reshape(())
     s = _bc(scale, axis, 3)
     x = _hard_values(rng, shape, s)
-    for k in (Q._quantize_k, Q._fake_quantize_k, Q._fake_quantize_bw_k, Q._dequantize_k):
+    for k in (Q._quantize_k, Q._fake_quantize_k, Q._fake_quantize_bw_k, Q._dequantize_k, Q._quantize_flat_k,
+              Q._dequantize_flat_k):
         monkeypatch.setattr(k, "threshold", 0 if parallel else 1 << 62)
     q = Q._quantize(x, scale, zp8, axis, "int8")
     np.testing.assert_array_equal(q, Q.quantize_np(x, scale, zp8, axis, "int8"))
