@@ -12,7 +12,10 @@ import weakref
 
 import numpy as np
 
+from numba import prange
+
 from ..backends.cpu import int8_conv as _qconv
+from ..backends.cpu import jit
 from ..backends.cpu import int8_kernels as _ik
 from .registry import kernel, register_op
 
@@ -129,5 +132,51 @@ register_op("quantized_conv2d", attrs={"stride": (1, 1), "padding": (0, 0), "dil
 @kernel("quantized_conv2d")
 def _qc_cpu(x, x_scale, x_zp, w, w_scale, y_scale, y_zp, bias=None, *, stride, padding, dilation, groups, relu=False):
     bias_i32, mult = _requant("quantized_conv2d", x, x_scale, x_zp, w, w_scale, y_scale, y_zp, bias)
+    if w.shape[1] * w.shape[2] * w.shape[3] <= SHORT_K and x.ndim == 4 and x.shape[1] == w.shape[1] * groups:
+        return _short_k_conv(x, int(x_zp), w, stride, padding, dilation, groups, bias_i32, mult, int(y_zp), relu)
     return _qconv.qconv2d(x, int(x_zp), packed(w), stride, padding, dilation, groups, bias_i32, mult, int(y_zp),
                           relu=bool(relu))
+
+
+# A first layer (one or two input channels) has a reduction of K <= 16 taps: too short for the int8 GEMM's
+# tiles. Its int32 accumulators are exact in float32 (|x - zp| <= 255, |w| <= 128: K * 32640 < 2**24, and
+# sums of integers below 2**24 are exact in any order), so the float convolution's direct kernel computes
+# the same integers, and the shared epilogue makes the result bit-identical to the int8 kernels'.
+SHORT_K = 16
+
+
+def _short_k_conv(x, x_zp, w, stride, padding, dilation, groups, bias_i32, mult, y_zp, relu):
+    from ..backends.cpu.conv_kernels import conv2d_forward, out_size
+
+    n, c, h, w_ = x.shape
+    co, _, kh, kw = w.shape
+    out_hw = (out_size(h, kh, stride[0], padding[0], padding[0], dilation[0]),
+              out_size(w_, kw, stride[1], padding[1], padding[1], dilation[1]))
+    xf = x.astype(np.float32)
+    xf -= np.float32(x_zp)
+    acc = conv2d_forward(xf, w.astype(np.float32), None, tuple(stride), tuple(padding), tuple(dilation), groups,
+                         out_hw)
+    bias = np.zeros(co, np.int64) if bias_i32 is None else np.asarray(bias_i32, np.int64)
+    out = np.empty(acc.shape, np.uint8)
+    lo = max(0, y_zp) if relu else 0
+    _requant_planes(acc.size, acc.reshape(n, co, -1), bias, np.asarray(mult, np.float32).reshape(-1),
+                    np.float32(y_zp), np.float32(lo), np.float32(255), out.reshape(n, co, -1))
+    return out
+
+
+@jit.prange_kernel(1 << 16, fastmath=False)
+def _requant_planes(acc, bias, mult, zp, lo, hi, out):
+    """out = clip(rint(float32(int64(acc) + bias[c]) * mult[c]) + zp, lo, hi): the int8 kernels' epilogue."""
+    n_, co_, hw = acc.shape
+    for t in prange(n_ * co_):
+        i = t // co_
+        c = t - i * co_
+        b, m = bias[c], mult[c]
+        src, dst = acc[i, c], out[i, c]
+        for j in range(hw):
+            r = np.rint(np.float32(np.int64(src[j]) + b) * m) + zp
+            if r < lo:
+                r = lo
+            if r > hi:
+                r = hi
+            dst[j] = np.uint8(r)

@@ -182,3 +182,27 @@ def test_quantized_cnn_saves_loads_and_runs_in_onnxruntime(trained, tmp_path):
     step = float(q[8].y_scale.item())
     assert np.abs(got - want).max() <= 2 * step + 1e-6
     assert (got.argmax(1) == want.argmax(1)).mean() >= 0.99
+
+
+@pytest.mark.parametrize("geom", [(1, 16, 3, 1, 1, 1, 1), (1, 8, 4, 2, 1, 1, 1), (2, 6, 3, 1, 2, 2, 2), (1, 4, 1, 1, 0, 1, 1)],
+                         ids=["first-layer", "strided-even-kernel", "dilated-grouped", "1x1"])
+def test_short_reduction_convs_are_bit_identical_to_the_int8_kernels(geom):
+    """quantized_conv2d computes K <= 16 convolutions (first layers) with the float direct kernel, whose
+    accumulators are exact integers there; the result must equal the int8 kernels' to the bit."""
+    from ember.backends.cpu import int8_conv, int8_kernels
+    from ember.ops.qlinear import packed
+
+    c, co, k, st, pad, dil, g = geom
+    x = rng.integers(0, 256, (5, c, 11, 9)).astype(np.uint8)
+    x[0, 0, 0] = 255  # saturation edges: 255 activations against -128 weights
+    w = rng.integers(-128, 128, (co, c // g, k, k)).astype(np.int8)
+    w[0] = -128
+    w_scale = (rng.random(co) * 0.01 + 1e-3).astype(np.float32)
+    bias = (rng.standard_normal(co) * 50).astype(np.float32)
+    for relu in (False, True):
+        for zp in (0, 128, 255):
+            got = apply("quantized_conv2d", T(x), *_qparams(0.03, zp), T(w), T(w_scale), *_qparams(0.07, 100), T(bias),
+                        stride=(st, st), padding=(pad, pad), dilation=(dil, dil), groups=g, relu=relu).numpy()
+            b_i32, mult = int8_kernels.requant_params(np.float32(0.03), w_scale, np.float32(0.07), bias)
+            want = int8_conv.qconv2d(x, zp, packed(w), (st, st), (pad, pad), (dil, dil), g, b_i32, mult, 100, relu=relu)
+            np.testing.assert_array_equal(got, want)
