@@ -16,12 +16,11 @@ import torch.ao.quantization as tq
 
 import ember
 import ember.nn as nn
-import ember.nn.functional as F
 import ember.quantize as Q
-from ember.data import DataLoader
-from ember.data.datasets import digits
 from ember.serialize import load, trace
 from export.onnx_check import OPSETS, check_export
+
+from .digits_training import accuracy, train
 
 rng = np.random.default_rng(21)
 
@@ -98,29 +97,10 @@ def test_bad_arguments_say_what_is_valid():
         q(ember.randn(2, 7))
 
 
-def _train_digits_mlp():
-    ember.manual_seed(0)
-    train = DataLoader(digits("train", flatten=True), batch_size=32, shuffle=True, generator=ember.Generator(0))
-    model = nn.Sequential(nn.Linear(64, 128), nn.ReLU(), nn.Linear(128, 10))
-    opt = ember.optim.Adam(model.parameters(), lr=3e-3)
-    for _ in range(10):
-        for x, y in train:
-            loss = F.cross_entropy(model(x), y)
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-    return model.eval()
-
-
-def _accuracy(model, x, y):
-    with ember.no_grad():
-        return float((model(x).argmax(dim=1) == y).float().mean().item())
-
-
 def test_digits_accuracy_drops_at_most_half_a_point():
-    model = _train_digits_mlp()
-    xt, yt = digits("test", flatten=True).tensors
-    fp32, int8 = _accuracy(model, xt, yt), _accuracy(Q.quantize_dynamic(model), xt, yt)
+    ember.manual_seed(0)
+    model = train(nn.Sequential(nn.Linear(64, 128), nn.ReLU(), nn.Linear(128, 10)), 10, 3e-3, seed=0, adam=True)
+    fp32, int8 = accuracy(model), accuracy(Q.quantize_dynamic(model))
     assert fp32 > 0.95
     assert int8 >= fp32 - 0.005, (fp32, int8)
 

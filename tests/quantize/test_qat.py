@@ -9,30 +9,12 @@ import torch
 
 import ember
 import ember.nn as nn
-import ember.nn.functional as F
 import ember.quantize as Q
-from ember.data import DataLoader
 from ember.data.datasets import digits
 from ember.serialize import trace
 
-
-def _train(model, epochs, lr, flatten=True, seed=1):
-    loader = DataLoader(digits("train", flatten=flatten), batch_size=32, shuffle=True, generator=ember.Generator(seed))
-    opt = ember.optim.SGD(model.parameters(), lr=lr, momentum=0.9)
-    for _ in range(epochs):
-        model.train()
-        for x, y in loader:
-            loss = F.cross_entropy(model(x), y)
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-    return model.eval()
-
-
-def _accuracy(model, flatten=True):
-    x, y = digits("test", flatten=flatten).tensors
-    with ember.no_grad():
-        return float((model(x).argmax(dim=1) == y).float().mean().item())
+from .digits_training import accuracy as _accuracy
+from .digits_training import train as _train
 
 
 def _mlp():

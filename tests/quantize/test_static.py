@@ -13,13 +13,15 @@ import torch.nn.functional as TF
 
 import ember
 import ember.nn as nn
-import ember.nn.functional as F
 import ember.quantize as Q
 from ember.data import DataLoader
 from ember.data.datasets import digits
 from ember.ops.registry import apply
 from ember.serialize import load, trace
 from export.onnx_check import ort_session
+
+from .digits_training import accuracy as _accuracy
+from .digits_training import train as _train
 
 rng = np.random.default_rng(31)
 T = ember.tensor
@@ -68,26 +70,6 @@ def test_quantized_ops_refuse_wrong_dtypes_and_shapes():
         apply("quantized_linear", x, *_qparams(0.1, 0), w, T(np.ones(3, np.float32)), *_qparams(0.1, 0))
 
 
-def _train(model, flatten, epochs=8):
-    ember.manual_seed(0)
-    loader = DataLoader(digits("train", flatten=flatten), batch_size=32, shuffle=True, generator=ember.Generator(0))
-    opt = ember.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
-    for _ in range(epochs):
-        model.train()
-        for x, y in loader:
-            loss = F.cross_entropy(model(x), y)
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-    return model.eval()
-
-
-def _accuracy(model, flatten):
-    x, y = digits("test", flatten=flatten).tensors
-    with ember.no_grad():
-        return float((model(x).argmax(dim=1) == y).float().mean().item())
-
-
 def _cnn():
     ember.manual_seed(0)
     return nn.Sequential(nn.Conv2d(1, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(), nn.MaxPool2d(2),
@@ -109,7 +91,7 @@ def _ptq(model, fuse, flatten):
 
 @pytest.fixture(scope="module")
 def trained():
-    return {"mlp": _train(_mlp(), True), "cnn": _train(_cnn(), False)}
+    return {"mlp": _train(_mlp(), 8, 0.05, flatten=True, seed=0), "cnn": _train(_cnn(), 8, 0.05, flatten=False, seed=0)}
 
 
 @pytest.mark.parametrize("name,fuse,flatten", [
