@@ -37,6 +37,7 @@ import numpy as np
 from numba import prange
 
 from . import jit
+from . import vnni as _vnni
 from .jit import njit
 
 # Largest K with an exact int32 accumulator: 255 * 128 * K <= 2**31 - 1 (and >= -2**31).
@@ -63,6 +64,7 @@ class PackedWeight(NamedTuple):
     k: int
     col_sums: np.ndarray
     kernel_size: tuple | None = None  # (kh, kw) when packed from a 4-d conv weight
+    vnni: np.ndarray = np.zeros((1, 1, _vnni.TILE_N, 4), np.int8)  # vnni.pack(data) where the VNNI tile runs
 
     def unpack(self) -> np.ndarray:
         """The int8 weight as it was given to ``pack_weight`` ((N, K), or (Cout, C/groups, kh, kw))."""
@@ -96,6 +98,8 @@ def pack_weight(w) -> PackedWeight:
     data = np.zeros((n, kp), np.int8)
     data[:, :k] = rows
     col_sums = rows.sum(axis=1, dtype=np.int64).astype(np.int32)
+    if _vnni.tile() is not None:
+        return PackedWeight(data, n, k, col_sums, ks, _vnni.pack(data))
     return PackedWeight(data, n, k, col_sums, ks)
 
 
@@ -187,7 +191,7 @@ def _finish(acc, nr, n0, n1, img, pos, ep, outs, stage_q, stage_f):
     """The epilogue of rows 0 .. nr of acc (raw sums of columns n0 .. n1): row r goes to
     [img[r], n, pos[r]] of one of ``outs`` (int32, quantized, float32; each (B, N, L)). The math runs
     along n in unit stride (vectorised) into acc or a stage row, which ``_copy_out`` then stores."""
-    mode, a_zp, col_sums, bias_i, mult, out_zp, lo, hi, a_scale, w_scale, bias_f, relu = ep
+    mode, a_zp, col_sums, bias_i, mult, out_zp, lo, hi, a_scale, w_scale, bias_f, relu = ep[:12]
     out_i, out_q, out_f = outs
     nc = n1 - n0
     cs = col_sums[n0:n1]
@@ -237,10 +241,10 @@ def _copy_out(stage, out, nr, n0, nc, img, pos):
 
 @_inline
 def new_scratch(n, outs):
-    """Per-thread buffers of ``gemm_rows`` for n columns: raw sums (4, n + 8) int32 (tiles write up
-    to 7 columns past n), the output rows' image/position (4,) and stage rows of the quantized and
+    """Per-thread buffers of ``gemm_rows`` for n columns: raw sums (4, n + 32) int32 (tiles write up
+    to 31 columns past n), the output rows' image/position (4,) and stage rows of the quantized and
     float outputs."""
-    acc = np.empty((4, n + 8), np.int32)
+    acc = np.empty((4, n + 32), np.int32)
     stage_q = np.empty((4, n), outs[1].dtype)
     stage_f = np.empty((4, n), np.float32)
     return acc, np.empty(4, np.int64), np.empty(4, np.int64), stage_q, stage_f
@@ -260,7 +264,13 @@ def gemm_rows(a, m0, nr, row_base, w, n0, n1, ep, outs, rows_per_image, scratch)
         img[r], pos[r] = img[r - 1], pos[r - 1] + 1
         if pos[r] == rows_per_image:
             img[r], pos[r] = img[r] + 1, 0
-    if nr == 4:
+    wv, tile, use_vnni = ep[12], ep[13], ep[14]
+    if use_vnni and n0 % 32 == 0:  # the VNNI tile: 4 rows x 32 columns (one row repeated when nr = 1)
+        a_ptr = a[m0:].ctypes.data
+        lda = kp if nr == 4 else 0
+        for nb in range(n0 // 32, (n1 + 31) // 32):
+            tile(a_ptr, lda, wv[nb].ctypes.data, kp, acc[:, nb * 32 - n0:].ctypes.data, acc.shape[1])
+    elif nr == 4:
         for n in range(n0, n1, 4):
             _tile4x4(a, m0, w, n, n1 - 1, kp, acc, n - n0)
     else:
@@ -324,7 +334,10 @@ def epilogue(mode, packed, a_zp, bias_i32=None, mult=_NO_VEC_F32, out_zp=_F0, lo
     """The epilogue tuple ``ep`` of the kernels (every field typed the same in every call, so each
     kernel compiles once per output dtype); a_zp is in the kernels' uint8 space."""
     bias = np.zeros(packed.n, np.int32) if bias_i32 is None else bias_i32
-    return (mode, a_zp, packed.col_sums, bias, mult, out_zp, lo, hi, a_scale, w_scale, bias_f, bool(relu))
+    tile = _vnni.tile()
+    use = tile is not None and packed.vnni.shape[0] * _vnni.TILE_N >= packed.n
+    return (mode, a_zp, packed.col_sums, bias, mult, out_zp, lo, hi, a_scale, w_scale, bias_f, bool(relu),
+            packed.vnni, tile if use else _vnni.stand_in(), use)
 
 
 def zero_point_u8(dtype, a_zp, shape, op):
