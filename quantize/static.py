@@ -193,7 +193,7 @@ def convert(model, inplace=False):
                 raise RuntimeError(f"convert: layer {name!r} ({type(mod).__name__}) saw no calibration data: run "
                                    f"ember.quantize.calibrate(model, loader) (or a few forward passes) before convert")
     left = [(name, type(mod).__name__, why) for name, mod, q in _propagate(model, model.__dict__.get("qconfig"))
-            if q is not None and _float_parts(mod) is not None and (why := _why_not(_float_parts(mod)[0]))]
+            if q is not None and (why := _stays_float(mod))]
     for name, mod in prepared:
         base, relu = _float_parts(mod)
         q = (Linear if isinstance(base, nn.Linear) else Conv2d)(base, mod.__dict__["_quant_qconfig"], relu,
@@ -204,6 +204,19 @@ def convert(model, inplace=False):
         warnings.warn("convert: these layers stay in float: "
                       + ", ".join(f"{n} ({t}: {why})" for n, t, why in left), stacklevel=2)
     return model
+
+
+def _stays_float(mod):
+    """Why a layer with parameters stays float under a qconfig (None for layers that convert, and for
+    parameter-free or container modules)."""
+    parts = _float_parts(mod)
+    if parts is not None:
+        return _why_not(parts[0])
+    if mod._modules or not any(True for _ in mod.parameters(recurse=False)):
+        return None
+    if isinstance(mod, (nn.BatchNorm1d, nn.BatchNorm2d)):
+        return "fold it into the Conv2d / Linear before it with fuse_modules, in eval mode"
+    return "no int8 version: Linear, Conv2d and their fused ReLU forms are quantized"
 
 
 def _saw_data(obs):

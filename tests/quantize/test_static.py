@@ -188,3 +188,18 @@ def test_short_reduction_convs_are_bit_identical_to_the_int8_kernels(geom):
             b_i32, mult = int8_kernels.requant_params(np.float32(0.03), w_scale, np.float32(0.07), bias)
             want = int8_conv.qconv2d(x, zp, packed(w), (st, st), (pad, pad), (dil, dil), g, b_i32, mult, 100, relu=relu)
             np.testing.assert_array_equal(got, want)
+
+
+def test_convert_names_every_layer_left_in_float_and_what_to_do():
+    model = nn.Sequential(nn.Conv2d(1, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.Flatten(), nn.LayerNorm(4 * 36),
+                          nn.Linear(4 * 36, 3)).eval()
+    model.qconfig = Q.get_default_qconfig("x86")
+    prepared = Q.prepare(model)
+    Q.calibrate(prepared, [ember.randn(4, 1, 8, 8)], progress=False)
+    with pytest.warns(UserWarning) as record:
+        q = Q.convert(prepared)
+    msg = str(record[0].message)
+    assert "1 (BatchNorm2d: fold it into the Conv2d / Linear before it with fuse_modules" in msg
+    assert "4 (LayerNorm: no int8 version" in msg and "(ReLU" not in msg and "(Flatten" not in msg
+    table = Q.summary(q)
+    assert "BatchNorm2d  float" in table and "Conv2d       int8 static" in table
