@@ -6,7 +6,7 @@ import warnings
 import numpy as np
 import pytest
 import torch
-from hypothesis import given, settings, strategies as st
+from hypothesis import example, given, settings, strategies as st
 
 import ember
 from ember import nn
@@ -70,20 +70,24 @@ def test_linear(bias, shape):
 @settings(deadline=None, max_examples=20)
 @given(lead=st.lists(st.integers(1, 3), max_size=2), fin=st.integers(1, 6), fout=st.integers(1, 5),
        k=st.integers(1, 4), bias=st.booleans(), seed=st.integers(0, 1000))
+@example(lead=[2], fin=2, fout=1, k=4, bias=False, seed=149)  # torch's float32 LayerNorm backward drifts here
 def test_linear_and_layernorm_on_noncontiguous_batches(lead, fin, fout, k, bias, seed):
-    """Any leading batch shape, input a transposed (non-contiguous) view."""
+    """Any leading batch shape, input a transposed (non-contiguous) view. The reference runs in float64:
+    with two close features LayerNorm's backward is ill-conditioned, and torch's float32 result drifts
+    (5e-4 off float64 where ember's is 1e-5 off, e.g. lead=[2], fin=2, k=4, seed=149)."""
     base = randn(*lead, fin, k, seed=seed)
     for e_mod, t_mod in ((nn.Linear(fin, fout, bias=bias), tnn.Linear(fin, fout, bias=bias)),
                          (nn.LayerNorm(fin, bias=bias), tnn.LayerNorm(fin, bias=bias))):
         e_mod.load_state_dict({n: v.numpy() for n, v in t_mod.state_dict().items()})
-        eb, tb = ember.tensor(base, requires_grad=True), torch.tensor(base, requires_grad=True)
+        t_mod = t_mod.double()
+        eb, tb = ember.tensor(base, requires_grad=True), torch.tensor(base, dtype=torch.float64, requires_grad=True)
         ex, tx = eb.transpose(-1, -2), tb.transpose(-1, -2)
         assert not ex.is_contiguous() or min(fin, k) == 1
         eo, to = e_mod(ex), t_mod(tx)
         np.testing.assert_allclose(eo.detach().numpy(), to.detach().numpy(), atol=ATOL, rtol=RTOL)
         w = randn(*to.shape, seed=seed + 1)
         (eo * ember.tensor(w)).sum().backward()
-        (to * torch.tensor(w)).sum().backward()
+        (to * torch.tensor(w, dtype=torch.float64)).sum().backward()
         np.testing.assert_allclose(eb.grad.numpy(), tb.grad.numpy(), atol=GATOL, rtol=GRTOL)
         for (name, ep), tp in zip(e_mod.named_parameters(), t_mod.parameters()):
             np.testing.assert_allclose(ep.grad.numpy(), tp.grad.numpy(), atol=GATOL, rtol=GRTOL, err_msg=name)
