@@ -125,5 +125,5 @@ register_op("conv2d_pool",
 def _conv2d_pool_cpu(x, w, b=None, *, stride, padding, dilation, groups, padding_extra=(0, 0), act="none"):
     n, co, h, w_ = _conv2d_rule(x.shape, w.shape, None if b is None else b.shape, stride=stride, padding=padding,
                                 dilation=dilation, groups=groups, padding_extra=padding_extra)
-    out = _ck.conv2d_pool_forward(x, w, b, stride, padding, dilation, groups, (h, w_), act == "relu")
+    out = _ck.conv2d_forward(x, w, b, stride, padding, dilation, groups, (h, w_), pool=True, relu=act == "relu")
     return out.astype(x.dtype, copy=False)
