@@ -13,6 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import ember
+from ember.backends.cpu import quant_kernels as K
 from ember.ops import quantized as Q
 from ember.ops.registry import apply
 from ember.serialize import load, save, trace
@@ -231,8 +232,8 @@ def test_numba_and_numpy_paths_agree_bitwise(axis, parallel, monkeypatch):
         scale, zp8 = scale.reshape(()), zp8.reshape(())
     s = _bc(scale, axis, 3)
     x = _hard_values(rng, shape, s)
-    for k in (Q._quantize_k, Q._fake_quantize_k, Q._fake_quantize_bw_k, Q._dequantize_k, Q._quantize_flat_k,
-              Q._dequantize_flat_k):
+    for k in (K._quantize_k, K._fake_quantize_k, K._fake_quantize_bw_k, K._dequantize_k, K._quantize_flat_k,
+              K._dequantize_flat_k):
         monkeypatch.setattr(k, "threshold", 0 if parallel else 1 << 62)
     q = Q._quantize(x, scale, zp8, axis, "int8")
     np.testing.assert_array_equal(q, Q.quantize_np(x, scale, zp8, axis, "int8"))
