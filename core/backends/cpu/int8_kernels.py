@@ -16,17 +16,7 @@ reproduces them bit for bit:
 - dequantize: ``y = float32(acc) * (a_scale * w_scale[n]) + bias_f32[n]`` (float32 product first),
   ``max(y, 0)`` with ReLU.
 
-Code generation (numba 0.68 / LLVM 20, ``dispatcher.inspect_asm``): per 16 k, the 4x4 tile's loop is
-4 ``vpmovzxbd`` (activations) + 4 ``vpmovsxbd`` (weights) and 16 ``vpdpwssd zmm`` on this AVX-512
-VNNI machine (AMD Zen 4); ``vpmaddwd ymm`` + ``vpaddd`` with AVX2 only, ``pmaddwd`` with SSE2. LLVM
-turns an int32 multiply of a zero-extended byte by a sign-extended one into ``vpmaddwd`` on 16-bit
-halves (upper halves 0: 16 products per zmm instruction) and fuses the add into ``vpdpwssd``. The
-zero extension is what lets one load feed four products: with activations minus the zero point in
-int16 (both sides sign-extended) shared loads stay ``vpmulld``; only one-product-per-load dot loops
-get ``vpmaddwd``. The arithmetic uses ``np.multiply``/``np.add`` on int32 scalars (numba's ``*``/``+``
-widen to int64). Single rows (M = 1, and M % 4) use a 1x8 tile. One thread: M = 64, 784 -> 512 at
-~100 Gop/s (OpenBLAS sgemm ~80 GFLOP/s); short K pays for each tile's 16 horizontal sums (K = 144:
-~55 Gop/s).
+The GEMM tiles and the epilogue loops are in int8_gemm.py.
 """
 from __future__ import annotations
 
@@ -34,23 +24,19 @@ import math
 from typing import NamedTuple
 
 import numpy as np
-from numba import prange
 
 from . import jit
 from . import vnni as _vnni
+from .int8_gemm import (  # noqa: F401 (gemm_rows, new_scratch, _inline, exact_kernel: for int8_conv and tests)
+    MODE_DEQUANT, MODE_INT32, MODE_REQUANT, PAR_MIN_MACS, PAR_MIN_ROWS, _inline, _linear_kernel, _tile4x4,
+    exact_kernel, gemm_rows, new_scratch,
+)
 from .jit import njit
 
 # Largest K with an exact int32 accumulator: 255 * 128 * K <= 2**31 - 1 (and >= -2**31).
 K_MAX = 65793
 # K is padded to a multiple of this (zeros in both operands): the vector loop then has no remainder.
 K_BLOCK = 16
-# prange over row blocks from this many rows and multiply-adds on. On the 2-core reference VM a
-# parallel call right after other work waits for numba's workqueue worker to wake: M = 64, 784 -> 512
-# (25.7M) took 535 us serial, 755 us parallel (median; 420 us when parallel calls run back to back).
-PAR_MIN_ROWS = 16
-PAR_MIN_MACS = 1 << 25
-
-MODE_INT32, MODE_REQUANT, MODE_DEQUANT = 0, 1, 2
 _QRANGE = {"uint8": (0, 255), "int8": (-128, 127)}
 _EPS32 = np.finfo(np.float32).eps
 
@@ -101,197 +87,6 @@ def pack_weight(w) -> PackedWeight:
     if _vnni.tile() is not None:
         return PackedWeight(data, n, k, col_sums, ks, _vnni.pack(data))
     return PackedWeight(data, n, k, col_sums, ks)
-
-
-def exact_kernel(threshold):
-    """A serial/parallel kernel pair compiled without fastmath: the epilogues' float32 math must round
-    as numpy's does (fastmath would contract ``acc * scale + bias`` into an FMA and turn ``x / scale``
-    into a reciprocal multiply). The integer loops vectorise the same either way."""
-    return jit.prange_kernel(threshold, fastmath=False)
-
-
-_inline = njit(inline="always", fastmath=False)
-
-
-@_inline
-def _tile4x4(a, m, w, n, nlast, kp, acc, j):
-    """acc[r, j + c] = sum_k a[m + r, k] * w[min(n + c, nlast), k] for r, c < 4 (raw uint8 x int8)."""
-    a0 = a[m]
-    a1 = a[m + 1]
-    a2 = a[m + 2]
-    a3 = a[m + 3]
-    w0 = w[n]
-    w1 = w[min(n + 1, nlast)]
-    w2 = w[min(n + 2, nlast)]
-    w3 = w[min(n + 3, nlast)]
-    z = np.int32(0)
-    s00 = s01 = s02 = s03 = s10 = s11 = s12 = s13 = z
-    s20 = s21 = s22 = s23 = s30 = s31 = s32 = s33 = z
-    for k in range(kp):
-        x0 = np.int32(a0[k])
-        x1 = np.int32(a1[k])
-        x2 = np.int32(a2[k])
-        x3 = np.int32(a3[k])
-        y0 = np.int32(w0[k])
-        y1 = np.int32(w1[k])
-        y2 = np.int32(w2[k])
-        y3 = np.int32(w3[k])
-        s00 = np.add(s00, np.multiply(x0, y0))
-        s01 = np.add(s01, np.multiply(x0, y1))
-        s02 = np.add(s02, np.multiply(x0, y2))
-        s03 = np.add(s03, np.multiply(x0, y3))
-        s10 = np.add(s10, np.multiply(x1, y0))
-        s11 = np.add(s11, np.multiply(x1, y1))
-        s12 = np.add(s12, np.multiply(x1, y2))
-        s13 = np.add(s13, np.multiply(x1, y3))
-        s20 = np.add(s20, np.multiply(x2, y0))
-        s21 = np.add(s21, np.multiply(x2, y1))
-        s22 = np.add(s22, np.multiply(x2, y2))
-        s23 = np.add(s23, np.multiply(x2, y3))
-        s30 = np.add(s30, np.multiply(x3, y0))
-        s31 = np.add(s31, np.multiply(x3, y1))
-        s32 = np.add(s32, np.multiply(x3, y2))
-        s33 = np.add(s33, np.multiply(x3, y3))
-    acc[0, j], acc[0, j + 1], acc[0, j + 2], acc[0, j + 3] = s00, s01, s02, s03
-    acc[1, j], acc[1, j + 1], acc[1, j + 2], acc[1, j + 3] = s10, s11, s12, s13
-    acc[2, j], acc[2, j + 1], acc[2, j + 2], acc[2, j + 3] = s20, s21, s22, s23
-    acc[3, j], acc[3, j + 1], acc[3, j + 2], acc[3, j + 3] = s30, s31, s32, s33
-
-
-@_inline
-def _tile1x8(a, m, w, n, nlast, kp, acc, j):
-    """acc[0, j + c] = sum_k a[m, k] * w[min(n + c, nlast), k] for c < 8 (the one-row tile: M = 1)."""
-    a0 = a[m]
-    w0 = w[n]
-    w1 = w[min(n + 1, nlast)]
-    w2 = w[min(n + 2, nlast)]
-    w3 = w[min(n + 3, nlast)]
-    w4 = w[min(n + 4, nlast)]
-    w5 = w[min(n + 5, nlast)]
-    w6 = w[min(n + 6, nlast)]
-    w7 = w[min(n + 7, nlast)]
-    z = np.int32(0)
-    s0 = s1 = s2 = s3 = s4 = s5 = s6 = s7 = z
-    for k in range(kp):
-        x = np.int32(a0[k])
-        s0 = np.add(s0, np.multiply(x, np.int32(w0[k])))
-        s1 = np.add(s1, np.multiply(x, np.int32(w1[k])))
-        s2 = np.add(s2, np.multiply(x, np.int32(w2[k])))
-        s3 = np.add(s3, np.multiply(x, np.int32(w3[k])))
-        s4 = np.add(s4, np.multiply(x, np.int32(w4[k])))
-        s5 = np.add(s5, np.multiply(x, np.int32(w5[k])))
-        s6 = np.add(s6, np.multiply(x, np.int32(w6[k])))
-        s7 = np.add(s7, np.multiply(x, np.int32(w7[k])))
-    acc[0, j], acc[0, j + 1], acc[0, j + 2], acc[0, j + 3] = s0, s1, s2, s3
-    acc[0, j + 4], acc[0, j + 5], acc[0, j + 6], acc[0, j + 7] = s4, s5, s6, s7
-
-
-@_inline
-def _finish(acc, nr, n0, n1, img, pos, ep, outs, stage_q, stage_f):
-    """The epilogue of rows 0 .. nr of acc (raw sums of columns n0 .. n1): row r goes to
-    [img[r], n, pos[r]] of one of ``outs`` (int32, quantized, float32; each (B, N, L)). The math runs
-    along n in unit stride (vectorised) into acc or a stage row, which ``_copy_out`` then stores."""
-    mode, a_zp, col_sums, bias_i, mult, out_zp, lo, hi, a_scale, w_scale, bias_f, relu = ep[:12]
-    out_i, out_q, out_f = outs
-    nc = n1 - n0
-    cs = col_sums[n0:n1]
-    bi = bias_i[n0:n1]
-    for r in range(nr):
-        row = acc[r]
-        if mode == MODE_INT32:
-            for j in range(nc):
-                row[j] = np.int64(row[j]) - a_zp * np.int64(cs[j])
-        elif mode == MODE_REQUANT:
-            sq = stage_q[r]
-            m = mult[n0:n1]
-            for j in range(nc):
-                v = np.float32(np.int64(row[j]) - a_zp * np.int64(cs[j]) + bi[j]) * m[j]
-                sq[j] = int(min(max(np.rint(v) + out_zp, lo), hi))
-        else:
-            sf = stage_f[r]
-            ws = w_scale[n0:n1]
-            bf = bias_f[n0:n1]
-            floor = np.float32(0) if relu else np.float32(-np.inf)
-            for j in range(nc):
-                y = np.float32(np.int64(row[j]) - a_zp * np.int64(cs[j])) * (a_scale * ws[j]) + bf[j]
-                sf[j] = max(y, floor)
-    if mode == MODE_INT32:
-        _copy_out(acc, out_i, nr, n0, nc, img, pos)
-    elif mode == MODE_REQUANT:
-        _copy_out(stage_q, out_q, nr, n0, nc, img, pos)
-    else:
-        _copy_out(stage_f, out_f, nr, n0, nc, img, pos)
-
-
-@_inline
-def _copy_out(stage, out, nr, n0, nc, img, pos):
-    """out[img[r], n0 + j, pos[r]] = stage[r, j]: along n when out's channels are adjacent (L = 1:
-    linear layers; vectorised), else one channel at a time (a conv's channels are L apart, and a
-    vectorised strided store would be a slow scatter)."""
-    if out.shape[2] == 1:
-        for r in range(nr):
-            b = img[r]
-            for j in range(nc):
-                out[b, n0 + j, 0] = stage[r, j]
-    else:
-        for j in range(nc):
-            for r in range(nr):
-                out[img[r], n0 + j, pos[r]] = stage[r, j]
-
-
-@_inline
-def new_scratch(n, outs):
-    """Per-thread buffers of ``gemm_rows`` for n columns: raw sums (4, n + 32) int32 (tiles write up
-    to 31 columns past n), the output rows' image/position (4,) and stage rows of the quantized and
-    float outputs."""
-    acc = np.empty((4, n + 32), np.int32)
-    stage_q = np.empty((4, n), outs[1].dtype)
-    stage_f = np.empty((4, n), np.float32)
-    return acc, np.empty(4, np.int64), np.empty(4, np.int64), stage_q, stage_f
-
-
-@_inline
-def gemm_rows(a, m0, nr, row_base, w, n0, n1, ep, outs, rows_per_image, scratch):
-    """Rows m0 .. m0+nr of ``a`` (nr = 4, or 1) times weight rows n0 .. n1, finished by the epilogue;
-    they are output rows row_base + m0 ... (output row g is [g // L, :, g % L]). ``scratch`` is
-    ``new_scratch(n1 - n0, outs)``."""
-    acc, img, pos, stage_q, stage_f = scratch
-    kp = a.shape[1]
-    g = row_base + m0
-    img[0] = g // rows_per_image
-    pos[0] = g - img[0] * rows_per_image
-    for r in range(1, nr):  # one division per row block
-        img[r], pos[r] = img[r - 1], pos[r - 1] + 1
-        if pos[r] == rows_per_image:
-            img[r], pos[r] = img[r] + 1, 0
-    wv, tile, use_vnni = ep[12], ep[13], ep[14]
-    if use_vnni and n0 % 32 == 0:  # the VNNI tile: 4 rows x 32 columns (one row repeated when nr = 1)
-        a_ptr = a[m0:].ctypes.data
-        lda = kp if nr == 4 else 0
-        for nb in range(n0 // 32, (n1 + 31) // 32):
-            tile(a_ptr, lda, wv[nb].ctypes.data, kp, acc[:, nb * 32 - n0:].ctypes.data, acc.shape[1])
-    elif nr == 4:
-        for n in range(n0, n1, 4):
-            _tile4x4(a, m0, w, n, n1 - 1, kp, acc, n - n0)
-    else:
-        for n in range(n0, n1, 8):
-            _tile1x8(a, m0, w, n, n1 - 1, kp, acc, n - n0)
-    _finish(acc, nr, n0, n1, img, pos, ep, outs, stage_q, stage_f)
-
-
-@exact_kernel(PAR_MIN_MACS)
-def _linear_kernel(a, w, ep, outs):
-    """outs[mode][m, n, 0] = epilogue(sum_k a[m, k] * w[n, k]) for all rows: 4-row blocks, then the
-    M % 4 single rows; prange over the blocks."""
-    m_ = a.shape[0]
-    n_ = w.shape[0]
-    full = m_ // 4
-    for blk in prange(full + m_ - 4 * full):
-        scratch = new_scratch(n_, outs)
-        if blk < full:
-            gemm_rows(a, 4 * blk, 4, 0, w, 0, n_, ep, outs, 1, scratch)
-        else:
-            gemm_rows(a, blk + 3 * full, 1, 0, w, 0, n_, ep, outs, 1, scratch)
 
 
 @njit(fastmath=False)
