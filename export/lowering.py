@@ -176,9 +176,10 @@ class Builder:
             parts.append(self.const(np.asarray(run, dtype=np.int64), "ints"))
         return parts[0] if len(parts) == 1 else self.op("Concat", parts, axis=0)
 
-    def cast(self, name, dtype, outputs=None) -> str:
-        """``name`` cast to numpy ``dtype`` (no node when it already has it and no output name is forced)."""
-        known = self._known_dtype(name)
+    def cast(self, name, dtype, outputs=None, have=None) -> str:
+        """``name`` cast to numpy ``dtype`` (no node when it already has it and no output name is forced);
+        ``have`` gives the dtype of a helper value, which the builder cannot look up."""
+        known = np.dtype(have) if have is not None else self._known_dtype(name)
         if outputs is None and known is not None and known == np.dtype(dtype):
             return name
         return self.op("Cast", [name], outputs, to=onnx_dtype(dtype))

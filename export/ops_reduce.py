@@ -45,11 +45,8 @@ def reduce_into(g, op_type, x, dims, keepdim, dtype, out):
 
 
 def convert(g, x, have, want, outputs=None):
-    """``x`` (of numpy dtype ``have``) as ``want``: no node when they agree and no output is named (unlike
-    ``g.cast``, this also skips the Cast for helper values, whose dtype only the caller knows)."""
-    if np.dtype(have) == np.dtype(want) and outputs is None:
-        return x
-    return g.op("Cast", [x], outputs, to=onnx_dtype(want))
+    """``x`` (of numpy dtype ``have``) as ``want`` (``g.cast`` with the dtype given: helper values too)."""
+    return g.cast(x, want, outputs, have=have)
 
 
 def work_float(dtype):
