@@ -11,6 +11,7 @@ from ember import nn
 
 from .fuse import ConvReLU2d, LinearReLU
 from .qconfig import QConfig, get_default_qat_qconfig
+from .static import _propagate, _replace
 
 
 class _QATLayer:
@@ -84,19 +85,11 @@ def prepare_qat(model, inplace=False, qconfig=None):
     if root is None and not any("qconfig" in m.__dict__ for m in model.modules()):
         root = get_default_qat_qconfig("x86")
     training = model.training
-    stack = [(model, root)]
-    while stack:
-        parent, inherited = stack.pop()
-        for name, child in list(parent._modules.items()):
-            if child is None:
-                continue
-            q = child.__dict__.get("qconfig", inherited)
-            if q is not None and not isinstance(q, QConfig):
-                raise TypeError(f"prepare_qat: qconfig must be a QConfig, got {type(q).__name__}")
-            new = _qat_version(child, q) if q is not None else None
-            if new is None:
-                stack.append((child, q))
-                continue
-            setattr(parent, name, new)
+    for name, mod, q in _propagate(model, root):  # (a layer that gets a QAT version is not descended into)
+        if q is not None and not isinstance(q, QConfig):
+            raise TypeError(f"prepare_qat: qconfig must be a QConfig, got {type(q).__name__}")
+        new = _qat_version(mod, q) if q is not None and name else None
+        if new is not None:
+            _replace(model, name, new)
     model.train(training)
     return model
