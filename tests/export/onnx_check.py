@@ -89,5 +89,25 @@ def resize(arrays, n):
     return out
 
 
+class Data:
+    """Seeded test inputs: normal float32 (``f32``), small int64 in [-5, 5] (``i64``), bools, indices in
+    [0, high) (``idx``)."""
+
+    def __init__(self, seed):
+        self.rng = np.random.default_rng(seed)
+
+    def f32(self, *shape):
+        return self.rng.standard_normal(shape).astype(np.float32)
+
+    def i64(self, *shape):
+        return self.rng.integers(-5, 6, shape).astype(np.int64)
+
+    def bools(self, *shape):
+        return self.rng.random(shape) > 0.5
+
+    def idx(self, high, *shape, dtype=np.int64):
+        return self.rng.integers(0, high, shape).astype(dtype)
+
+
 def onnx_op_types(model) -> list:
     return [n.op_type for n in model.graph.node]

@@ -14,23 +14,12 @@ from ember.serialize import Program
 from ember.serialize.ir import Graph, Node, Sym
 
 from tests.core.op_samples import SAMPLES
-from tests.export.onnx_check import OPSETS, check_export, onnx_op_types
+from tests.export.onnx_check import OPSETS, Data, check_export, onnx_op_types
 
 BATCH = dict(batches=(1, 5))
 FIXED = dict(dynamic_axes={"x": None})
-_rng = np.random.default_rng(7)
-
-
-def _f32(*shape):
-    return _rng.standard_normal(shape).astype(np.float32)
-
-
-def _i64(*shape):
-    return _rng.integers(-5, 6, shape).astype(np.int64)
-
-
-def _bool(*shape):
-    return _rng.random(shape) > 0.5
+_data = Data(7)
+_f32, _i64, _bool = _data.f32, _data.i64, _data.bools
 
 
 # (id, fn, inputs, check_export options)
