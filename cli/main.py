@@ -1,6 +1,7 @@
 """``ember`` command line. ``ember info FILE [--code] [--json]`` describes a ``.ember`` program
 (signature, op counts, constants, metadata) or a checkpoint written by ``ember.save``;
-``ember export MODEL.ember -o MODEL.onnx [--opset N]`` converts a saved program to ONNX.
+``ember export MODEL.ember -o MODEL.onnx [--opset N]`` converts a saved program to ONNX;
+``ember serve PATH`` serves models over HTTP (cli/serve.py).
 
 Bad or missing files print one message to stderr and exit with status 2: never a traceback.
 """
@@ -237,7 +238,7 @@ def onnx_type_name(elem_type) -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="ember", description="ember: inspect and convert saved models and checkpoints.")
+    ap = argparse.ArgumentParser(prog="ember", description="ember: inspect, convert and serve saved models and checkpoints.")
     ap.add_argument("--version", action="version", version=f"ember {ember.__version__}")
     sub = ap.add_subparsers(dest="command", required=True, metavar="COMMAND")
     info = sub.add_parser("info", help="describe a .ember program or a checkpoint",
@@ -255,6 +256,9 @@ def build_parser() -> argparse.ArgumentParser:
     exp.add_argument("--opset", type=int, default=None,
                      help="ONNX opset to target (default: the newest ember is tested with)")
     exp.set_defaults(func=cmd_export)
+    from .serve import add_parser as add_serve  # the server's imports wait until the command runs
+
+    add_serve(sub)
     return ap
 
 

@@ -70,6 +70,13 @@ class Program:
         res = tuple(ember.from_numpy(np.asarray(o)) for o in outs)
         return res[0] if len(res) == 1 else res
 
+    def run(self, inputs: dict) -> dict:
+        """numpy in, numpy out, like ONNX Runtime's ``session.run``: ``inputs`` maps input names to arrays
+        (checked against the signature); returns output name -> array. No Tensor wrapping: what a
+        server calls."""
+        outs = self._executor.run(self._bind((), inputs))
+        return {name: np.asarray(o) for name, o in zip(self.graph.outputs, outs)}
+
     def _bind(self, args, kwargs) -> dict:
         if not kwargs and len(args) == len(self._specs):
             seen = {}
