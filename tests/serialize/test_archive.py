@@ -17,6 +17,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import ember
+import ember.serialize
 from ember import safetensors_io
 from ember.ops.registry import list_ops
 from ember.serialize import Graph, Node, Program, Sym
@@ -405,3 +406,21 @@ def test_graph_text_mutations_give_format_error_or_a_program(tmp_path_factory, d
         cut = data.draw(st.integers(0, 4))
         text = text[:pos] + data.draw(st.text(alphabet=_GRAPH_CHARS, max_size=6)) + text[pos + cut:]
     _load_or_format_error(_write_graph(tmp_path_factory, text), True)
+
+
+def test_program_run_takes_and_returns_numpy_by_name():
+    """Program.run is ORT's session.run shape: a name -> array dict in, one out; the same checks as a call."""
+    from reference_models import MLP
+
+    ember.manual_seed(0)
+    model = MLP().eval()
+    x = np.random.default_rng(0).standard_normal((3, 20)).astype(np.float32)
+    prog = ember.serialize.trace(model, ember.from_numpy(x[:2]), input_names=["x"], output_names=["y"])
+    out = prog.run({"x": x})
+    assert list(out) == ["y"] and isinstance(out["y"], np.ndarray)
+    with ember.no_grad():
+        np.testing.assert_allclose(out["y"], model(ember.from_numpy(x)).numpy(), rtol=1e-5, atol=1e-6)
+    with pytest.raises(TypeError, match="no input named 'z'"):
+        prog.run({"z": x})
+    with pytest.raises(ValueError, match="dim 1 must be 20"):
+        prog.run({"x": x[:, :19]})
