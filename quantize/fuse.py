@@ -1,6 +1,8 @@
 """Module fusion before quantization (``torch.ao.quantization.fuse_modules``, eager mode): Conv/Linear +
 BatchNorm fold into one layer, and a layer + ReLU become one fused module that ``convert`` can map to a
-quantized layer with the ReLU inside its requantizing epilogue."""
+quantized layer with the ReLU inside its requantizing epilogue. ``fuse_modules_qat`` keeps Conv+BatchNorm
+as a ``ConvBn2d`` / ``ConvBnReLU2d`` container instead, which ``prepare_qat`` turns into a layer that trains
+with the BatchNorm folded into its fake-quantized weight."""
 from __future__ import annotations
 
 import copy
@@ -12,8 +14,9 @@ import ember
 from ember import nn
 
 __all__ = [
-    "BNReLU2d", "ConvReLU2d", "LinearReLU", "fuse_conv_bn", "fuse_conv_bn_eval", "fuse_conv_bn_relu",
-    "fuse_known_modules", "fuse_linear_bn", "fuse_linear_bn_eval", "fuse_modules",
+    "BNReLU2d", "ConvBn2d", "ConvBnReLU2d", "ConvReLU2d", "LinearReLU", "fuse_conv_bn", "fuse_conv_bn_eval",
+    "fuse_conv_bn_relu", "fuse_known_modules", "fuse_linear_bn", "fuse_linear_bn_eval", "fuse_modules",
+    "fuse_modules_qat",
 ]
 
 
@@ -49,6 +52,27 @@ class BNReLU2d(_FusedModule):
     _types = (nn.BatchNorm2d, nn.ReLU)
 
 
+class ConvBn2d(_FusedModule):
+    """``batch_norm(conv(x))`` held as ``(Conv2d, BatchNorm2d)`` for quantization-aware training
+    (``fuse_modules_qat``): computes exactly what the two modules did, in either mode, until ``prepare_qat``."""
+
+    _types = (nn.Conv2d, nn.BatchNorm2d)
+
+    def __init__(self, *mods):
+        super().__init__(*mods)
+        conv, bn = mods[0], mods[1]
+        if bn.num_features != conv.out_channels:
+            raise ValueError(f"{type(self).__name__}: the BatchNorm2d has num_features={bn.num_features} but the "
+                             f"Conv2d before it has out_channels={conv.out_channels} (weight shape "
+                             f"{tuple(conv.weight.shape)}); they must be equal")
+
+
+class ConvBnReLU2d(ConvBn2d):
+    """``relu(batch_norm(conv(x)))`` held as ``(Conv2d, BatchNorm2d, ReLU)`` (``fuse_modules_qat``)."""
+
+    _types = (nn.Conv2d, nn.BatchNorm2d, nn.ReLU)
+
+
 # ---- BatchNorm folding (torch.nn.utils.fusion) ------------------------------------------------------
 def _fold_bn(layer, bn, out_features):
     """New (weight, bias) Parameters of ``layer`` with eval-mode ``bn`` folded in: ``w * g / sqrt(var + eps)``
@@ -71,14 +95,34 @@ def _fold_bn(layer, bn, out_features):
             nn.Parameter(ember.from_numpy(new_b.astype(b_dtype)), requires_grad=layer.weight.requires_grad))
 
 
+def _modes(mods):
+    return ", ".join(f"{type(m).__name__} {'training' if m.training else 'eval'}" for m in mods)
+
+
 def _check_eval(mods):
     if any(m.training for m in mods):
-        modes = ", ".join(f"{type(m).__name__} {'training' if m.training else 'eval'}" for m in mods)
         raise NotImplementedError(
             f"folding BatchNorm needs eval mode (its running statistics), but the modules are in training mode "
-            f"({modes}); QAT fusion of Conv+BN / Linear+BN (torch's ConvBn2d, which keeps the BatchNorm training) "
-            f"is not built yet: call model.eval() before fuse_modules, or fuse only Conv2d+ReLU / Linear+ReLU / "
-            f"BatchNorm2d+ReLU, which work in both modes")
+            f"({_modes(mods)}): call model.eval() before fuse_modules (torch's fuse_modules refuses this too); for "
+            f"quantization-aware training (QAT) fuse Conv2d+BatchNorm2d(+ReLU) with fuse_modules_qat, which keeps "
+            f"the BatchNorm training (ConvBn2d / ConvBnReLU2d; Linear+BatchNorm1d has no QAT fusion: fold it in eval "
+            f"mode); Conv2d+ReLU / Linear+ReLU / BatchNorm2d+ReLU fuse in both modes")
+
+
+def _check_qat_bn(conv, bn):
+    """torch's conditions for a QAT Conv+BN fusion: same mode, matching channels, affine, running statistics."""
+    if conv.training != bn.training:
+        raise ValueError(f"the Conv2d and the BatchNorm2d must be in the same mode (train or eval), got "
+                         f"{_modes((conv, bn))}")
+    if bn.num_features != conv.out_channels:
+        raise ValueError(f"{type(bn).__name__} has num_features={bn.num_features} but the Conv2d before it has "
+                         f"out_channels={conv.out_channels}; they must be equal")
+    if not bn.affine or bn.weight is None or bn.bias is None:
+        raise ValueError(f"QAT Conv+BN fusion needs a BatchNorm2d with a weight and a bias (affine=True, bias=True), "
+                         f"got {bn.extra_repr()}; fold it in eval mode with fuse_modules instead")
+    if bn.running_mean is None or bn.running_var is None:
+        raise ValueError(f"QAT Conv+BN fusion needs a BatchNorm2d that tracks running statistics, got "
+                         f"track_running_stats=False; fold it in eval mode with fuse_modules instead")
 
 
 def fuse_conv_bn_eval(conv, bn):
@@ -116,23 +160,28 @@ def _copy_without_hooks(mod):
 
 # ---- fuser methods: (is_qat, *modules) -> one module, torch's signature ---------------------------------
 def fuse_conv_bn(is_qat, conv, bn):
-    """Conv2d + BatchNorm2d -> one Conv2d (eval mode only; QAT's ConvBn2d is not built)."""
+    """Conv2d + BatchNorm2d -> ``ConvBn2d(conv, bn)`` for QAT (either mode), else one Conv2d with the eval-mode
+    BatchNorm folded in."""
     if is_qat:
-        raise NotImplementedError("fuse_conv_bn: QAT fusion of Conv+BN (torch's ConvBn2d) is not built yet; "
-                                  "fuse in eval mode (model.eval()) for post-training quantization")
+        _check_qat_bn(conv, bn)
+        return ConvBn2d(conv, bn)
     return fuse_conv_bn_eval(conv, bn)
 
 
 def fuse_conv_bn_relu(is_qat, conv, bn, relu):
-    """Conv2d + BatchNorm2d + ReLU -> ``ConvReLU2d(folded conv, relu)`` (eval mode only)."""
+    """Conv2d + BatchNorm2d + ReLU -> ``ConvBnReLU2d`` for QAT, else ``ConvReLU2d(folded conv, relu)``."""
+    if is_qat:
+        _check_qat_bn(conv, bn)
+        return ConvBnReLU2d(conv, bn, relu)
     return ConvReLU2d(fuse_conv_bn(is_qat, conv, bn), relu)
 
 
 def fuse_linear_bn(is_qat, linear, bn):
-    """Linear + BatchNorm1d -> one Linear (eval mode only)."""
+    """Linear + BatchNorm1d -> one Linear (eval mode only: there is no QAT ``LinearBn1d``)."""
     if is_qat:
-        raise NotImplementedError("fuse_linear_bn: QAT fusion of Linear+BN (torch's LinearBn1d) is not built yet; "
-                                  "fuse in eval mode (model.eval()) for post-training quantization")
+        raise NotImplementedError("fuse_linear_bn: QAT fusion of Linear+BatchNorm1d (torch's LinearBn1d) is not "
+                                  "built; fold the BatchNorm1d in eval mode with fuse_modules (model.eval()) before "
+                                  "prepare_qat, or leave it out of the groups")
     return fuse_linear_bn_eval(linear, bn)
 
 
@@ -207,14 +256,28 @@ def fuse_known_modules(mod_list, is_qat=False, additional_fuser_method_mapping=N
 def fuse_modules(model, modules_to_fuse, inplace=False, fuser_func=None, fuse_custom_config_dict=None):
     """``torch.ao.quantization.fuse_modules``: fuse each group of submodules (``[["conv1", "bn1", "relu1"],
     ["block.fc", "block.relu"]]``, or one group as a flat list) into its first name; the other names
-    become ``nn.Identity``. Conv2d+BatchNorm2d(+ReLU) and Linear+BatchNorm1d fold the BatchNorm (eval mode);
-    Conv2d+ReLU, Linear+ReLU and BatchNorm2d+ReLU become ConvReLU2d / LinearReLU / BNReLU2d in either mode.
+    become ``nn.Identity``. Conv2d+BatchNorm2d(+ReLU) and Linear+BatchNorm1d fold the BatchNorm (eval mode;
+    for QAT use ``fuse_modules_qat``); Conv2d+ReLU, Linear+ReLU and BatchNorm2d+ReLU become ConvReLU2d /
+    LinearReLU / BNReLU2d in either mode.
     ``fuser_func(modules, is_qat, additional_fuser_method_mapping)`` replaces ``fuse_known_modules``, and
     ``fuse_custom_config_dict={"additional_fuser_method_mapping": {(A, B): fn}}`` adds patterns, as in torch.
     Every group is checked and fused before the model changes, so an error leaves an inplace model as it was."""
+    return _fuse_modules("fuse_modules", model, modules_to_fuse, False, inplace, fuser_func, fuse_custom_config_dict)
+
+
+def fuse_modules_qat(model, modules_to_fuse, inplace=False, fuser_func=None, fuse_custom_config_dict=None):
+    """``torch.ao.quantization.fuse_modules_qat``: as ``fuse_modules``, but Conv2d+BatchNorm2d(+ReLU) become
+    ``ConvBn2d`` / ``ConvBnReLU2d`` (the BatchNorm kept, in either mode), which ``prepare_qat`` turns into
+    layers that train with the BatchNorm folded into the fake-quantized weight; fuser methods get
+    ``is_qat=True``."""
+    return _fuse_modules("fuse_modules_qat", model, modules_to_fuse, True, inplace, fuser_func,
+                         fuse_custom_config_dict)
+
+
+def _fuse_modules(who, model, modules_to_fuse, is_qat, inplace, fuser_func, fuse_custom_config_dict):
     if not isinstance(model, nn.Module):
-        raise TypeError(f"fuse_modules: model must be an nn.Module, got {type(model).__name__}")
-    groups = _as_groups(modules_to_fuse)
+        raise TypeError(f"{who}: model must be an nn.Module, got {type(model).__name__}")
+    groups = _as_groups(modules_to_fuse, who)
     mapping = dict((fuse_custom_config_dict or {}).get("additional_fuser_method_mapping", {}))
     if not inplace:
         model = copy.deepcopy(model)
@@ -222,19 +285,19 @@ def fuse_modules(model, modules_to_fuse, inplace=False, fuser_func=None, fuse_cu
     for group in groups:
         for name in group:
             if name in seen:
-                raise ValueError(f"fuse_modules: {name!r} is listed twice (in {seen[name]} and {group}); each module "
+                raise ValueError(f"{who}: {name!r} is listed twice (in {seen[name]} and {group}); each module "
                                  f"can be fused once")
             seen[name] = group
-        resolved.append((group, [_checked_module(model, name) for name in group]))
+        resolved.append((group, [_checked_module(model, name, who) for name in group]))
     replacements = []
     for group, mods in resolved:
         try:
-            new = _fuse_group(mods, False, mapping) if fuser_func is None else fuser_func(mods, False, mapping)
+            new = _fuse_group(mods, is_qat, mapping) if fuser_func is None else fuser_func(mods, is_qat, mapping)
         except (ValueError, NotImplementedError, TypeError) as e:
-            raise type(e)(f"fuse_modules: cannot fuse {group} ({_type_names(type(m) for m in mods)}): {e}") from e
+            raise type(e)(f"{who}: cannot fuse {group} ({_type_names(type(m) for m in mods)}): {e}") from e
         new = list(new) if isinstance(new, (list, tuple)) else new
         if not isinstance(new, list) or len(new) != len(mods) or not all(isinstance(m, nn.Module) for m in new):
-            raise TypeError(f"fuse_modules: fuser_func must return a list of {len(mods)} modules for {group} (the "
+            raise TypeError(f"{who}: fuser_func must return a list of {len(mods)} modules for {group} (the "
                             f"fused module, then nn.Identity()), got {new!r}")
         replacements.append(new)
     for (group, mods), new in zip(resolved, replacements):
@@ -248,14 +311,14 @@ def fuse_modules(model, modules_to_fuse, inplace=False, fuser_func=None, fuse_cu
     return model
 
 
-def _as_groups(spec):
+def _as_groups(spec, who):
     """``modules_to_fuse`` as a list of name lists."""
-    bad = ("fuse_modules: modules_to_fuse must be a list of submodule names (['conv', 'bn', 'relu']) or a list "
+    bad = (f"{who}: modules_to_fuse must be a list of submodule names (['conv', 'bn', 'relu']) or a list "
            "of such lists ([['conv1', 'bn1'], ['fc', 'relu']]), got ")
     if isinstance(spec, str) or not isinstance(spec, (list, tuple)):
         raise TypeError(bad + repr(spec))
     if not spec:
-        raise ValueError("fuse_modules: modules_to_fuse is empty; name at least one group, e.g. ['conv', 'bn']")
+        raise ValueError(f"{who}: modules_to_fuse is empty; name at least one group, e.g. ['conv', 'bn']")
     if all(isinstance(n, str) for n in spec):
         return [list(spec)]
     groups = []
@@ -263,12 +326,12 @@ def _as_groups(spec):
         if isinstance(g, str) or not isinstance(g, (list, tuple)) or not all(isinstance(n, str) for n in g):
             raise TypeError(bad + repr(spec))
         if not g:
-            raise ValueError(f"fuse_modules: modules_to_fuse holds an empty group ({spec!r})")
+            raise ValueError(f"{who}: modules_to_fuse holds an empty group ({spec!r})")
         groups.append(list(g))
     return groups
 
 
-def _checked_module(model, name):
+def _checked_module(model, name, who):
     """The submodule at dotted ``name``, refusing unknown names and modules that an earlier fusion made."""
     mod = model
     parts = name.split(".")
@@ -283,13 +346,13 @@ def _checked_module(model, name):
             where = f"{type(mod).__name__} {'.'.join(parts[:i])!r}" if i else f"the model ({type(model).__name__})"
             kids = ", ".join(repr(k) for k, v in mod._modules.items() if v is not None) or "none"
             where += f" has no child {part!r}" + (f"; its children: {kids}" if i else "")
-            raise AttributeError(f"fuse_modules: the model has no submodule {name!r} ({where}); {hint}")
+            raise AttributeError(f"{who}: the model has no submodule {name!r} ({where}); {hint}")
         mod = child
     if isinstance(mod, _FusedModule):
-        raise ValueError(f"fuse_modules: {name!r} is already a fused {type(mod).__name__}; each module can be "
+        raise ValueError(f"{who}: {name!r} is already a fused {type(mod).__name__}; each module can be "
                          f"fused once (name Conv2d, BatchNorm2d and ReLU in one group to fuse all three)")
     if isinstance(mod, nn.Identity) and hasattr(mod, "_fused_into"):
-        raise ValueError(f"fuse_modules: {name!r} was already fused into {mod._fused_into!r} (it is an Identity "
+        raise ValueError(f"{who}: {name!r} was already fused into {mod._fused_into!r} (it is an Identity "
                          f"now); each module can be fused once")
     return mod
 

@@ -14,7 +14,7 @@ from ember import nn
 from ember.ops.quantized import dequantize, quantize_per_tensor
 from ember.ops.registry import apply
 
-from .fuse import ConvReLU2d, LinearReLU
+from .fuse import ConvBn2d, ConvReLU2d, LinearReLU, _FusedModule
 from .modules import quantize_weight
 from .qconfig import QConfig, get_default_qconfig
 
@@ -124,7 +124,7 @@ def _propagate(model, qconfig):
     def walk(prefix, mod, inherited):
         q = mod.__dict__.get("qconfig", inherited)
         out.append((prefix, mod, q))
-        if _float_parts(mod) is not None:
+        if _float_parts(mod) is not None or isinstance(mod, _FusedModule):
             return  # a fused layer's parts are not visited on their own
         for name, child in mod._modules.items():
             if child is not None:
@@ -196,6 +196,8 @@ def convert(model, inplace=False):
             if q is not None and (why := _stays_float(mod))]
     for name, mod in prepared:
         base, relu = _float_parts(mod)
+        if "_quant_weight_observer" in mod.__dict__:  # a QAT layer: what it trained, any BatchNorm folded in
+            base = mod._float_for_convert()
         q = (Linear if isinstance(base, nn.Linear) else Conv2d)(base, mod.__dict__["_quant_qconfig"], relu,
                                                                 mod.__dict__["_quant_observers"])
         q._quant_note = "int8 static" + (" (+relu)" if relu else "")
@@ -212,6 +214,9 @@ def _stays_float(mod):
     parts = _float_parts(mod)
     if parts is not None:
         return _why_not(parts[0])
+    if isinstance(mod, ConvBn2d):
+        return ("Conv+BatchNorm fused for QAT (fuse_modules_qat): prepare it with prepare_qat, or fuse it in eval "
+                "mode with fuse_modules for post-training quantization")
     if mod._modules or not any(True for _ in mod.parameters(recurse=False)):
         return None
     if isinstance(mod, (nn.BatchNorm1d, nn.BatchNorm2d)):
