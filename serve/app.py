@@ -8,10 +8,12 @@ models in schemas.py describe the routes in the OpenAPI docs at /docs.
 from __future__ import annotations
 
 import asyncio
+import gzip
 import hmac
 import sys
 import time
 import traceback
+import zlib
 from contextlib import asynccontextmanager
 
 import orjson
@@ -193,26 +195,29 @@ def create_app(repository_or_path, config: ServerConfig | None = None) -> FastAP
         status, version = 200, model_version or ""
         try:
             authorize(request)
-            batcher = state.repository.get(model_name, model_version)
-            model = batcher.model
-            version = model.version
+            state.repository.get(model_name, model_version)  # 404 / 503 before reading a body
             if state.draining:
                 raise ProtocolError(503, "server is shutting down; not accepting new requests")
             body = await _read_body(request, config.max_request_bytes)
             body = decompress(body, request.headers.get("content-encoding"), config.max_decompressed_bytes)
+            # looked up again after the awaits: a reload may have swapped versions while the body arrived
+            batcher = state.repository.get(model_name, model_version)
+            model = batcher.model
+            version = model.version
             req = parse_infer_request(body, parse_header_length(request.headers.get("inference-header-content-length")),
                                       model.inputs)
             arrays = validate_inputs(req, model.inputs, model.outputs)
-            outputs = await batcher.infer(arrays, _timeout(req.parameters, config.request_timeout_s))
+            try:
+                outputs = await batcher.infer(arrays, _timeout(req.parameters, config.request_timeout_s))
+            except (ValueError, TypeError) as e:  # the model rejected inputs the specs allow (e.g. symbolic dims that disagree)
+                raise ProtocolError(400, f"model {model_name!r}: {e}") from None
             out_body, headers = encode_infer_response(model.name, model.version, req.id, outputs, model.outputs,
                                                       req.outputs, req.parameters)
+            out_body, headers = _compressed(out_body, headers, request.headers.get("accept-encoding"))
             return Response(out_body, headers=headers)
         except ProtocolError as e:
             status = e.status
             return _error(e.status, e.message, _headers(e))
-        except (ValueError, TypeError) as e:  # the model rejected the inputs (e.g. symbolic dims that disagree)
-            status = 400
-            return _error(400, f"model {model_name!r}: {e}")
         except Exception as e:  # a bug on our side: say so, keep serving
             status = 500
             traceback.print_exc()
@@ -287,6 +292,23 @@ async def _read_body(request: Request, limit: int) -> bytes:
             raise ProtocolError(413, f"request body exceeds the limit of {limit} bytes (ember serve --max-request-mb)")
         chunks.append(chunk)
     return b"".join(chunks)
+
+
+COMPRESS_MIN_BYTES = 4096  # smaller responses go out as they are: compressing them costs more than it saves
+
+
+def _compressed(body, headers, accept):
+    """gzip / deflate the response when the client accepts it (Triton does the same for large responses)."""
+    if accept is None or len(body) < COMPRESS_MIN_BYTES:
+        return body, headers
+    accepted = {a.split(";")[0].strip().lower() for a in accept.split(",")}
+    if "gzip" in accepted:
+        body, enc = gzip.compress(body, compresslevel=1), "gzip"
+    elif "deflate" in accepted:
+        body, enc = zlib.compress(body, 1), "deflate"
+    else:
+        return body, headers
+    return body, {**headers, "Content-Encoding": enc}
 
 
 def _timeout(params, default_s):

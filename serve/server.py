@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import signal
+import socket
 import sys
 import threading
 
@@ -61,7 +62,9 @@ def run(path, config: ServerConfig | None = None, on_ready=None) -> int:
     models are loaded (default: print the banner)."""
     cfg = config or ServerConfig()
     if cfg.workers > 1:
+        _check_port(cfg.host, cfg.port)
         return _run_workers(path, cfg)
+    _check_port(cfg.host, cfg.port)
     app = create_app(path, cfg)
     state = app.state.ember
     url = f"http://{cfg.host}:{cfg.port}"
@@ -78,6 +81,16 @@ def run(path, config: ServerConfig | None = None, on_ready=None) -> int:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
     return 0 if server.started else 1
+
+
+def _check_port(host, port):
+    """Fail early, with one line, when the address is taken (uvicorn would log and exit 3 after loading)."""
+    try:
+        with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as s:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            s.bind((host, port))
+    except OSError as e:
+        raise ValueError(f"cannot listen on {host}:{port}: {e.strerror or e}") from None
 
 
 def _run_workers(path, cfg) -> int:
