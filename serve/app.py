@@ -192,10 +192,10 @@ def create_app(repository_or_path, config: ServerConfig | None = None) -> FastAP
     # ---- inference ------------------------------------------------------------------------
     async def infer(request: Request, model_name: str, model_version=None):
         t0 = time.perf_counter()
-        status, version = 200, model_version or ""
+        status, version = 200, None
         try:
             authorize(request)
-            state.repository.get(model_name, model_version)  # 404 / 503 before reading a body
+            version = state.repository.get(model_name, model_version).model.version  # 404 / 503 before the body
             if state.draining:
                 raise ProtocolError(503, "server is shutting down; not accepting new requests")
             body = await _read_body(request, config.max_request_bytes)
@@ -209,7 +209,7 @@ def create_app(repository_or_path, config: ServerConfig | None = None) -> FastAP
             arrays = validate_inputs(req, model.inputs, model.outputs)
             try:
                 outputs = await batcher.infer(arrays, _timeout(req.parameters, config.request_timeout_s))
-            except (ValueError, TypeError) as e:  # the model rejected inputs the specs allow (e.g. symbolic dims that disagree)
+            except (ValueError, TypeError, IndexError) as e:  # the model rejected inputs the specs allow (e.g. symbolic dims that disagree)
                 raise ProtocolError(400, f"model {model_name!r}: {e}") from None
             out_body, headers = encode_infer_response(model.name, model.version, req.id, outputs, model.outputs,
                                                       req.outputs, req.parameters)
@@ -218,12 +218,15 @@ def create_app(repository_or_path, config: ServerConfig | None = None) -> FastAP
         except ProtocolError as e:
             status = e.status
             return _error(e.status, e.message, _headers(e))
+        except asyncio.CancelledError:  # the client went away (or shutdown): no answer was sent
+            status = 499
+            raise
         except Exception as e:  # a bug on our side: say so, keep serving
             status = 500
             traceback.print_exc()
             return _error(500, f"model {model_name!r} failed: {type(e).__name__}: {e}")
         finally:
-            if model_name in state.repository.models:
+            if version is not None:  # only loaded versions get label sets
                 state.metrics.request_done(model_name, version, status, time.perf_counter() - t0)
 
     infer_doc = dict(tags=["inference"], openapi_extra=schemas.INFER_REQUEST_DOC,
@@ -253,6 +256,8 @@ def create_app(repository_or_path, config: ServerConfig | None = None) -> FastAP
     async def repo_load(model_name: str, request: Request):
         authorize(request, repository=True)
         params = (await _small_json(request)).get("parameters") or {}
+        if not isinstance(params, dict):
+            raise ProtocolError(400, f"load request 'parameters' must be an object, got {type(params).__name__}")
         await state.repository.load(model_name, params.get("config"))
         return _json({})
 
@@ -316,7 +321,7 @@ def _timeout(params, default_s):
     t = params.get("timeout") if params else None
     if t is None:
         return default_s
-    if isinstance(t, bool) or not isinstance(t, (int, float)) or t <= 0:
+    if isinstance(t, bool) or not isinstance(t, (int, float)) or not t > 0:  # NaN too
         raise ProtocolError(400, f"parameter 'timeout' must be a positive number of microseconds, got {t!r}")
     return min(default_s, t / 1e6)
 

@@ -69,6 +69,10 @@ class Batcher:
         if len(self._queue) >= self.max_queue:
             raise ProtocolError(503, f"model {self.model.name!r} is overloaded: {len(self._queue)} requests "
                                      f"queued (max_queue_size {self.max_queue}); retry later")
+        if self.batching and len({int(v.shape[0]) for v in inputs.values()}) > 1:
+            sizes = ", ".join(f"{k!r} {int(v.shape[0])}" for k, v in inputs.items())
+            raise ProtocolError(400, f"model {self.model.name!r}: inputs must agree on dim 0 (the batch size); "
+                                     f"got {sizes}")
         first = next(iter(inputs.values()), None)
         rows = int(first.shape[0]) if self.batching and first is not None and first.ndim else 1
         key = tuple((k, v.shape[1:]) for k, v in inputs.items()) if self.batching else None

@@ -118,7 +118,9 @@ class Repository:
                 try:
                     wanted = settings.version_policy.select(list(on_disk))
                 except ValueError as err:
-                    raise ConfigError(f"{name}: version_policy: {err}") from None
+                    where = (f"load request for {name!r}: parameters.config" if config_override is not None
+                             else os.path.join(self.path, name, "config.json"))
+                    raise ConfigError(f"{where}: field 'version_policy': {err}") from None
                 for v in wanted:
                     self.metrics.set_state(name, v, "loading")
                 models = await asyncio.to_thread(self._load_versions, name, wanted, on_disk, settings)
@@ -126,6 +128,11 @@ class Repository:
                 if not old:
                     e.state, e.reason = UNAVAILABLE, str(err)
                 raise ProtocolError(400, f"failed to load model {name!r}: {err}") from None
+            except Exception as err:  # a loader bug or MemoryError: this model fails, the server goes on
+                reason = f"{type(err).__name__}: {err}"
+                if not old:
+                    e.state, e.reason = UNAVAILABLE, reason
+                raise ProtocolError(500, f"failed to load model {name!r}: {reason}") from None
             e.settings = settings
             e.versions = {m.version: Batcher(m, settings, self.metrics) for m in models}
             e.state, e.reason = READY, ""
