@@ -219,6 +219,14 @@ def _from_json_data(name: str, datatype: str, shape: list[int], data) -> np.ndar
             if bad is not _NONE:
                 raise ProtocolError(400, f"{where}: {datatype} data must be integers, got {_show(bad)}")
             arr = np.array(data, dt)   # valid ints numpy typed as float64: UINT64 above 2**63 next to small ones
+    if dt.kind == "f" and dt.itemsize < arr.dtype.itemsize:
+        with np.errstate(over="raise", invalid="ignore"):  # NaN/Inf given as such stay; 1e39 -> FP32 does not
+            try:
+                return arr.astype(dt).reshape(shape)
+            except FloatingPointError:
+                big = float(np.abs(arr[np.isfinite(arr)]).max())
+                raise ProtocolError(400, f"{where}: value {big:g} is out of range for {datatype} "
+                                         f"(largest {float(np.finfo(dt).max):g})") from None
     return arr.astype(dt).reshape(shape)
 
 

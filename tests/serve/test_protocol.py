@@ -425,3 +425,14 @@ def test_error_body():
     assert json.loads(error_body("input 'x': expected datatype FP32, got FP64")) == {
         "error": "input 'x': expected datatype FP32, got FP64"}
     assert json.loads(error_body('quote " and \\')) == {"error": 'quote " and \\'}
+
+
+@pytest.mark.parametrize("datatype, value", [("FP32", 1e39), ("FP16", 70000.0)])
+def test_json_floats_beyond_the_datatype_range_are_400(datatype, value):
+    body = json.dumps({"inputs": [{"name": "x", "shape": [2], "datatype": datatype, "data": [1.0, value]}]})
+    with pytest.raises(ProtocolError) as e:
+        parse_infer_request(body.encode(), None, [TensorSpec("x", datatype, (2,))])
+    assert e.value.status == 400 and "out of range for " + datatype in e.value.message
+    # infinities sent as such are data, not overflow
+    body = json.dumps({"inputs": [{"name": "x", "shape": [2], "datatype": datatype, "data": [1.0, float("inf")]}]})
+    assert np.isinf(parse_infer_request(body.encode(), None, [TensorSpec("x", datatype, (2,))]).inputs["x"][1])
