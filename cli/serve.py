@@ -23,6 +23,8 @@ def add_parser(sub):
                    "(default: $EMBER_MODEL_PATH)")
     p.add_argument("--demo", action="store_true", help="serve the models examples/train_digits.py wrote "
                    f"({', '.join(DEMO_FILES)}) from the current directory")
+    p.add_argument("--model-name", help="name for a single model file or a folder holding model.ember itself "
+                   "(default: the file's stem / the folder's name)")
     p.add_argument("--host", help="interface to listen on (default 127.0.0.1; 0.0.0.0 for all)")
     p.add_argument("--port", type=int, help="TCP port (default 8000)")
     p.add_argument("--workers", type=int, help="server processes sharing the port (default 1)")
@@ -78,7 +80,7 @@ def cmd_serve(args) -> int:
 
     try:
         path = _paths(args)
-        given = dict(host=args.host, port=args.port, workers=args.workers, device=args.device,
+        given = dict(model_name=args.model_name, host=args.host, port=args.port, workers=args.workers, device=args.device,
                      max_batch_size=args.max_batch_size, batch_delay_ms=args.batch_delay_ms,
                      max_request_mb=args.max_request_mb, request_timeout_s=args.request_timeout_s,
                      drain_timeout_s=args.drain_timeout_s, warmup=args.warmup)

@@ -35,6 +35,7 @@ class ServerConfig:
     api_key: Optional[str] = None  # bearer token for the infer and model routes (None: no auth)
     repository_key: Optional[str] = None  # bearer token for the repository routes (None: api_key's rule)
     warmup: int = 1  # synthetic requests run per model before it is ready
+    model_name: Optional[str] = None  # the name of a single served model (default: its file's stem / folder)
     log_level: str = "warning"
 
     @property
@@ -51,6 +52,7 @@ ENV_VARS = {
     "host": ("EMBER_HOST", str),
     "port": ("EMBER_PORT", int),
     "workers": ("EMBER_WORKERS", int),
+    "model_name": ("EMBER_MODEL_NAME", str),
     "device": ("EMBER_DEVICE", str),
     "max_batch_size": ("EMBER_MAX_BATCH_SIZE", int),
     "batch_delay_ms": ("EMBER_BATCH_DELAY_MS", float),

@@ -1,8 +1,10 @@
 """The model repository: which models exist on disk, which versions are loaded, and their states.
 
 Layout (Triton's): ``<repo>/<model>/<version>/model.ember`` (or ``model.onnx``) with numeric version
-folders and an optional ``<repo>/<model>/config.json``. A single model file is a repository of one
-model (named by the file's stem, version 1). Loading runs off the event loop; a reload loads and warms
+folders and an optional ``<repo>/<model>/config.json``. Model files (``a.ember b.onnx``) are served as
+version 1 of models named by their stems; a directory holding ``model.ember`` / ``model.onnx`` itself
+(what KServe's storage initializer makes of a single-file storageUri) is one model named after the
+directory. ``--model-name`` renames a single served model. Loading runs off the event loop; a reload loads and warms
 the new versions first, swaps them in, and only then drains the old ones, so no request fails.
 """
 from __future__ import annotations
@@ -44,16 +46,27 @@ class Repository:
         self.files = None  # model name -> file, when serving files rather than a directory
         if len(paths) == 1 and os.path.isdir(paths[0]):
             self.path = paths[0]
+            top = [f for f in MODEL_FILES if os.path.isfile(os.path.join(self.path, f))]
+            if len(top) > 1:
+                raise ValueError(f"{self.path}: has both {' and '.join(top)} at its top; keep one")
+            if top:  # KServe's storage initializer puts a single-file storageUri straight into /mnt/models
+                name = server.model_name or os.path.basename(self.path.rstrip(os.sep)) or "model"
+                self.files = {name: os.path.join(self.path, top[0])}
         else:
             self.files = {}
             for p in paths:
                 if os.path.isdir(p) or os.path.splitext(p)[1].lower() not in (".ember", ".onnx"):
                     raise ValueError(f"{p}: not a model file; give .ember/.onnx files or one model repository directory")
                 name = os.path.splitext(os.path.basename(p))[0]
+                if server.model_name and len(paths) == 1:
+                    name = server.model_name
                 if name in self.files:
                     raise ValueError(f"{p} and {self.files[name]} would both be served as model {name!r}; rename one")
                 self.files[name] = p
             self.path = os.path.dirname(paths[0])
+        if server.model_name and (self.files is None or len(self.files) != 1):
+            raise ValueError(f"--model-name names a single served model; {path} holds "
+                             f"{'a model repository' if self.files is None else f'{len(self.files)} model files'}")
         self.server, self.metrics = server, metrics
         self.models: dict[str, ModelEntry] = {}
 

@@ -302,7 +302,7 @@ def test_readme_env_vars_are_the_clis(final):
     defaults = config.ServerConfig()
     for var, (field, parse) in cli_vars.items():
         if var not in image:  # unset in the image: the README states the CLI's own default
-            assert parse(table[var]) == getattr(defaults, field), var
+            assert (parse(table[var]) if table[var] else None) == getattr(defaults, field), var  # `` = unset
 
 
 def test_cli_serves_ember_model_path_without_a_path_argument(monkeypatch, tmp_path, capsys):

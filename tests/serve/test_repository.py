@@ -504,3 +504,32 @@ def test_an_unexpected_loader_failure_fails_only_its_model(repo, monkeypatch):
             await serves(c, repo, "b", 3, latest=True)
 
     run(main())
+
+
+def test_a_folder_holding_model_ember_itself_is_one_model_named_after_it(tmp_path):
+    """KServe's storage initializer puts a single-file storageUri straight into /mnt/models."""
+    mnt = tmp_path / "models"
+    p = write_version(tmp_path, "scratch", 1, seed=5)
+    os.makedirs(mnt)
+    shutil.copy(p, mnt / "model.ember")
+    want = local(p, {"x": X})
+
+    async def go(config, name):
+        async with serving(mnt, config) as (c, _):
+            r = await infer(c, name)
+            assert r.status_code == 200, r.text
+            assert_outputs(result(r), want)
+            assert [m["name"] for m in await index(c)] == [name]
+
+    run(go(ServerConfig(), "models"))
+    run(go(ServerConfig(model_name="digits"), "digits"))
+
+
+def test_model_name_for_several_models_is_refused(repo, tmp_path):
+    with pytest.raises(ValueError, match="names a single served model.*model repository"):
+        create_app(repo, ServerConfig(model_name="x"))
+    a, b = tmp_path / "a.ember", tmp_path / "b.ember"
+    shutil.copy(write_version(tmp_path, "a", 1), a)
+    shutil.copy(write_version(tmp_path, "b", 1), b)
+    with pytest.raises(ValueError, match="2 model files"):
+        create_app([a, b], ServerConfig(model_name="x"))
