@@ -34,15 +34,20 @@ def executions(app, model):
             metric(app, "ember_inference_count_total", model=model, version="1"))
 
 
+async def infer_all(c, models, name, xs, exact=False):
+    """Send every x concurrently; each response must be that x's own local result."""
+    rs = await asyncio.gather(*(c.post(f"/v2/models/{name}/infer", json=json_body({"x": x})) for x in xs))
+    for x, r in zip(xs, rs):
+        assert_outputs(result(r), local(models[name], {"x": x}), exact=exact)
+
+
 def test_concurrent_requests_are_batched_and_each_gets_its_own_rows(models):
     xs = [rows(1, seed=100 + i) for i in range(16)]
 
     async def main():
         async with serving(models["mlp"], ServerConfig(max_batch_size=8, batch_delay_ms=20)) as (c, app):
             seen = spy_batches(app, "mlp")
-            rs = await asyncio.gather(*(c.post("/v2/models/mlp/infer", json=json_body({"x": x})) for x in xs))
-            for x, r in zip(xs, rs):
-                assert_outputs(result(r), local(models["mlp"], {"x": x}), exact=False)
+            await infer_all(c, models, "mlp", xs)
             n_exec, n_inf = executions(app, "mlp")
             assert n_inf == 16 and n_exec < n_inf, (n_exec, n_inf)
             assert len(seen) == n_exec
@@ -52,9 +57,7 @@ def test_concurrent_requests_are_batched_and_each_gets_its_own_rows(models):
             assert metric(app, "ember_request_success_total", model="mlp", version="1") == 16
             # requests of several rows share executions too, and still get their own rows
             multi = [rows(k, seed=200 + k) for k in (1, 2, 3, 2)]
-            rs = await asyncio.gather(*(c.post("/v2/models/mlp/infer", json=json_body({"x": x})) for x in multi))
-            for x, r in zip(multi, rs):
-                assert_outputs(result(r), local(models["mlp"], {"x": x}), exact=False)
+            await infer_all(c, models, "mlp", multi)
             assert max(len(batch) for batch in seen[int(n_exec):]) > 1
 
     run(main())
@@ -66,9 +69,7 @@ def test_requests_with_different_non_batch_shapes_are_not_batched_together(model
     async def main():
         async with serving(models["seq"], ServerConfig(max_batch_size=8, batch_delay_ms=20)) as (c, app):
             seen = spy_batches(app, "seq")
-            rs = await asyncio.gather(*(c.post("/v2/models/seq/infer", json=json_body({"x": x})) for x in xs))
-            for x, r in zip(xs, rs):
-                assert_outputs(result(r), local(models["seq"], {"x": x}), exact=False)
+            await infer_all(c, models, "seq", xs)
             for batch in seen:
                 assert len({s["x"][1:] for s in batch}) == 1, seen  # one seq length per execution
             assert max(len(batch) for batch in seen) > 1, seen  # but same-shape requests did share
@@ -83,9 +84,7 @@ def test_a_non_batchable_model_runs_requests_one_by_one(models):
         async with serving(models["fixed"], ServerConfig(max_batch_size=8, batch_delay_ms=20)) as (c, app):
             assert not app.state.ember.repository.get("fixed").batching
             seen = spy_batches(app, "fixed")
-            rs = await asyncio.gather(*(c.post("/v2/models/fixed/infer", json=json_body({"x": x})) for x in xs))
-            for x, r in zip(xs, rs):
-                assert_outputs(result(r), local(models["fixed"], {"x": x}))
+            await infer_all(c, models, "fixed", xs, exact=True)
             assert [len(b) for b in seen] == [1] * 6
             assert executions(app, "fixed") == (6, 6)
 
@@ -98,9 +97,7 @@ def test_batching_off_with_max_batch_size_0(models):
     async def main():
         async with serving(models["mlp"], ServerConfig(max_batch_size=0, batch_delay_ms=20)) as (c, app):
             seen = spy_batches(app, "mlp")
-            rs = await asyncio.gather(*(c.post("/v2/models/mlp/infer", json=json_body({"x": x})) for x in xs))
-            for x, r in zip(xs, rs):
-                assert_outputs(result(r), local(models["mlp"], {"x": x}))
+            await infer_all(c, models, "mlp", xs, exact=True)
             assert [len(b) for b in seen] == [1] * 4
 
     run(main())
