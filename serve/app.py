@@ -8,12 +8,7 @@ models in schemas.py describe the routes in the OpenAPI docs at /docs.
 from __future__ import annotations
 
 import asyncio
-import gzip
-import hmac
 import sys
-import time
-import traceback
-import zlib
 from contextlib import asynccontextmanager
 
 import orjson
@@ -27,8 +22,8 @@ import ember
 from . import schemas
 from .config import ServerConfig
 from .metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE, Metrics
-from .protocol import (ProtocolError, decompress, encode_infer_response, error_body, parse_header_length,
-                       parse_infer_request, validate_inputs)
+from .infer import InferFastPath, InferHandler, authorize as check_token, error_headers
+from .protocol import ProtocolError, error_body
 from .repository import Repository
 
 EXTENSIONS = ["binary_tensor_data", "model_repository", "model_configuration"]
@@ -107,7 +102,7 @@ def create_app(repository_or_path, config: ServerConfig | None = None) -> FastAP
     # ---- errors: {"error": "..."} everywhere, never a bare 500 for a client mistake -------------
     @app.exception_handler(ProtocolError)
     async def _protocol_error(request, exc):
-        return _error(exc.status, exc.message, _headers(exc))
+        return _error(exc.status, exc.message, error_headers(exc))
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(request, exc):
@@ -121,13 +116,7 @@ def create_app(repository_or_path, config: ServerConfig | None = None) -> FastAP
         return _error(400, "invalid request: " + "; ".join(parts))
 
     def authorize(request: Request, repository=False):
-        key = config.repository_key if repository and config.repository_key else config.api_key
-        if key is None:
-            return
-        got = request.headers.get("authorization", "")
-        scheme, _, token = got.partition(" ")
-        if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(), key.encode()):
-            raise ProtocolError(401, "missing or invalid bearer token")
+        check_token(config, request.headers, repository)
 
     # ---- server ---------------------------------------------------------------------------
     @app.get("/v2", tags=["server"], summary="Server metadata", responses={200: {"model": schemas.ServerMetadata}})
@@ -190,44 +179,17 @@ def create_app(repository_or_path, config: ServerConfig | None = None) -> FastAP
         return _json(triton_config(state, model_name))
 
     # ---- inference ------------------------------------------------------------------------
+    handler = InferHandler(state)
+    app.add_middleware(InferFastPath, handler=handler)
+
     async def infer(request: Request, model_name: str, model_version=None):
-        t0 = time.perf_counter()
-        status, version = 200, None
-        try:
-            authorize(request)
-            version = state.repository.get(model_name, model_version).model.version  # 404 / 503 before the body
-            if state.draining:
-                raise ProtocolError(503, "server is shutting down; not accepting new requests")
-            body = await _read_body(request, config.max_request_bytes)
-            body = decompress(body, request.headers.get("content-encoding"), config.max_decompressed_bytes)
-            # looked up again after the awaits: a reload may have swapped versions while the body arrived
-            batcher = state.repository.get(model_name, model_version)
-            model = batcher.model
-            version = model.version
-            req = parse_infer_request(body, parse_header_length(request.headers.get("inference-header-content-length")),
-                                      model.inputs)
-            arrays = validate_inputs(req, model.inputs, model.outputs)
-            try:
-                outputs = await batcher.infer(arrays, _timeout(req.parameters, config.request_timeout_s))
-            except (ValueError, TypeError, IndexError) as e:  # the model rejected inputs the specs allow (e.g. symbolic dims that disagree)
-                raise ProtocolError(400, f"model {model_name!r}: {e}") from None
-            out_body, headers = encode_infer_response(model.name, model.version, req.id, outputs, model.outputs,
-                                                      req.outputs, req.parameters)
-            out_body, headers = _compressed(out_body, headers, request.headers.get("accept-encoding"))
-            return Response(out_body, headers=headers)
-        except ProtocolError as e:
-            status = e.status
-            return _error(e.status, e.message, _headers(e))
-        except asyncio.CancelledError:  # the client went away (or shutdown): no answer was sent
-            status = 499
-            raise
-        except Exception as e:  # a bug on our side: say so, keep serving
-            status = 500
-            traceback.print_exc()
-            return _error(500, f"model {model_name!r} failed: {type(e).__name__}: {e}")
-        finally:
-            if version is not None:  # only loaded versions get label sets
-                state.metrics.request_done(model_name, version, status, time.perf_counter() - t0)
+        # reached only when the app is mounted without its middleware: InferFastPath answers these paths
+        async def read_body(limit):
+            return await _read_body(request, limit)
+
+        status, body, headers = await handler({k.lower(): v for k, v in request.headers.items()}, read_body,
+                                               model_name, model_version)
+        return Response(body, status_code=status, headers=headers)
 
     infer_doc = dict(tags=["inference"], openapi_extra=schemas.INFER_REQUEST_DOC,
                      responses={200: {"model": schemas.InferResponse}, 400: {"model": schemas.Error},
@@ -277,13 +239,6 @@ def _spec(s):
     return {"name": s.name, "datatype": s.datatype, "shape": list(s.shape)}
 
 
-def _headers(exc):
-    h = dict(getattr(exc, "headers", None) or {})
-    if exc.status == 401:
-        h["WWW-Authenticate"] = "Bearer"
-    return h or None
-
-
 async def _read_body(request: Request, limit: int) -> bytes:
     """The request body, refusing (413) past ``limit`` bytes before reading it all."""
     declared = request.headers.get("content-length")
@@ -297,33 +252,6 @@ async def _read_body(request: Request, limit: int) -> bytes:
             raise ProtocolError(413, f"request body exceeds the limit of {limit} bytes (ember serve --max-request-mb)")
         chunks.append(chunk)
     return b"".join(chunks)
-
-
-COMPRESS_MIN_BYTES = 4096  # smaller responses go out as they are: compressing them costs more than it saves
-
-
-def _compressed(body, headers, accept):
-    """gzip / deflate the response when the client accepts it (Triton does the same for large responses)."""
-    if accept is None or len(body) < COMPRESS_MIN_BYTES:
-        return body, headers
-    accepted = {a.split(";")[0].strip().lower() for a in accept.split(",")}
-    if "gzip" in accepted:
-        body, enc = gzip.compress(body, compresslevel=1), "gzip"
-    elif "deflate" in accepted:
-        body, enc = zlib.compress(body, 1), "deflate"
-    else:
-        return body, headers
-    return body, {**headers, "Content-Encoding": enc}
-
-
-def _timeout(params, default_s):
-    """Triton's per-request ``timeout`` parameter is in microseconds; it can only shorten the server's."""
-    t = params.get("timeout") if params else None
-    if t is None:
-        return default_s
-    if isinstance(t, bool) or not isinstance(t, (int, float)) or not t > 0:  # NaN too
-        raise ProtocolError(400, f"parameter 'timeout' must be a positive number of microseconds, got {t!r}")
-    return min(default_s, t / 1e6)
 
 
 async def _small_json(request: Request) -> dict:

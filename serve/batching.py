@@ -82,11 +82,12 @@ class Batcher:
         self._queued_rows += rows
         self._idle.clear()
         self._wake.set()
+        # a timer that fails the future, cheaper than asyncio.wait_for's task per request
+        timer = asyncio.get_running_loop().call_later(timeout_s, _expire, fut, self.model.name, timeout_s)
         try:
-            return await asyncio.wait_for(fut, timeout_s)
-        except asyncio.TimeoutError:
-            raise ProtocolError(503, f"model {self.model.name!r}: request timed out after {timeout_s:g} s "
-                                     "(queued and running)") from None
+            return await fut
+        finally:
+            timer.cancel()
 
     async def _schedule(self):
         loop = asyncio.get_running_loop()
@@ -204,6 +205,12 @@ class Batcher:
             self._queue.clear()
         self._pool.shutdown(wait=False)
         self.model.close()
+
+
+def _expire(fut, name, timeout_s):
+    if not fut.done():
+        fut.set_exception(ProtocolError(503, f"model {name!r}: request timed out after {timeout_s:g} s "
+                                             "(queued and running)"))
 
 
 def _guarded(fn, inputs):

@@ -33,21 +33,31 @@ class Metrics:
         self.state = Enum("ember_model_state", "Load state of each model version", mv, states=list(MODEL_STATES),
                           registry=r)
 
+        self._children = {}  # (metric, labels) -> labelled child: labels() costs more than the observation
+
+    def _child(self, metric, *labels):
+        key = (id(metric), labels)
+        c = self._children.get(key)
+        if c is None:
+            c = self._children[key] = metric.labels(*labels)
+        return c
+
     def executed(self, model, queue_waits, compute_s, rows):
         labels = (model.name, model.version)
+        queue = self._child(self.queue_s, *labels)
         for w in queue_waits:
-            self.queue_s.labels(*labels).observe(w)
-        self.compute_s.labels(*labels).observe(compute_s)
-        self.batch_size.labels(*labels).observe(rows)
-        self.executions.labels(*labels).inc()
-        self.inferences.labels(*labels).inc(rows)
+            queue.observe(w)
+        self._child(self.compute_s, *labels).observe(compute_s)
+        self._child(self.batch_size, *labels).observe(rows)
+        self._child(self.executions, *labels).inc()
+        self._child(self.inferences, *labels).inc(rows)
 
     def request_done(self, name, version, status, seconds):
         if status == 200:
-            self.success.labels(name, version).inc()
-            self.request_s.labels(name, version).observe(seconds)
+            self._child(self.success, name, version).inc()
+            self._child(self.request_s, name, version).observe(seconds)
         else:
-            self.failure.labels(name, version, str(status)).inc()
+            self._child(self.failure, name, version, str(status)).inc()
 
     def set_state(self, name, version, state):
         self.state.labels(name, str(version)).state(state)

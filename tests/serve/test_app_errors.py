@@ -5,13 +5,15 @@ import gzip
 import re
 import zlib
 
+import httpx
 import numpy as np
 import orjson
 import prometheus_client.parser
 import pytest
 
 import ember
-from ember.serve import ServerConfig
+from ember.serve import ServerConfig, create_app
+from ember.serve.infer import InferFastPath
 
 from .models import (assert_outputs, binary_body, build_models, error, json_body, local, metric, result, rows, run,
                      serving)
@@ -521,5 +523,27 @@ def test_large_responses_are_compressed_when_the_client_accepts_it(models):
             r = await c.post("/v2/models/mlp/infer", json=json_body({"x": X}), headers={"Accept-Encoding": "gzip"})
             assert "content-encoding" not in r.headers
             assert_outputs(result(r), local(models["mlp"], {"x": X}))
+
+    run(main())
+
+
+def test_the_fastapi_infer_routes_answer_like_the_fast_path(models):
+    """InferFastPath (ASGI middleware) answers infer requests; the FastAPI routes of the same paths (for /docs,
+    or an app mounted without its middleware) must give the same answers through the same handler."""
+    x = rows(3, seed=7)
+
+    async def main():
+        plain = create_app(models["mlp"])
+        plain.user_middleware = [m for m in plain.user_middleware if m.cls is not InferFastPath]
+        async with serving(models["mlp"]) as (c, app), serving(None, app=plain) as (r, _):
+            assert not any(m.cls is InferFastPath for m in plain.user_middleware)
+            for route in ("/v2/models/mlp/infer", "/v2/models/mlp/versions/1/infer"):
+                fast, slow = (await c.post(route, json=json_body({"x": x})),
+                              await r.post(route, json=json_body({"x": x})))
+                assert fast.status_code == slow.status_code == 200
+                assert fast.json() == slow.json()
+                assert_outputs(result(slow), local(models["mlp"], {"x": x}))
+            bad = await r.post("/v2/models/mlp/infer", json=json_body({"x": rows(1, cols=7)}))
+            assert bad.status_code == 400 and "expected shape [-1, 8]" in bad.json()["error"]
 
     run(main())
