@@ -41,6 +41,10 @@ class ServerState:
         self.draining = False  # SIGTERM or shutdown: not ready, no new requests
         self.load_errors: dict[str, str] = {}
         self.on_ready = None  # called once with this state when the startup loads finish
+        # False: models load in the background and the health routes answer meanwhile (one process).
+        # True: the process accepts no connection before its models are ready: with --workers N the port is
+        # shared, and a worker still loading must not take requests another worker could answer.
+        self.load_before_serving = False
 
     @property
     def ready(self) -> bool:
@@ -80,9 +84,14 @@ def create_app(repository_or_path, config: ServerConfig | None = None) -> FastAP
 
     @asynccontextmanager
     async def lifespan(app):
-        loader = asyncio.create_task(state.startup())
+        if state.load_before_serving:
+            await state.startup()
+            loader = None
+        else:
+            loader = asyncio.create_task(state.startup())
         yield
-        loader.cancel()
+        if loader is not None:
+            loader.cancel()
         await state.shutdown()
 
     app = FastAPI(title="ember serve", version=ember.__version__, lifespan=lifespan,

@@ -109,4 +109,5 @@ def _worker_app():
     app = create_app(args["path"], cfg)
     url = f"http://{cfg.host}:{cfg.port}"
     app.state.ember.on_ready = lambda st: print(banner(st, url), file=sys.stdout, flush=True)
+    app.state.ember.load_before_serving = True
     return app

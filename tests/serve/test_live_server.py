@@ -418,6 +418,25 @@ def test_sigterm_drains_queued_requests_then_exits_0(tmp_path):
         assert rc == 0, f"exit status {rc} after SIGTERM (expected 0)\n{s.describe()}"
 
 
+def test_workers_share_the_port_and_exit_0_on_sigterm(tmp_path):
+    """--workers 2: two processes behind one port (uvicorn's supervisor), both serving the model."""
+    path = make_mlp(tmp_path / "mlp.ember", seed=4)
+    with live_server(path, "--workers", 2) as s:
+        x = _x(3, seed=30)
+        with httpx.Client(base_url=s.url, timeout=10) as c:
+            for _ in range(6):
+                r = c.post("/v2/models/mlp/infer", json=infer_json(x))
+                assert r.status_code == 200, r.text
+                np.testing.assert_allclose(np.asarray(r.json()["outputs"][0]["data"], np.float32).reshape(3, 4),
+                                           local_outputs(path, x), **TOL)
+        deadline = time.monotonic() + 30
+        while s.stdout.count("ember serve: ready at") < 2 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert s.stdout.count("ember serve: ready at") == 2, s.describe()  # one banner per worker
+        s.process.send_signal(signal.SIGTERM)
+        assert s.wait_exit(20) == 0, s.describe()
+
+
 # ---- 6. bounded soak -----------------------------------------------------------------------------
 @slow
 @needs_slow
