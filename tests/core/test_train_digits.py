@@ -1,7 +1,12 @@
 """End to end: train on the bundled UCI digits with a fixed seed and a small epoch budget."""
+import json
 import os
+import shutil
+import signal
+import socket
 import subprocess
 import sys
+import time
 
 import numpy as np
 
@@ -40,21 +45,58 @@ def test_cnn_example_reaches_96_percent():
     assert acc >= 0.96, f"CNN test accuracy {acc:.4f} < 0.96"
 
 
+def _free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _run_until_served(cmd, cwd, timeout=600):
+    """Run the README's main job until its server is up; return (process, stdout so far, curl command)."""
+    proc = subprocess.Popen(cmd, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    lines, deadline = [], time.monotonic() + timeout
+    for line in proc.stdout:  # the script prints its curl command once the server answers
+        lines.append(line)
+        if "Ctrl-C stops the server." in line or time.monotonic() > deadline:
+            break
+    out = "".join(lines)
+    curl = [ln.strip() for ln in lines if ln.strip().startswith("curl -s ")]
+    return proc, out, curl[0] if curl else None
+
+
 def test_example_script_runs(tmp_path):
-    """The script trains, then saves a traced program that loads without the example's classes, its ONNX
-    export, which ONNX Runtime runs with the program's results, and the int8 model's program."""
+    """The README's main job: trains, saves a traced program that loads without the example's classes, its ONNX
+    export, which ONNX Runtime runs with the program's results, and the int8 model's program; then serves both
+    and prints a curl command that works. SIGTERM stops the server with exit status 0."""
     out_file = tmp_path / "digits_cnn.ember"
-    out = subprocess.run([sys.executable, os.path.join(ROOT, "examples", "train_digits.py"), "--epochs", "2",
-                          "--out", str(out_file)], capture_output=True, text=True, timeout=600, cwd=tmp_path)
-    assert out.returncode == 0, out.stderr
-    assert "test accuracy:" in out.stdout
-    assert f"saved the traced model to {out_file}" in out.stdout
-    assert f"$ ember info {out_file}" in out.stdout and "logits: float32[batch, 10]" in out.stdout
-    assert f"exported it to ONNX: {tmp_path / 'digits_cnn.onnx'}" in out.stdout
-    assert "same predicted class for 100.0%" in out.stdout, out.stdout
-    assert "int8 (static post-training quantization): test accuracy" in out.stdout
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["digits_cnn.ember", "digits_cnn.onnx", "digits_cnn_int8.ember",
-                                                          "digits_cnn_int8.onnx"]  # nothing else
+    proc, out, curl = _run_until_served([sys.executable, os.path.join(ROOT, "examples", "train_digits.py"),
+                                         "--epochs", "2", "--out", str(out_file), "--port", str(_free_port())],
+                                        cwd=tmp_path)
+    try:
+        assert curl is not None, out + proc.stderr.read() if proc.poll() is not None else out
+        if shutil.which("curl"):  # the printed command itself, run by a shell where the script ran, as pasted
+            answer = subprocess.run(curl, shell=True, cwd=tmp_path, capture_output=True, text=True, timeout=30)
+            assert answer.returncode == 0, answer.stderr
+            reply = json.loads(answer.stdout)
+        else:  # no curl here: the same request (URL and body file taken from the command) over httpx
+            import httpx
+
+            url, body = curl.split()[2], (tmp_path / curl.split("@")[-1]).read_bytes()
+            reply = httpx.post(url, content=body, headers={"Content-Type": "application/json"}).json()
+        assert reply["model_name"] == "digits_cnn" and reply["outputs"][0]["shape"] == [1, 10], reply
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        rc = proc.wait(30)
+    assert rc == 0, proc.stderr.read()
+    assert "test accuracy:" in out
+    assert f"saved the traced model to {out_file}" in out
+    assert f"$ ember info {out_file}" in out and "logits: float32[batch, 10]" in out
+    assert f"exported it to ONNX: {tmp_path / 'digits_cnn.onnx'}" in out
+    assert "same predicted class for 100.0%" in out, out
+    assert "int8 (static post-training quantization): test accuracy" in out
+    assert "digits_cnn_int8 v1 [ember_program" in out  # the banner lists both served models
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["digit_request.json", "digits_cnn.ember", "digits_cnn.onnx",
+                                                          "digits_cnn_int8.ember", "digits_cnn_int8.onnx"]
     prog = load(out_file)
     assert prog.signature["inputs"] == [{"name": "image", "dtype": "float32", "shape": ["batch", 1, 8, 8]}]
     assert prog.signature["outputs"] == [{"name": "logits", "dtype": "float32", "shape": ["batch", 10]}]
