@@ -179,3 +179,20 @@ def _quantized_layer(g, n):
     if n.attrs["relu"]:
         yf = g.op("Relu", [yf], [_declare_float(g, g.fresh("y_relu"), out_shape)])
     g.lower("quantize_per_tensor", [yf, y_scale, y_zp], n.outputs, dtype="uint8")
+
+
+@lowers("requantize")
+def _requantize(g, n):
+    """DequantizeLinear then QuantizeLinear: the two ops the runtime's table stands for (exact as each is)."""
+    q, s1, z1, s2, z2 = n.inputs
+    f = g.lower("dequantize", [q, s1, z1], _declare_float(g, g.fresh("requant_dq"), g.shape(q)), axis=None)
+    g.lower("quantize_per_tensor", [f, s2, z2], n.outputs, dtype=n.attrs["dtype"])
+
+
+@lowers("quantized_max_pool2d")
+def _quantized_max_pool2d(g, n):
+    """MaxPool on the uint8/int8 codes (ONNX MaxPool takes 8-bit integers from opset 12)."""
+    a = n.attrs
+    (ph, pw) = a["padding"]
+    g.op("MaxPool", [n.inputs[0]], n.outputs, kernel_shape=list(a["kernel_size"]), strides=list(a["stride"]),
+         pads=[ph, pw, ph, pw], dilations=list(a["dilation"]), ceil_mode=int(a["ceil_mode"]))

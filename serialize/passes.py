@@ -13,7 +13,9 @@ in place and returns how many rewrites it made:
 4. ``fuse_activations``: linear/conv2d -> relu/gelu becomes ``linear_act`` / ``conv2d_act``;
 5. ``fuse_pooling``: conv2d (+ relu) -> 2x2 / stride-2 max_pool2d whose indices are unused becomes
    ``conv2d_pool`` (the pooling happens as the conv result leaves its GEMM);
-6. ``eliminate_dead_code``: nodes and constants no output depends on.
+6. ``fold_quantization`` (qpasses.py): a converted int8 model stays in uint8 between its int8 layers
+   (dequantize moved past max pooling and reshape, dequantize -> quantize pairs become a table);
+7. ``eliminate_dead_code``: nodes and constants no output depends on.
 """
 from __future__ import annotations
 
@@ -38,7 +40,7 @@ _FUSED = {"linear": "linear_act", "conv2d": "conv2d_act"}
 # archive checks names, values and attributes, not arities) is left alone and fails when run.
 _ARITY = {"relu": (1, 1), "gelu": (1, 1), "linear": (2, 3), "conv2d": (2, 3), "batch_norm": (5, 5),
           "max_pool2d": (1, 1), "dropout": (1, 1), "clone": (1, 1), "cast": (1, 1), "reshape": (1, 1),
-          "expand": (1, 1)}
+          "expand": (1, 1), "dequantize": (3, 3), "quantize_per_tensor": (3, 3)}
 
 
 def _well_formed(n) -> bool:
@@ -57,6 +59,9 @@ def optimize(graph: Graph) -> Graph:
     fold_batch_norm(g)
     fuse_activations(g)
     fuse_pooling(g)
+    from .qpasses import fold_quantization  # (qpasses builds on this module's helpers)
+
+    fold_quantization(g)
     eliminate_dead_code(g)
     return g
 
