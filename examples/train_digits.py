@@ -1,6 +1,7 @@
 """Train a small CNN on the bundled UCI handwritten digits with ember, PyTorch-style.
 
     python examples/train_digits.py [--epochs 15] [--batch-size 32] [--lr 0.05] [--seed 0] [--out digits_cnn.ember]
+                                    [--port 8000] [--no-serve]
 
 Prints a progress bar per epoch (loss, accuracy), then the test accuracy and the time taken. The trained
 model is then traced and saved as a ``.ember`` program (``ember info digits_cnn.ember`` describes it;
@@ -8,11 +9,14 @@ model is then traced and saved as a ``.ember`` program (``ember info digits_cnn.
 (``digits_cnn.onnx``), which is checked against ember in ONNX Runtime when that is installed. Last, the
 model is quantized to int8 (conv+relu fused, static post-training quantization calibrated on 500
 training images) and saved as ``digits_cnn_int8.ember`` / ``.onnx``; fp32 and int8 accuracy and file
-sizes are printed side by side.
+sizes are printed side by side. Last of all, both programs are served over HTTP with ``ember serve``'s
+server (KServe V2 protocol, so tritonclient and KServe work too) and a ``curl`` command that classifies a
+test image is printed; Ctrl-C stops the server (``--no-serve`` skips this step).
 """
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shlex
 import time
@@ -129,6 +133,30 @@ def quantize_int8(model, path):
     return int8, accuracy, os.path.abspath(path)
 
 
+def serve(paths, port):
+    """Serve the saved programs until Ctrl-C; once ready, print a curl request for one test image."""
+    from ember.serve import ServerConfig, run
+
+    x, y = next(iter(DataLoader(digits("test"), batch_size=1)))
+    request = {"inputs": [{"name": "image", "shape": list(x.shape), "datatype": "FP32",
+                           "data": x.numpy().ravel().tolist()}]}
+    with open("digit_request.json", "w") as f:
+        json.dump(request, f)
+    model = os.path.splitext(os.path.basename(paths[0]))[0]
+    url = f"http://127.0.0.1:{port}"
+
+    def ready(state):
+        from ember.serve.server import banner
+
+        print(banner(state, url))
+        print(f"\nclassify a test image (its label is {y.item()}; the answer is the argmax of the 10 logits):\n"
+              f"  curl -s {url}/v2/models/{model}/infer -H 'Content-Type: application/json' -d @digit_request.json\n"
+              f"the int8 model: .../v2/models/{model}_int8/infer; metadata: curl -s {url}/v2/models/{model}; "
+              f"API docs: {url}/docs\nCtrl-C stops the server.", flush=True)
+
+    run(paths, ServerConfig(port=port), on_ready=ready)
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--epochs", type=int, default=15)
@@ -136,6 +164,8 @@ def main():
     ap.add_argument("--lr", type=float, default=0.05)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default="digits_cnn.ember", help="where to save the traced model")
+    ap.add_argument("--port", type=int, default=8000, help="port of the demo server on 127.0.0.1")
+    ap.add_argument("--no-serve", action="store_true", help="stop after saving, exporting and quantizing")
     args = ap.parse_args()
     t0 = time.perf_counter()
     model, acc = train(args.epochs, args.batch_size, args.lr, args.seed)
@@ -154,6 +184,9 @@ def main():
           f"ONNX (QDQ) beside it")
     print(f"\n$ ember info {shlex.quote(args.out)}")
     print(format_info(describe(saved)))
+    if not args.no_serve:
+        print(f"\nserving {os.path.basename(saved)} and {os.path.basename(int8_path)} (ember serve --demo does the same)")
+        serve([saved, int8_path], args.port)
 
 
 if __name__ == "__main__":
