@@ -73,7 +73,12 @@ def test_example_script_runs(tmp_path):
                                          "--epochs", "2", "--out", str(out_file), "--port", str(_free_port())],
                                         cwd=tmp_path)
     try:
-        assert curl is not None, out + proc.stderr.read() if proc.poll() is not None else out
+        if curl is None:  # the script ended (or stalled) before serving: show why
+            try:
+                proc.wait(10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+            raise AssertionError(f"no curl command printed\n--- stdout ---\n{out}\n--- stderr ---\n{proc.stderr.read()}")
         if shutil.which("curl"):  # the printed command itself, run by a shell where the script ran, as pasted
             answer = subprocess.run(curl, shell=True, cwd=tmp_path, capture_output=True, text=True, timeout=30)
             assert answer.returncode == 0, answer.stderr
