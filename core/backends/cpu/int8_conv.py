@@ -15,6 +15,7 @@ import numpy as np
 from numba import prange
 
 from .conv_kernels import _scratch, out_size
+from .int8_gemm import BLOCK_ROWS
 from .int8_kernels import (_NO_F32, _NO_I32, PAR_MIN_MACS, PackedWeight, _inline, exact_kernel, gemm_rows,
                            new_scratch, requant_epilogue, zero_point_u8)
 
@@ -87,11 +88,11 @@ def _qconv_kernel(x, fill, flip, w, geom, ep, outs, xp, rows, xp_w, rows_w):
         for g in range(groups):
             _im2row(xp_w[ci], b1 - b0, g * cg // unit, cg // unit, c_ // unit, kh, kw, sh, sw, dh, dw, wp, ho, wo,
                     rows_w[ci])
-            full = nrows // 4
-            for blk in range(full):
-                gemm_rows(r, 4 * blk, 4, b0 * le, w, g * cog, (g + 1) * cog, ep, outs, le, scratch)
-            for m in range(4 * full, nrows):
-                gemm_rows(r, m, 1, b0 * le, w, g * cog, (g + 1) * cog, ep, outs, le, scratch)
+            m = 0
+            while m < nrows:  # blocks of BLOCK_ROWS rows, then of 4, then single rows
+                nr = BLOCK_ROWS if nrows - m >= BLOCK_ROWS else (4 if nrows - m >= 4 else 1)
+                gemm_rows(r, m, nr, b0 * le, w, g * cog, (g + 1) * cog, ep, outs, le, scratch)
+                m += nr
 
 
 def _pair(v, name):

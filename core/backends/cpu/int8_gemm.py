@@ -156,35 +156,44 @@ def _finish(acc, nr, n0, n1, img, pos, ep, outs, stage_q, stage_f):
 @_inline
 def _copy_out(stage, out, nr, n0, nc, img, pos):
     """out[img[r], n0 + j, pos[r]] = stage[r, j]: along n when out's channels are adjacent (L = 1:
-    linear layers; vectorised), else one channel at a time (a conv's channels are L apart, and a
-    vectorised strided store would be a slow scatter)."""
+    linear layers; vectorised); for a conv (channels L apart) one contiguous run of positions per
+    channel when the rows are consecutive pixels of one image, else one element at a time."""
     if out.shape[2] == 1:
         for r in range(nr):
             b = img[r]
             for j in range(nc):
                 out[b, n0 + j, 0] = stage[r, j]
+    elif img[nr - 1] == img[0] and pos[nr - 1] == pos[0] + nr - 1:
+        b, p0 = img[0], pos[0]
+        for j in range(nc):
+            dst = out[b, n0 + j, p0:p0 + nr]
+            for r in range(nr):
+                dst[r] = stage[r, j]
     else:
         for j in range(nc):
             for r in range(nr):
                 out[img[r], n0 + j, pos[r]] = stage[r, j]
 
 
+BLOCK_ROWS = 16  # rows per gemm_rows call at most: 4 tiles of 4 rows share one epilogue pass and its stores
+
+
 @_inline
 def new_scratch(n, outs):
-    """Per-thread buffers of ``gemm_rows`` for n columns: raw sums (4, n + 32) int32 (tiles write up
-    to 31 columns past n), the output rows' image/position (4,) and stage rows of the quantized and
-    float outputs."""
-    acc = np.empty((4, n + 32), np.int32)
-    stage_q = np.empty((4, n), outs[1].dtype)
-    stage_f = np.empty((4, n), np.float32)
-    return acc, np.empty(4, np.int64), np.empty(4, np.int64), stage_q, stage_f
+    """Per-thread buffers of ``gemm_rows`` for n columns: raw sums (BLOCK_ROWS, n + 32) int32 (tiles write
+    up to 31 columns past n), the output rows' image/position and stage rows of the quantized and float
+    outputs."""
+    acc = np.empty((BLOCK_ROWS, n + 32), np.int32)
+    stage_q = np.empty((BLOCK_ROWS, n), outs[1].dtype)
+    stage_f = np.empty((BLOCK_ROWS, n), np.float32)
+    return acc, np.empty(BLOCK_ROWS, np.int64), np.empty(BLOCK_ROWS, np.int64), stage_q, stage_f
 
 
 @_inline
 def gemm_rows(a, m0, nr, row_base, w, n0, n1, ep, outs, rows_per_image, scratch):
-    """Rows m0 .. m0+nr of ``a`` (nr = 4, or 1) times weight rows n0 .. n1, finished by the epilogue;
-    they are output rows row_base + m0 ... (output row g is [g // L, :, g % L]). ``scratch`` is
-    ``new_scratch(n1 - n0, outs)``."""
+    """Rows m0 .. m0+nr of ``a`` (nr = 1, or a multiple of 4 up to BLOCK_ROWS) times weight rows n0 .. n1,
+    finished by the epilogue; they are output rows row_base + m0 ... (output row g is [g // L, :, g % L]).
+    ``scratch`` is ``new_scratch(n1 - n0, outs)``."""
     acc, img, pos, stage_q, stage_f = scratch
     kp = a.shape[1]
     g = row_base + m0
@@ -196,13 +205,17 @@ def gemm_rows(a, m0, nr, row_base, w, n0, n1, ep, outs, rows_per_image, scratch)
             img[r], pos[r] = img[r] + 1, 0
     wv, tile, use_vnni = ep[12], ep[13], ep[14]
     if use_vnni and n0 % 32 == 0:  # the VNNI tile: 4 rows x 32 columns (one row repeated when nr = 1)
-        a_ptr = a[m0:].ctypes.data
-        lda = kp if nr == 4 else 0
-        for nb in range(n0 // 32, (n1 + 31) // 32):
-            tile(a_ptr, lda, wv[nb].ctypes.data, kp, acc[:, nb * 32 - n0:].ctypes.data, acc.shape[1])
-    elif nr == 4:
-        for n in range(n0, n1, 4):
-            _tile4x4(a, m0, w, n, n1 - 1, kp, acc, n - n0)
+        lda = kp if nr >= 4 else 0
+        for t in range(max(1, nr // 4)):
+            a_ptr = a[m0 + 4 * t:].ctypes.data
+            acc_t = acc[4 * t:]
+            for nb in range(n0 // 32, (n1 + 31) // 32):
+                tile(a_ptr, lda, wv[nb].ctypes.data, kp, acc_t[:, nb * 32 - n0:].ctypes.data, acc.shape[1])
+    elif nr >= 4:
+        for t in range(nr // 4):
+            acc_t = acc[4 * t:]
+            for n in range(n0, n1, 4):
+                _tile4x4(a, m0 + 4 * t, w, n, n1 - 1, kp, acc_t, n - n0)
     else:
         for n in range(n0, n1, 8):
             _tile1x8(a, m0, w, n, n1 - 1, kp, acc, n - n0)
@@ -211,14 +224,19 @@ def gemm_rows(a, m0, nr, row_base, w, n0, n1, ep, outs, rows_per_image, scratch)
 
 @exact_kernel(PAR_MIN_MACS)
 def _linear_kernel(a, w, ep, outs):
-    """outs[mode][m, n, 0] = epilogue(sum_k a[m, k] * w[n, k]) for all rows: 4-row blocks, then the
-    M % 4 single rows; prange over the blocks."""
+    """outs[mode][m, n, 0] = epilogue(sum_k a[m, k] * w[n, k]) for all rows: blocks of BLOCK_ROWS rows, then
+    of 4, then the single rows; prange over the blocks."""
     m_ = a.shape[0]
     n_ = w.shape[0]
-    full = m_ // 4
-    for blk in prange(full + m_ - 4 * full):
+    big = m_ // BLOCK_ROWS
+    fours = (m_ - big * BLOCK_ROWS) // 4
+    start4 = big * BLOCK_ROWS
+    start1 = start4 + 4 * fours
+    for blk in prange(big + fours + m_ - start1):
         scratch = new_scratch(n_, outs)
-        if blk < full:
-            gemm_rows(a, 4 * blk, 4, 0, w, 0, n_, ep, outs, 1, scratch)
+        if blk < big:
+            gemm_rows(a, blk * BLOCK_ROWS, BLOCK_ROWS, 0, w, 0, n_, ep, outs, 1, scratch)
+        elif blk < big + fours:
+            gemm_rows(a, start4 + 4 * (blk - big), 4, 0, w, 0, n_, ep, outs, 1, scratch)
         else:
-            gemm_rows(a, blk + 3 * full, 1, 0, w, 0, n_, ep, outs, 1, scratch)
+            gemm_rows(a, start1 + blk - big - fours, 1, 0, w, 0, n_, ep, outs, 1, scratch)
