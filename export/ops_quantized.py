@@ -196,3 +196,14 @@ def _quantized_max_pool2d(g, n):
     (ph, pw) = a["padding"]
     g.op("MaxPool", [n.inputs[0]], n.outputs, kernel_shape=list(a["kernel_size"]), strides=list(a["stride"]),
          pads=[ph, pw, ph, pw], dilations=list(a["dilation"]), ceil_mode=int(a["ceil_mode"]))
+
+
+@lowers("quantized_conv2d_pool")
+def _quantized_conv2d_pool(g, n):
+    """The int8 convolution's own lowering, then MaxPool 2x2 / stride 2 on its uint8 codes."""
+    codes = g.fresh("qconv_codes")
+    x, w = n.inputs[0], n.inputs[3]
+    nb, _, h, wd = g.shape(n.outputs[0])
+    g.values[codes] = type(g.values[x])(codes, "uint8", (nb, g.shape(w)[0], None, None))
+    g.lower("quantized_conv2d", n.inputs, [codes], **n.attrs)
+    g.op("MaxPool", [codes], n.outputs, kernel_shape=[2, 2], strides=[2, 2])

@@ -8,7 +8,8 @@ repeated until neither applies:
   and ``dequantize -> reshape`` becomes ``reshape -> dequantize`` (max pooling commutes with a
   monotonic map, reshape with any elementwise one);
 - fold: ``dequantize -> quantize_per_tensor`` becomes one ``requantize`` (a 256-entry table computed
-  with the same kernels), or nothing at all when that table is the identity.
+  with the same kernels), or nothing at all when that table is the identity;
+- fuse: ``quantized_conv2d -> quantized_max_pool2d`` (2x2, stride 2) becomes ``quantized_conv2d_pool``.
 
 Only per-tensor dequantize with constant qparams, whose float output has no other reader, is moved.
 """
@@ -36,6 +37,8 @@ def fold_quantization(g: Graph) -> int:
                 made += _sink(g, n, users, prod)
             elif n.op == "quantize_per_tensor":
                 made += _fold(g, n, users, prod)
+            elif n.op == "quantized_max_pool2d":
+                made += _fuse_pool(g, n, users, prod)
             if made:
                 break  # the node list and the use maps changed: recompute them
         if not made:
@@ -93,4 +96,20 @@ def _fold(g, n, users, prod):
         n.inputs, n.attrs = [q, s1, z1, s2, z2], {"dtype": dtype}
     g.nodes.remove(d)
     del g.values[d.outputs[0]]
+    return 1
+
+
+def _fuse_pool(g, pool, users, prod):
+    attrs = {**get_op("quantized_max_pool2d").attrs, **pool.attrs}
+    if any(tuple(attrs[k]) != tuple(v) if isinstance(v, tuple) else attrs[k] != v
+           for k, v in qfold._POOL_2X2.items()):
+        return 0
+    x = pool.inputs[0]
+    conv = prod.get(x)
+    if conv is None or conv.op != "quantized_conv2d" or len(users.get(x, ())) != 1:
+        return 0
+    conv.op, conv.version = "quantized_conv2d_pool", get_op("quantized_conv2d_pool").version
+    conv.outputs = [pool.outputs[0]]
+    g.nodes.remove(pool)
+    del g.values[x]
     return 1

@@ -7,7 +7,10 @@ and both are exact:
 - ``requantize(q, s1, z1, s2, z2)`` is ``quantize(dequantize(q, s1, z1), s2, z2)``: with 256 possible
   codes it is a table, computed with the very kernels it replaces, then one lookup per element;
 - ``quantized_max_pool2d`` is max pooling of the codes, values only: dequantization is monotonic
-  (scale > 0), so the max of the dequantized window is the dequantized max of the codes.
+  (scale > 0), so the max of the dequantized window is the dequantized max of the codes;
+- ``quantized_conv2d_pool`` is ``quantized_conv2d`` then a 2x2 / stride-2 ``quantized_max_pool2d``; a
+  first layer (short reduction) pools its exact accumulators before the requantizing epilogue, which is
+  monotonic in them, so a quarter of the epilogue runs and the full-size codes are never written.
 
 They are never traced or saved (the passes run when a Program is built), but they have kernels,
 shape rules and ONNX lowerings like every registry op.
@@ -127,3 +130,32 @@ def _qmax_pool_cpu(x, *, kernel_size, stride, padding, dilation, ceil_mode):
     lowest = np.iinfo(x.dtype).min
     _qmax_pool(np.ascontiguousarray(x), out, *kernel_size, *stride, *padding, *dilation, x.dtype.type(lowest))
     return out
+
+
+def _qconv_pool_rule(x, *params, stride, padding, dilation, groups, relu=False):
+    from .qlinear import _qc_rule
+
+    n, c, h, w = _qc_rule(x, *params, stride=stride, padding=padding, dilation=dilation, groups=groups, relu=relu)
+    return _qpool_rule((n, c, h, w), **_POOL_2X2)
+
+
+_POOL_2X2 = {"kernel_size": (2, 2), "stride": (2, 2), "padding": (0, 0), "dilation": (1, 1), "ceil_mode": False}
+
+register_op("quantized_conv2d_pool", attrs={"stride": (1, 1), "padding": (0, 0), "dilation": (1, 1), "groups": 1,
+                                            "relu": False}, shape=_qconv_pool_rule,
+            doc="quantized_conv2d then 2x2 / stride-2 max pooling of its uint8 codes (inputs as quantized_conv2d); "
+                "made by the runtime's quantization folding")
+
+
+@kernel("quantized_conv2d_pool")
+def _qconv_pool_cpu(x, x_scale, x_zp, w, w_scale, y_scale, y_zp, bias=None, *, stride, padding, dilation, groups,
+                    relu=False):
+    from . import qlinear as ql
+
+    if ql.short_k(x, w, groups):
+        bias_i32, mult = ql._requant("quantized_conv2d_pool", x, x_scale, x_zp, w, w_scale, y_scale, y_zp, bias)
+        return ql._short_k_conv(x, int(x_zp), w, stride, padding, dilation, groups, bias_i32, mult, int(y_zp), relu,
+                                pool=True)
+    y = ql._qc_cpu(x, x_scale, x_zp, w, w_scale, y_scale, y_zp, bias, stride=stride, padding=padding,
+                   dilation=dilation, groups=groups, relu=relu)
+    return _qmax_pool_cpu(y, **_POOL_2X2)

@@ -132,7 +132,7 @@ register_op("quantized_conv2d", attrs={"stride": (1, 1), "padding": (0, 0), "dil
 @kernel("quantized_conv2d")
 def _qc_cpu(x, x_scale, x_zp, w, w_scale, y_scale, y_zp, bias=None, *, stride, padding, dilation, groups, relu=False):
     bias_i32, mult = _requant("quantized_conv2d", x, x_scale, x_zp, w, w_scale, y_scale, y_zp, bias)
-    if w.shape[1] * w.shape[2] * w.shape[3] <= SHORT_K and x.ndim == 4 and x.shape[1] == w.shape[1] * groups:
+    if short_k(x, w, groups):
         return _short_k_conv(x, int(x_zp), w, stride, padding, dilation, groups, bias_i32, mult, int(y_zp), relu)
     return _qconv.qconv2d(x, int(x_zp), packed(w), stride, padding, dilation, groups, bias_i32, mult, int(y_zp),
                           relu=bool(relu))
@@ -145,7 +145,14 @@ def _qc_cpu(x, x_scale, x_zp, w, w_scale, y_scale, y_zp, bias=None, *, stride, p
 SHORT_K = 16
 
 
-def _short_k_conv(x, x_zp, w, stride, padding, dilation, groups, bias_i32, mult, y_zp, relu):
+def short_k(x, w, groups) -> bool:
+    """quantized_conv2d computes this convolution with the float direct kernel (see SHORT_K)."""
+    return w.shape[1] * w.shape[2] * w.shape[3] <= SHORT_K and x.ndim == 4 and x.shape[1] == w.shape[1] * groups
+
+
+def _short_k_conv(x, x_zp, w, stride, padding, dilation, groups, bias_i32, mult, y_zp, relu, pool=False):
+    """``pool``: 2x2 / stride-2 max pooling of the accumulators before the epilogue, which is monotonic in them
+    (positive multipliers), so it equals pooling the requantized codes (what quantized_conv2d_pool promises)."""
     from ..backends.cpu.conv_kernels import conv2d_forward, out_size
 
     n, c, h, w_ = x.shape
@@ -155,8 +162,10 @@ def _short_k_conv(x, x_zp, w, stride, padding, dilation, groups, bias_i32, mult,
     xf = x.astype(np.float32)
     xf -= np.float32(x_zp)
     acc = conv2d_forward(xf, w.astype(np.float32), None, tuple(stride), tuple(padding), tuple(dilation), groups,
-                         out_hw)
-    bias = np.zeros(co, np.int64) if bias_i32 is None else np.asarray(bias_i32, np.int64)
+                         out_hw, pool=pool)
+    # as float64: acc (an exact integer below 2**24) + bias is exact below 2**53, so rounding it to float32
+    # equals the int8 kernels' float32(int64 sum); float64 adds vectorise where int64 conversions do not
+    bias = np.zeros(co, np.float64) if bias_i32 is None else np.asarray(bias_i32, np.float64)
     out = np.empty(acc.shape, np.uint8)
     lo = max(0, y_zp) if relu else 0
     _requant_planes(acc.size, acc.reshape(n, co, -1), bias, np.asarray(mult, np.float32).reshape(-1),
@@ -166,7 +175,8 @@ def _short_k_conv(x, x_zp, w, stride, padding, dilation, groups, bias_i32, mult,
 
 @jit.prange_kernel(1 << 16, fastmath=False)
 def _requant_planes(acc, bias, mult, zp, lo, hi, out):
-    """out = clip(rint(float32(int64(acc) + bias[c]) * mult[c]) + zp, lo, hi): the int8 kernels' epilogue."""
+    """out = clip(rint(float32(acc + bias[c]) * mult[c]) + zp, lo, hi), the sum exact in float64: the int8
+    kernels' epilogue."""
     n_, co_, hw = acc.shape
     for t in prange(n_ * co_):
         i = t // co_
@@ -174,7 +184,7 @@ def _requant_planes(acc, bias, mult, zp, lo, hi, out):
         b, m = bias[c], mult[c]
         src, dst = acc[i, c], out[i, c]
         for j in range(hw):
-            r = np.rint(np.float32(np.int64(src[j]) + b) * m) + zp
+            r = np.rint(np.float32(np.float64(src[j]) + b) * m) + zp
             if r < lo:
                 r = lo
             if r > hi:

@@ -135,6 +135,8 @@ def _extra_calls():
     # the runtime's quantization folding: a requantize table and max pooling of the codes
     registry.apply("requantize", u8(2, 3, 4), *qp, ember.tensor(np.float32(0.05)), ember.tensor(np.int8(-2)),
                    dtype="int8")
+    registry.apply("quantized_conv2d_pool", u8(2, 3, 7, 6), *qp, wc, ember.ones(()), *qp, stride=(1, 1),
+                   padding=(1, 1), dilation=(1, 1), groups=1, relu=False)
     registry.apply("quantized_max_pool2d", u8(2, 3, 7, 6), kernel_size=(3, 2), stride=(2, 2), padding=(1, 1),
                    dilation=(1, 1), ceil_mode=True)
     # quantization: quantize / dequantize, per tensor and per channel (fake_quantize has gradcheck samples)

@@ -80,7 +80,7 @@ def test_the_pass_keeps_a_static_cnn_in_uint8_with_identical_outputs():
     ops = [n.op for n in optimize(prog.graph).nodes]
     # one quantize at the input, one dequantize at the output; pooling and flatten on the codes
     assert ops.count("quantize_per_tensor") == 1 and ops.count("dequantize") == 1, ops
-    assert "max_pool2d" not in ops and ops.count("quantized_max_pool2d") == 2, ops
+    assert "max_pool2d" not in ops and ops.count("quantized_conv2d_pool") == 2, ops  # int8 conv + pool in one
     assert ops.count("requantize") <= 2, ops  # a pair whose qparams agree leaves nothing
     raw = Program(prog.graph, optimize=False)
     for b in (1, 3, 17):
@@ -157,3 +157,21 @@ def test_onnx_lowerings_run_in_onnxruntime(attrs):
 
     check_export(fn, [q], opset=17, batches=(1, 4), reference=False)  # onnx.reference has Q/DQ from 19
     check_export(fn, [q], opset=21, batches=(1,))
+
+
+@pytest.mark.parametrize("c_in,k,relu", [(1, 3, True), (2, 3, False), (16, 3, True)])  # short K (float path) and GEMM
+def test_quantized_conv2d_pool_is_the_conv_then_pooling_of_its_codes(c_in, k, relu):
+    x = rng.integers(0, 256, (3, c_in, 11, 9)).astype(np.uint8)
+    w = rng.integers(-128, 128, (8, c_in, k, k)).astype(np.int8)
+    params = [*qparams(0.03, 100), w, (rng.random(8) * 0.01 + 1e-3).astype(np.float32), *qparams(0.07, 90),
+              (rng.standard_normal(8) * 50).astype(np.float32)]
+    attrs = dict(stride=(1, 1), padding=(1, 1), dilation=(1, 1), groups=1, relu=relu)
+    want = kernel("quantized_max_pool2d")(kernel("quantized_conv2d")(x, *params, **attrs), **POOLS[0])
+    got = kernel("quantized_conv2d_pool")(x, *params, **attrs)
+    assert got.shape == (3, 8, 5, 4) and tuple(get_op("quantized_conv2d_pool").shape(
+        x.shape, *[np.shape(p) for p in params], **attrs)) == got.shape
+    np.testing.assert_array_equal(got, want)
+    t = [ember.from_numpy(np.asarray(p)) for p in params]
+    # the QDQ lowering of an int8 conv is within one output step of ember's integer arithmetic
+    check_export(lambda xx: apply("quantized_conv2d_pool", xx, *t, **attrs), [x], opset=21, batches=(1, 4),
+                 atol=1, rtol=0)
