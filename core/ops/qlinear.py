@@ -3,7 +3,8 @@ in and out), and ``quantized_linear`` / ``quantized_conv2d`` (uint8 in and out, 
 
 The int8 weight is an ordinary int8 tensor input (so files store one byte per weight and the ONNX
 export sees the plain (N, K) matrix); the kernels' packed layout is made on first use and cached per
-weight array (an int8 weight changed in place is not seen: assign a new tensor instead).
+weight array, and the requantization parameters (int32 bias, multipliers) per set of qparam and bias
+arrays (an int8 weight, scale or bias changed in place is not seen: assign a new tensor instead).
 """
 from __future__ import annotations
 
@@ -99,7 +100,35 @@ register_op("quantized_linear", attrs={"relu": False}, shape=_ql_rule,
                 "optional ReLU); inputs (x, x_scale, x_zp, weight int8, w_scale, y_scale, y_zp, [bias])")
 
 
+_REQUANT = {}  # ids of (x_scale, w_scale, y_scale, bias, w) -> (weakrefs to them, (bias_i32, multipliers))
+_REQUANT_MAX = 4096
+
+
+def _none():  # the "weak reference" of an absent bias
+    return None
+
+
 def _requant(op, x, x_scale, x_zp, w, w_scale, y_scale, y_zp, bias):
+    """(bias_i32, multipliers) of a requantizing layer, computed once per set of arrays."""
+    arrays = (x_scale, w_scale, y_scale, bias, w)
+    key = tuple(map(id, arrays))
+    hit = _REQUANT.get(key)
+    if hit is not None and all(r() is a for r, a in zip(hit[0], arrays)) and x.dtype == np.uint8 \
+            and x_zp.dtype == np.uint8 and y_zp.dtype == np.uint8:
+        return hit[1]
+    res = _requant_checked(op, x, x_scale, x_zp, w, w_scale, y_scale, y_zp, bias)
+    try:
+        refs = tuple(_none if a is None else weakref.ref(a) for a in arrays)
+    except TypeError:  # a Python scalar among them: not cached
+        return res
+    with _PACK_LOCK:
+        if len(_REQUANT) >= _REQUANT_MAX:
+            _REQUANT.clear()
+        _REQUANT[key] = (refs, res)
+    return res
+
+
+def _requant_checked(op, x, x_scale, x_zp, w, w_scale, y_scale, y_zp, bias):
     if x.dtype != np.uint8 or x_zp.dtype != np.uint8 or y_zp.dtype != np.uint8:
         raise TypeError(f"{op}: activations and their zero points must be uint8, got x {x.dtype}, x_zero_point "
                         f"{x_zp.dtype}, y_zero_point {y_zp.dtype}")
