@@ -202,7 +202,9 @@ def _short_k_conv(x, x_zp, w, stride, padding, dilation, groups, bias_i32, mult,
     return out
 
 
-@jit.prange_kernel(1 << 16, fastmath=False)
+# serial below ~2M elements: one thread does 200K in ~50 us, and waking numba's workqueue for the second one
+# cost ~80 us more than it saved (the cnn's first layer at B=64, measured 2026-11-26)
+@jit.prange_kernel(1 << 21, fastmath=False)
 def _requant_planes(acc, bias, mult, zp, lo, hi, out):
     """out = clip(rint(float32(acc + bias[c]) * mult[c]) + zp, lo, hi), the sum exact in float64: the int8
     kernels' epilogue."""
