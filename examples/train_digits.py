@@ -30,7 +30,7 @@ from ember.cli.main import describe, format_info
 from ember.data import DataLoader
 from ember.data.datasets import digits
 import ember.quantize as Q
-from ember.serialize import trace
+from ember.serialize import load, trace
 
 
 class DigitsCNN(nn.Module):
@@ -144,12 +144,14 @@ def serve(paths, port):
         json.dump(request, f)
     model = os.path.splitext(os.path.basename(paths[0]))[0]
     url = f"http://127.0.0.1:{port}"
+    local = int(load(paths[0])(x).numpy().argmax())  # what the server's answer must agree with
 
     def ready(state):
         from ember.serve.server import banner
 
         print(banner(state, url))
-        print(f"\nclassify a test image (its label is {y.item()}; the answer is the argmax of the 10 logits):\n"
+        print(f"\nclassify the first test image (label {y.item()}; run locally, the saved model predicts {local}: "
+              f"the argmax of the server's 10 logits):\n"
               f"  curl -s {url}/v2/models/{model}/infer -H 'Content-Type: application/json' -d @digit_request.json\n"
               f"the int8 model: .../v2/models/{model}_int8/infer; metadata: curl -s {url}/v2/models/{model}; "
               f"API docs: {url}/docs\nCtrl-C stops the server.", flush=True)

@@ -1,6 +1,7 @@
 """End to end: train on the bundled UCI digits with a fixed seed and a small epoch budget."""
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -89,6 +90,9 @@ def test_example_script_runs(tmp_path):
             url, body = curl.split()[2], (tmp_path / curl.split("@")[-1]).read_bytes()
             reply = httpx.post(url, content=body, headers={"Content-Type": "application/json"}).json()
         assert reply["model_name"] == "digits_cnn" and reply["outputs"][0]["shape"] == [1, 10], reply
+        logits = reply["outputs"][0]["data"]
+        local = int(re.search(r"the saved model predicts (\d+)", out).group(1))
+        assert logits.index(max(logits)) == local, (logits, local)  # the server answers as the file does locally
     finally:
         proc.send_signal(signal.SIGTERM)
         rc = proc.wait(30)
