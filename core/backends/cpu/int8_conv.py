@@ -16,11 +16,16 @@ from numba import prange
 
 from .conv_kernels import _scratch, out_size
 from .int8_gemm import BLOCK_ROWS
-from .int8_kernels import (_NO_F32, _NO_I32, PAR_MIN_MACS, PackedWeight, _inline, exact_kernel, gemm_rows,
+from .int8_kernels import (_NO_F32, _NO_I32, PackedWeight, _inline, exact_kernel, gemm_rows,
                            new_scratch, requant_epilogue, zero_point_u8)
 
 # Bytes of padded planes + rows per chunk of images (a quarter of the 1 MiB L2 per core).
 CHUNK_BYTES = 1 << 18
+
+# prange over chunks from this many multiply-adds on. The cnn's second conv (58M) ran in ~0.96 ms on two
+# threads alone, but inside the whole int8 graph, after serial layers, numba's workqueue had to wake and
+# the graph took 2.2-3.2 ms; with the conv on one thread 2.11-2.15 ms (3 alternating runs, 2026-11-26).
+PAR_MIN_CONV_MACS = 1 << 27
 
 
 @_inline
@@ -67,7 +72,7 @@ def _im2row(xp, nb, c0, cg, c_, kh, kw, sh, sw, dh, dw, wp, ho, wo, rows):
                     dst[q] = 0
 
 
-@exact_kernel(PAR_MIN_MACS)
+@exact_kernel(PAR_MIN_CONV_MACS)
 def _qconv_kernel(x, fill, flip, w, geom, ep, outs, xp, rows, xp_w, rows_w):
     """outs[1] (B, Cout, Ho*Wo) = the requantized convolution of x (B, C, H, W) uint8, a chunk of
     images per prange iteration (xp, rows: that chunk's scratch planes and im2row rows; xp_w, rows_w:
