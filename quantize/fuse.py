@@ -122,7 +122,7 @@ def _check_qat_bn(conv, bn):
                          f"got {bn.extra_repr()}; fold it in eval mode with fuse_modules instead")
     if bn.running_mean is None or bn.running_var is None:
         raise ValueError(f"QAT Conv+BN fusion needs a BatchNorm2d that tracks running statistics, got "
-                         f"track_running_stats=False; fold it in eval mode with fuse_modules instead")
+                         "track_running_stats=False; fold it in eval mode with fuse_modules instead")
 
 
 def fuse_conv_bn_eval(conv, bn):

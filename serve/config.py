@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from typing import Literal, Optional, Union
+from typing import Optional, Union
 
 import orjson
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator

@@ -5,7 +5,6 @@ import gzip
 import re
 import zlib
 
-import httpx
 import numpy as np
 import orjson
 import prometheus_client.parser
