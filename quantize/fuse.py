@@ -121,7 +121,7 @@ def _check_qat_bn(conv, bn):
         raise ValueError(f"QAT Conv+BN fusion needs a BatchNorm2d with a weight and a bias (affine=True, bias=True), "
                          f"got {bn.extra_repr()}; fold it in eval mode with fuse_modules instead")
     if bn.running_mean is None or bn.running_var is None:
-        raise ValueError(f"QAT Conv+BN fusion needs a BatchNorm2d that tracks running statistics, got "
+        raise ValueError("QAT Conv+BN fusion needs a BatchNorm2d that tracks running statistics, got "
                          "track_running_stats=False; fold it in eval mode with fuse_modules instead")
 
 
