@@ -1,7 +1,7 @@
 """The FastAPI app: Open Inference Protocol (KServe V2) routes, Triton's model repository and
 configuration extensions, Prometheus metrics, bearer-token auth and readiness that follows model state.
 
-The infer route reads the raw body and answers with a plain Response: the V2 codec (protocol.py) does
+The infer route reads the raw body and answers with a plain Response: the V2 codec (protocol.py, response.py) does
 the parsing and encoding with orjson, so no pydantic validation sits on the hot path. The pydantic
 models in schemas.py describe the routes in the OpenAPI docs at /docs.
 """
@@ -23,7 +23,8 @@ from . import schemas
 from .config import ServerConfig
 from .metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE, Metrics
 from .infer import InferFastPath, InferHandler, authorize as check_token, error_headers
-from .protocol import ProtocolError, error_body
+from .protocol import ProtocolError
+from .response import error_body
 from .repository import Repository
 
 EXTENSIONS = ["binary_tensor_data", "model_repository", "model_configuration"]

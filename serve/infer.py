@@ -18,8 +18,8 @@ import time
 import traceback
 import zlib
 
-from .protocol import (ProtocolError, decompress, encode_infer_response, error_body, parse_header_length,
-                       parse_infer_request, validate_inputs)
+from .protocol import ProtocolError, decompress, parse_header_length, parse_infer_request, validate_inputs
+from .response import encode_infer_response, error_body
 
 INFER_PATH = re.compile(r"/v2/models/([^/]+)(?:/versions/([^/]+))?/infer")
 COMPRESS_MIN_BYTES = 4096  # smaller responses go out as they are: compressing them costs more than it saves

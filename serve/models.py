@@ -7,7 +7,7 @@ import os
 
 import numpy as np
 
-from .protocol import TensorSpec, datatype_of
+from .protocol import DATATYPES, TensorSpec, datatype_of
 
 PLATFORM_EMBER = "ember_program"
 PLATFORM_ONNX = "onnxruntime_onnx"
@@ -41,7 +41,7 @@ class ServedModel:
 
     def warmup_inputs(self) -> dict:
         """Synthetic inputs (zeros; batch and other symbolic dims of size 1) for warm-up requests."""
-        return {s.name: np.zeros([1 if d < 0 else d for d in s.shape], dtype=_np_dtype(s.datatype))
+        return {s.name: np.zeros([1 if d < 0 else d for d in s.shape], dtype=DATATYPES[s.datatype])
                 for s in self.inputs}
 
     def close(self):
@@ -126,12 +126,6 @@ def load_model(name, version, path, device="cpu", input_names=None, output_names
     if ext == ".onnx":
         return OnnxModel(name, version, path, device, input_names, output_names)
     raise ModelLoadError(f"{path}: not a model file; ember serve runs .ember and .onnx files")
-
-
-def _np_dtype(datatype):
-    from .protocol import DATATYPES
-
-    return DATATYPES[datatype]
 
 
 def _renamed(specs, names, field, path):

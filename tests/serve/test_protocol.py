@@ -1,4 +1,4 @@
-"""ember.serve.protocol against tritonclient.http, the independent V2 implementation: requests are built by
+"""ember.serve.protocol and .response against tritonclient.http, the independent V2 implementation: requests are built by
 tritonclient's own request-body builder and responses read back by its InferResult parser."""
 from __future__ import annotations
 
@@ -16,8 +16,9 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 from ember.serve.protocol import (DATATYPES, InferRequest, ProtocolError, RequestedOutput, TensorSpec,
-                                  datatype_of, decompress, encode_infer_response, error_body,
-                                  parse_header_length, parse_infer_request, validate_inputs)
+                                  datatype_of, decompress, parse_header_length, parse_infer_request,
+                                  validate_inputs)
+from ember.serve.response import encode_infer_response, error_body
 
 NAMES = list(DATATYPES)
 rng = np.random.default_rng(5)
