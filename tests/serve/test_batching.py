@@ -8,12 +8,7 @@ import pytest
 
 from ember.serve import ServerConfig
 
-from .models import assert_outputs, build_models, error, json_body, local, metric, result, rows, run, serving
-
-
-@pytest.fixture(scope="module")
-def models(tmp_path_factory):
-    return build_models(tmp_path_factory.mktemp("serve_batching"))
+from .models import assert_outputs, error, json_body, local, metric, result, rows, run, serving
 
 
 def spy_batches(app, model, version="1"):
