@@ -3,6 +3,7 @@ the small models the ASGI tests serve (built once: the tests only read them)."""
 import pytest
 
 from .models import build_models
+from .repo_helpers import make_repo
 
 
 @pytest.fixture(scope="session")
@@ -12,3 +13,9 @@ def models(tmp_path_factory):
 
 def pytest_configure(config):
     config.addinivalue_line("markers", "slow: long-running soak tests, skipped unless EMBER_SLOW=1")
+
+
+@pytest.fixture
+def repo(tmp_path):
+    """<tmp>/repo with models a and b, versions 1, 2, 3 of each (different weights per version)."""
+    return make_repo(tmp_path / "repo")
