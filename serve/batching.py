@@ -197,7 +197,7 @@ class Batcher:
             try:
                 await asyncio.wait_for(self._idle.wait(), timeout_s)
             except asyncio.TimeoutError:
-                pass
+                pass  # out of time: what is still queued is failed below
             self._task.cancel()
             for it in self._queue:
                 if not it.future.done():
