@@ -10,8 +10,11 @@ from .tensor import Tensor
 
 def tensor(data, dtype=None, requires_grad=False, device=None) -> Tensor:
     """Build a tensor from data (copies). Float data defaults to float32, ints to int64."""
-    as_device(device)
+    dev = as_device(device)
     if isinstance(data, Tensor):
+        if dev != data.device or data.is_cuda:
+            out = data.detach().to(dev, dtype=dtype, copy=True)
+            return out.requires_grad_(True) if requires_grad else out
         arr = data._data.copy()
     else:
         arr = np.array(data)
@@ -31,7 +34,12 @@ def tensor(data, dtype=None, requires_grad=False, device=None) -> Tensor:
         if arr.dtype.kind == "U" or arr.dtype.kind == "S":
             raise TypeError("ember.tensor: strings are not tensor data")
         arr = arr.astype(_dt.as_dtype(arr.dtype).np)
-    t = Tensor._wrap(np.asarray(arr, order="C"))
+    arr = np.asarray(arr, order="C")
+    if dev.type == "cuda":
+        from .cuda import _backend
+
+        arr = _backend().to_device(arr)
+    t = Tensor._wrap(arr)
     if requires_grad:
         t.requires_grad_(True)
     return t
@@ -39,12 +47,13 @@ def tensor(data, dtype=None, requires_grad=False, device=None) -> Tensor:
 
 def as_tensor(data, dtype=None, device=None) -> Tensor:
     """Like ``tensor`` but shares memory when it can: a Tensor or ndarray of the right dtype is not copied."""
-    as_device(device)
+    dev = as_device(device)
     if isinstance(data, Tensor):
-        return data if dtype is None else data.to(dtype)
-    if isinstance(data, np.ndarray) and data.dtype in _dt._FROM_NP and (dtype is None or _dt.as_dtype(dtype).np == data.dtype):
+        return data.to(dev if device is not None else data.device, dtype=dtype)
+    if (dev.type == "cpu" and isinstance(data, np.ndarray) and data.dtype in _dt._FROM_NP
+            and (dtype is None or _dt.as_dtype(dtype).np == data.dtype)):
         return Tensor._wrap(data)
-    return tensor(data, dtype=dtype)
+    return tensor(data, dtype=dtype, device=dev)
 
 
 def from_numpy(a: np.ndarray) -> Tensor:

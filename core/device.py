@@ -1,4 +1,4 @@
-"""Devices: ``"cpu"`` now; ``"cuda"`` is recognised and reports that its backend is not built yet."""
+"""Devices: ``"cpu"`` and ``"cuda"`` (``"cuda:N"``); naming CUDA loads its backend on first use."""
 from __future__ import annotations
 
 
@@ -38,12 +38,22 @@ CPU = device("cpu")
 
 
 def as_device(d) -> device:
-    """Validate a device argument; CUDA raises a clear error until its backend exists."""
+    """Validate a device argument; ``"cuda"`` loads the CUDA backend, or raises saying why it is unavailable."""
     if d is None:
         return CPU
+    if d.__class__ is str and d == "cpu":
+        return CPU
     dev = d if isinstance(d, device) else device(d)
-    if dev.type == "cuda":
-        from . import cuda
+    if dev.type == "cpu":
+        return CPU
+    from . import cuda
 
-        cuda._require()
-    return CPU if dev.type == "cpu" else dev
+    cuda._backend()
+    idx = dev.index or 0
+    n = cuda.device_count()
+    if idx >= n:
+        raise RuntimeError(f"CUDA device {idx} does not exist: this machine has {n} (valid: 'cuda:0'..'cuda:{n - 1}')")
+    return CUDA
+
+
+CUDA = device("cuda", 0)

@@ -34,8 +34,13 @@ def _shape(size):
 
 
 def _make(arr, dtype, device, requires_grad):
-    as_device(device)
-    t = Tensor._wrap(arr if dtype is None else arr.astype(_dt.as_dtype(dtype).np, copy=False))
+    dev = as_device(device)
+    arr = arr if dtype is None else arr.astype(_dt.as_dtype(dtype).np, copy=False)
+    if dev.type == "cuda":
+        from .cuda import _backend
+
+        arr = _backend().to_device(arr)
+    t = Tensor._wrap(arr)
     if requires_grad:
         t.requires_grad_(True)
     return t
@@ -127,7 +132,7 @@ def randperm(n, generator=None, dtype=None, device=None):
 
 def _like(fn):
     def like(t, dtype=None, device=None, requires_grad=False, **kw):
-        return fn(*t.shape, dtype=dtype or t.dtype, device=device, requires_grad=requires_grad, **kw)
+        return fn(*t.shape, dtype=dtype or t.dtype, device=device or t.device, requires_grad=requires_grad, **kw)
 
     like.__name__ = fn.__name__ + "_like"
     like.__doc__ = f"``{fn.__name__}`` with the shape (and by default dtype) of ``t``."
@@ -142,8 +147,8 @@ randn_like = _like(randn)
 
 
 def full_like(t, fill_value, dtype=None, device=None, requires_grad=False):
-    return full(t.shape, fill_value, dtype=dtype or t.dtype, device=device, requires_grad=requires_grad)
+    return full(t.shape, fill_value, dtype=dtype or t.dtype, device=device or t.device, requires_grad=requires_grad)
 
 
 def randint_like(t, low, high=None, dtype=None, device=None):
-    return randint(low, high, t.shape, dtype=dtype or t.dtype, device=device)
+    return randint(low, high, t.shape, dtype=dtype or t.dtype, device=device or t.device)

@@ -7,7 +7,7 @@ from . import dtypes as _dt
 
 
 def format_tensor(t) -> str:
-    a = t._data
+    a = t._host()
     prefix = "tensor("
     if a.size == 0:
         body = "[]" if a.ndim == 1 else f"[], size={a.shape}"
@@ -25,6 +25,8 @@ def format_tensor(t) -> str:
     extras = []
     if t.dtype not in (_dt.float32, _dt.int64, _dt.bool_) or (a.size == 0 and t.dtype != _dt.float32):
         extras.append(f"dtype={t.dtype}")
+    if t.is_cuda:
+        extras.insert(0, f"device='{t.device}'")
     if t.grad_fn is not None:
         extras.append(f"grad_fn=<{t.grad_fn.name()}>")
     elif t._requires_grad:

@@ -35,7 +35,7 @@ class Tensor:
     @staticmethod
     def _wrap(array) -> "Tensor":
         """Fast constructor from a backend array (no copy, no checks beyond making it an array)."""
-        if array.__class__ is not np.ndarray:
+        if array.__class__ is not np.ndarray and not getattr(array, "_ember_cuda", False):  # CUDA arrays pass as they are
             array = np.asarray(array)
         return Tensor._new(Tensor, array)
 
@@ -88,11 +88,17 @@ class Tensor:
 
     @property
     def device(self):
-        return CPU
+        a = self._data
+        return CPU if a.__class__ is np.ndarray else a.device
 
     @property
     def is_cuda(self) -> bool:
-        return False
+        return self._data.__class__ is not np.ndarray
+
+    def _host(self) -> np.ndarray:
+        """The values as a host array: the array itself on CPU, a copy from a GPU."""
+        a = self._data
+        return a if a.__class__ is np.ndarray else a.get()
 
     def is_floating_point(self) -> bool:
         return self._data.dtype.kind == "f"
@@ -222,6 +228,13 @@ class Tensor:
             raise RuntimeError(
                 "Can't call numpy() on a tensor that requires grad. Use tensor.detach().numpy() instead."
             )
+        if self._data.__class__ is not np.ndarray:
+            if not force:
+                raise TypeError(
+                    f"can't convert {self.device} device type tensor to numpy. Use Tensor.cpu() to copy the tensor "
+                    f"to host memory first."
+                )
+            return self._data.get()
         return self._data
 
     def __array__(self, dtype=None, copy=None):
@@ -235,12 +248,12 @@ class Tensor:
             raise RuntimeError(
                 f"a Tensor with {self._data.size} elements cannot be converted to a Python scalar (shape {self.shape})"
             )
-        return self._data.reshape(()).item()
+        return self._host().reshape(()).item()
 
     def tolist(self):
         if _hooks.concrete is not None:
             _hooks.concrete(self, "tolist()")
-        return self._data.tolist()
+        return self._host().tolist()
 
     def __bool__(self):
         if _hooks.concrete is not None:
@@ -250,7 +263,7 @@ class Tensor:
                 f"Boolean value of a Tensor with {self._data.size} elements is ambiguous (shape {self.shape}); "
                 f"use .any() or .all()"
             )
-        return bool(self._data.reshape(()))
+        return bool(self._host().reshape(()))
 
     def __float__(self):
         return float(self.item())
@@ -277,15 +290,20 @@ class Tensor:
                 dtype = a
             else:
                 device = a
-        if device is not None:
-            as_device(device)  # only cpu exists so far; cuda raises a clear error
         out = self
-        if dtype is not None and _dt.as_dtype(dtype) != self.dtype:
+        if device is not None:
+            dev = as_device(device)
+            if dev != self.device:
+                from .ops.transfer import to_device
+
+                out = to_device(self, dev)
+                copy = False
+        if dtype is not None and _dt.as_dtype(dtype) != out.dtype:
             from .ops.basic import cast
 
-            out = cast(self, _dt.as_dtype(dtype))
+            out = cast(out, _dt.as_dtype(dtype))
         elif copy:
-            out = self.clone()
+            out = out.clone()
         return out
 
     def float(self):
@@ -316,10 +334,10 @@ class Tensor:
         return self.to(other.dtype)
 
     def cpu(self):
-        return self
+        return self.to("cpu")
 
     def cuda(self, device=None):
-        as_device("cuda")
+        return self.to("cuda" if device is None else f"cuda:{device}" if isinstance(device, int) else device)
 
     def contiguous(self):
         return self if self._data.flags.c_contiguous else self.clone()
@@ -338,27 +356,27 @@ class Tensor:
         raise TypeError(f"unsupported format string {spec!r} for a Tensor of shape {self.shape}; use .item() or .tolist()")
 
     def new_tensor(self, data, dtype=None, requires_grad=False):
-        return tensor(data, dtype=dtype or self.dtype, requires_grad=requires_grad)
+        return tensor(data, dtype=dtype or self.dtype, requires_grad=requires_grad, device=self.device)
 
     def new_zeros(self, *size, dtype=None, requires_grad=False):
         from . import factories
 
-        return factories.zeros(*size, dtype=dtype or self.dtype, requires_grad=requires_grad)
+        return factories.zeros(*size, dtype=dtype or self.dtype, device=self.device, requires_grad=requires_grad)
 
     def new_ones(self, *size, dtype=None, requires_grad=False):
         from . import factories
 
-        return factories.ones(*size, dtype=dtype or self.dtype, requires_grad=requires_grad)
+        return factories.ones(*size, dtype=dtype or self.dtype, device=self.device, requires_grad=requires_grad)
 
     def new_empty(self, *size, dtype=None, requires_grad=False):
         from . import factories
 
-        return factories.empty(*size, dtype=dtype or self.dtype, requires_grad=requires_grad)
+        return factories.empty(*size, dtype=dtype or self.dtype, device=self.device, requires_grad=requires_grad)
 
     def new_full(self, size, fill_value, dtype=None, requires_grad=False):
         from . import factories
 
-        return factories.full(size, fill_value, dtype=dtype or self.dtype, requires_grad=requires_grad)
+        return factories.full(size, fill_value, dtype=dtype or self.dtype, device=self.device, requires_grad=requires_grad)
 
     # ---- in-place protocol ---------------------------------------------------------------
     def _inplace(self, compute):
@@ -395,7 +413,10 @@ class Tensor:
             )
         if out._data.dtype != self._data.dtype and not np.can_cast(out._data.dtype, self._data.dtype, "same_kind"):
             raise RuntimeError(f"result type {out.dtype} can't be cast to the desired output type {self.dtype}")
-        np.copyto(self._data, out._data, casting="unsafe")
+        if self._data.__class__ is np.ndarray:
+            np.copyto(self._data, out._data, casting="unsafe")
+        else:
+            self._data[...] = out._data
         self._bump_version()
         if _hooks.inplace is not None:
             _hooks.inplace(self, out)

@@ -67,7 +67,10 @@ class Program:
     def __call__(self, *args, **kwargs):
         arrays = self._bind(args, kwargs)
         outs = self._executor.run(arrays)
-        res = tuple(ember.from_numpy(np.asarray(o)) for o in outs)
+        if self.device.type == "cpu":
+            res = tuple(ember.from_numpy(np.asarray(o)) for o in outs)
+        else:
+            res = tuple(ember.Tensor._wrap(o) for o in outs)
         return res[0] if len(res) == 1 else res
 
     def run(self, inputs: dict) -> dict:
@@ -75,6 +78,8 @@ class Program:
         (checked against the signature); returns output name -> array. No Tensor wrapping: what a
         server calls."""
         outs = self._executor.run(self._bind((), inputs))
+        if self.device.type != "cpu":
+            outs = [o if o.__class__ is np.ndarray else o.get() for o in outs]
         return {name: np.asarray(o) for name, o in zip(self.graph.outputs, outs)}
 
     def _bind(self, args, kwargs) -> dict:
@@ -116,7 +121,16 @@ class Program:
                     raise ValueError(f"input {name!r}: dim {i} ({s!r}) is {d}, but {s!r} is {size} in input {where!r}")
             elif d != s:
                 raise ValueError(f"input {name!r}: dim {i} must be {s} {_fmt(shape)}, got shape {a.shape}")
-        return np.asarray(a, order="C")  # (ascontiguousarray would make a 0-d input 1-d)
+        if self.device.type == "cpu":
+            if a.__class__ is not np.ndarray:
+                raise TypeError(f"input {name!r} is on {x.device}, but this program runs on cpu; "
+                                f"move the input with .cpu() or the program with .to({str(x.device)!r})")
+            return np.asarray(a, order="C")  # (ascontiguousarray would make a 0-d input 1-d)
+        if a.__class__ is np.ndarray:  # host data for a CUDA program: copied to the device
+            from ember.cuda import _backend
+
+            return _backend().to_device(a)
+        return a
 
 
 def _fmt(shape):

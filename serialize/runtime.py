@@ -12,6 +12,11 @@ from ember.ops.registry import get_op
 
 from .ir import Graph, _sym_refs
 
+# On CUDA these run on the host: shape arithmetic on python ints (sym_*) and the ops without tensor
+# inputs, whose (small) results are copied to the device.
+_HOST_OPS = frozenset(("sym_size", "sym_arith"))
+_UPLOADED_OPS = frozenset(("full", "arange"))
+
 
 class Executor:
     """A compiled schedule for one graph on one device."""
@@ -19,6 +24,12 @@ class Executor:
     def __init__(self, graph: Graph, device: str = "cpu"):
         self.graph = graph
         self.device = device
+        self.constants = graph.constants
+        if device == "cuda":
+            from ember.cuda import _backend
+
+            up = _backend().to_device
+            self.constants = {k: up(v) for k, v in graph.constants.items()}
         last_use = {}
         for i, n in enumerate(graph.nodes):
             for name in list(n.inputs) + list(_sym_refs(n.attrs)):
@@ -27,9 +38,7 @@ class Executor:
         steps = []
         for i, n in enumerate(graph.nodes):
             op = get_op(n.op)
-            fn = op.kernels.get(device)
-            if fn is None:
-                raise NotImplementedError(f"op {n.op!r} has no kernel for device {device!r}")
+            fn = _kernel_for(op, device)
             frees = tuple(name for name in dict.fromkeys(list(n.inputs) + list(_sym_refs(n.attrs)))
                           if last_use.get(name) == i and name not in keep)
             has_sym = any(True for _ in _sym_refs(n.attrs))
@@ -38,7 +47,7 @@ class Executor:
 
     def run(self, inputs: dict) -> list:
         """``inputs``: graph input name -> array. Returns the output arrays in graph order."""
-        env = dict(self.graph.constants)
+        env = dict(self.constants)
         env.update(inputs)
         for fn, ins, attrs, has_sym, outs, multi, frees in self._steps:
             if has_sym:
@@ -52,6 +61,22 @@ class Executor:
             for name in frees:
                 del env[name]
         return [env[name] for name in self.graph.outputs]
+
+
+def _kernel_for(op, device):
+    fn = op.kernels.get(device)
+    if device == "cuda" and fn is None:
+        cpu = op.kernels.get("cpu")
+        if op.name in _HOST_OPS:
+            return cpu
+        if op.name in _UPLOADED_OPS:
+            from ember.cuda import _backend
+
+            up = _backend().to_device
+            return lambda *a, **kw: up(cpu(*a, **kw))
+    if fn is None:
+        raise NotImplementedError(f"op {op.name!r} has no kernel for device {device!r}; it has: {sorted(op.kernels)}")
+    return fn
 
 
 def _resolve(obj, env):

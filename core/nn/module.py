@@ -308,7 +308,7 @@ class Module(StateDictMixin):
             elif a is not None:
                 device = a
         if device is not None:
-            as_device(device)  # cpu only for now; "cuda" raises ember's not-built error
+            self._apply_device(as_device(device))
         if dtype is not None:
             dtype = _dt.as_dtype(dtype)
             if not dtype.is_floating_point:
@@ -325,12 +325,27 @@ class Module(StateDictMixin):
     def half(self):
         return self._apply_dtype(_dt.float16)
 
-    def cpu(self):
+    def _apply_device(self, dev):
+        """Move parameters (keeping the Parameter objects, which optimizers hold), their grads and buffers."""
+        with no_grad():
+            for m in self.modules():
+                for p in m._parameters.values():
+                    if p is None or p.device == dev:
+                        continue
+                    p.data = p.data.to(dev)
+                    if p.grad is not None:
+                        p.grad = p.grad.to(dev)
+                for name, b in m._buffers.items():
+                    if b is not None and b.device != dev:
+                        m._buffers[name] = b.to(dev)
         return self
 
+    def cpu(self):
+        return self._apply_device(as_device("cpu"))
+
     def cuda(self, device=None):
-        as_device("cuda" if device is None else f"cuda:{device}" if isinstance(device, int) else device)
-        return self
+        return self._apply_device(as_device("cuda" if device is None else f"cuda:{device}" if isinstance(device, int)
+                                            else device))
 
     # ---- hooks and calling --------------------------------------------------------------
     def register_forward_pre_hook(self, hook, *, prepend=False, with_kwargs=False):

@@ -61,7 +61,8 @@ def _need_float(x, name):
 
 def _zero_grad(ctx, *grads):
     """Piecewise-constant ops (sign, floor, round, ...) have zero gradient, as in torch."""
-    return tuple(zeros(*s, dtype=d) if n else None
+    dev = grads[0].device if grads and grads[0] is not None else None
+    return tuple(zeros(*s, dtype=d, device=dev) if n else None
                  for s, d, n in zip(ctx.input_shapes, ctx.input_dtypes, ctx.needs_input_grad))
 
 

@@ -56,6 +56,16 @@ def _check_writeable(self, name):
 def _ufunc_inplace(self, ufunc, other, name, fn):
     """``self = ufunc(self, other)`` directly in self's storage (no autograd involved)."""
     o = other._data if other.__class__ is Tensor else other
+    if self._data.__class__ is not np.ndarray:  # CUDA: out of place, then copied into self's buffer
+        out = fn(self.detach(), other.detach() if isinstance(other, Tensor) else other)
+        if out.dtype != self.dtype and not np.can_cast(out._data.dtype, self._data.dtype, "same_kind"):
+            raise RuntimeError(f"{name}: result type {out.dtype} can't be cast to the desired output type {self.dtype}")
+        if out.shape != self.shape:
+            raise RuntimeError(f"{name}: output with shape {self.shape} doesn't match the broadcast shape {out.shape} "
+                               f"of the in-place op")
+        self._data[...] = out._data
+        self._bump_version()
+        return self
     try:
         with np.errstate(all="ignore"):
             ufunc(self._data, o, out=self._data, casting="same_kind")
@@ -89,8 +99,11 @@ def _make_binary_inplace(fn, ufunc, name, with_alpha):
         _check_writeable(self, name)
         if not _tracked(self, other):
             if alpha != 1:
-                other = other._data * alpha if other.__class__ is Tensor else other * alpha
-                other = Tensor._wrap(np.asarray(other))
+                if other.__class__ is Tensor and other.is_cuda:
+                    other = other.detach() * alpha
+                else:
+                    other = other._data * alpha if other.__class__ is Tensor else other * alpha
+                    other = Tensor._wrap(np.asarray(other))
             return _ufunc_inplace(self, ufunc, other, name, fn)
         if alpha != 1:
             return self._inplace(lambda src: fn(src, other, alpha=alpha))
@@ -117,7 +130,9 @@ def _overwrite(src, value: Tensor):
     snapshot), that history gets a zero gradient, torch's rule for fill_/zero_/copy_ on a non-leaf."""
     value = value.to(src.dtype) if value.dtype != src.dtype else value
     if is_grad_enabled() and src._requires_grad:
-        return E.where(Tensor._wrap(np.zeros(src.shape, bool)), src, value)
+        from ..factories import zeros
+
+        return E.where(zeros(*src.shape, dtype=bool, device=src.device), src, value)
     out = expand(value, src.shape)
     return out.clone() if out is value else out  # a node of its own, so the gradient reaches `value`
 
@@ -134,7 +149,10 @@ def _assign(self, value: Tensor, name):
             )
     _check_writeable(self, name)
     if not _tracked(self, value):
-        np.copyto(self._data, value._data, casting="unsafe")
+        if self._data.__class__ is not np.ndarray:  # on CUDA: from a CUDA array, a host array or a scalar
+            self._data[...] = value._data
+        else:
+            np.copyto(self._data, value._host(), casting="unsafe")
         self._bump_version()
         return self
     return self._inplace(lambda src: _overwrite(src, value))

@@ -130,8 +130,10 @@ def apply(op, *inputs, **attrs):
     for a in arrays:
         if a.__class__ is not _ndarray:  # another device's array: check they all agree
             _check_devices(op, inputs)
+            device_type = "cuda"
             break
-    device_type = inputs[0].device.type if inputs else "cpu"
+    else:
+        device_type = "cpu"
     if op.shape is not None:
         op.shape(*[a.shape for a in arrays], **attrs)
     fn = op.kernels.get(device_type)
@@ -179,9 +181,14 @@ def _record(op, inputs, arrays, attrs, outs, needs):
 
 
 def _check_devices(op, inputs):
-    dev = inputs[0].device
+    """All inputs on one device; a 0-d CPU tensor (a python scalar operand) may join CUDA tensors, as in torch."""
+    dev = None
     for t in inputs:
-        if t.device != dev:
+        if t._data.__class__ is not _ndarray:
+            dev = t.device
+            break
+    for t in inputs:
+        if t.device != dev and not (t._data.__class__ is _ndarray and t._data.ndim == 0):
             raise RuntimeError(
                 f"{op.name}: expected all tensors to be on the same device, but found at least two devices, "
                 f"{dev} and {t.device}"

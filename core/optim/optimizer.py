@@ -49,6 +49,16 @@ def fused_update(kernel, param: Tensor, grad: np.ndarray, states, scalars, flags
         raise RuntimeError(
             f"optimizer step: gradient has shape {grad.shape} but its parameter has shape {pa.shape}"
         )
+    if pa.__class__ is not np.ndarray:  # a CUDA parameter: the same update as a CUDA kernel
+        if grad.__class__ is np.ndarray or any(s is not None and s.__class__ is np.ndarray for s in states):
+            raise RuntimeError(f"optimizer step: a parameter on {param.device} has its gradient or state on the cpu; "
+                               f"move the model with .to(device) before creating the optimizer, or load its state "
+                               f"after moving")
+        from ..backends.cuda.optim_kernels import fused_update as cuda_update
+
+        cuda_update(kernel, pa, grad, states, scalars, flags)
+        param._bump_version()
+        return
     if not pa.flags.writeable:
         raise RuntimeError(
             f"optimizer step: a parameter of shape {pa.shape} is read-only (e.g. memory-mapped from a file); "
@@ -79,6 +89,10 @@ def fused_update(kernel, param: Tensor, grad: np.ndarray, states, scalars, flags
 
 def zeros_state(param: Tensor) -> Tensor:
     """A zero state buffer shaped and typed like ``param`` (C-contiguous, as kernels want)."""
+    if param._data.__class__ is not np.ndarray:
+        from ..factories import zeros
+
+        return zeros(*param.shape, dtype=param.dtype, device=param.device)
     return Tensor._wrap(np.zeros(param._data.shape, dtype=param._data.dtype))
 
 
@@ -305,7 +319,10 @@ def _load_state_value(p: Tensor, idx: int, key: str, value):
             f"but the parameter has shape {tuple(p._data.shape)}"
         )
     dtype = p._data.dtype if arr.dtype.kind == "f" else arr.dtype
-    return Tensor._wrap(np.array(arr, dtype=dtype, order="C"))
+    if arr.__class__ is not np.ndarray:  # saved from a CUDA run
+        arr = arr.get()
+    out = Tensor._wrap(np.array(arr, dtype=dtype, order="C"))
+    return out if p.device.type == "cpu" else out.to(p.device)
 
 
 _SET_ERROR = (
