@@ -312,7 +312,7 @@ def one_hot(x: Tensor, num_classes: int = -1) -> Tensor:
     if num_classes == -1:
         if x.numel() == 0:
             raise RuntimeError("one_hot: can not infer the total number of classes from an empty tensor")
-        num_classes = int(x._data.max()) + 1
+        num_classes = int(x.max().item()) + 1
     return apply(_one_hot, x, num_classes=int(num_classes))
 
 

@@ -47,7 +47,7 @@ def _as_index_tensor(a, op_name) -> Tensor:
             f"(shape {a.shape})"
         )
     if a._data.dtype == np.uint8:  # torch reads uint8 indices as masks
-        a = Tensor._wrap(a._data.astype(bool))
+        a = Tensor._wrap(a._data.astype(bool)) if a._data.__class__ is np.ndarray else a.detach() != 0
     return a
 
 
@@ -213,8 +213,16 @@ def _single_int_index(shape, items, arrays):
     return d, arrays[0]
 
 
+def _on_device_of(x: Tensor, tensors):
+    """Index tensors built from python lists / numpy arrays live on the CPU: move them to a CUDA ``x``'s device."""
+    if not tensors or not x.is_cuda:
+        return tensors
+    return [t if t.device == x.device else t.to(x.device) for t in tensors]
+
+
 def getitem(x: Tensor, index) -> Tensor:
     items, tensors = encode_index(index)
+    tensors = _on_device_of(x, tensors)
     if tensors:
         if any(t._data.dtype == np.bool_ for t in tensors):
             x, items, tensors = masks_to_positions(x, items, tensors, "getitem")
@@ -311,6 +319,7 @@ def _private_version(t: Tensor) -> Tensor:
 def setitem(x: Tensor, index, value) -> None:
     """``x[index] = value``: in place; under autograd through ``Tensor._inplace`` and ``index_put``."""
     items, tensors = encode_index(index, "setitem")
+    tensors = _on_device_of(x, tensors)
     v = _value_tensor(value, x.dtype, "setitem")
     if is_grad_enabled() and (x.requires_grad or v.requires_grad):
         if v.dtype != x.dtype:
@@ -323,6 +332,11 @@ def setitem(x: Tensor, index, value) -> None:
         return
     if _hooks.setitem is not None:
         _hooks.setitem(x, items, v, tensors)
+    if x.is_cuda:  # out of place on the device, then copied into x's own buffer (reshapes of x see it)
+        v = v.to(device=x.device, dtype=x.dtype)
+        x._data[...] = apply(_index_put, x, v, *tensors, index=items)._data
+        x._bump_version()
+        return
     if not x._data.flags.writeable:
         raise RuntimeError(
             "setitem: unsupported operation: the written-to tensor is read-only memory (e.g. an expand()ed tensor, "

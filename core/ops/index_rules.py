@@ -96,7 +96,8 @@ def masks_to_positions(x, items, tensors, op_name):
         elif a.ndim == 0:
             x = x.reshape(x.shape[:d] + (1,) + x.shape[d:])
             new_items.append(TENSOR)
-            new_tensors.append(Tensor._wrap(np.zeros(1 if a else 0, np.int64)))
+            keep = bool(a) if a.__class__ is np.ndarray else bool(t.item())
+            new_tensors.append(Tensor._wrap(np.zeros(1 if keep else 0, np.int64)).to(x.device))
             d += 1
         else:
             if a.shape != x.shape[d:d + a.ndim]:

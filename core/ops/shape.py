@@ -63,7 +63,7 @@ def reshape(x: Tensor, *shape) -> Tensor:
 def view(x: Tensor, *shape) -> Tensor:
     """Like reshape, but refuses (as torch does) when the new shape cannot share the tensor's memory."""
     out = reshape(x, *shape)
-    if out._data.size and not np.may_share_memory(out._data, x._data):
+    if out._data.__class__ is np.ndarray and out._data.size and not np.may_share_memory(out._data, x._data):
         raise RuntimeError(
             f"view size is not compatible with input tensor's size and stride (shape {x.shape} -> "
             f"{tuple(out.shape)} needs a copy of this non-contiguous tensor). Use .reshape(...) instead."

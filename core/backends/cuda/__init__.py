@@ -1,27 +1,22 @@
 """The CUDA backend: numba.cuda kernels registered as the ``"cuda"`` kernels of the op registry.
 
 Imported on first use (``ember.cuda._backend()``, reached through ``as_device("cuda")``), never by
-``import ember``. Each ``*_kernels.py`` module registers its ops with ``@kernel(name, "cuda")``;
+``import ember``. Each ``*_kernels.py`` module (all are imported) registers its ops with
+``@kernel(name, "cuda")``;
 ``launch.py`` holds the shared launch helpers and the elementwise engine, ``array.py`` the array type.
 An op without a CUDA kernel raises the registry's "no kernel for device 'cuda'" error naming the op.
 """
 from __future__ import annotations
 
 import importlib
+import pkgutil
 
 from .array import CUDA0, CudaArray, empty, from_host  # noqa: F401
 
-_MODULES = (
-    "elementwise_kernels", "shape_kernels", "index_kernels", "reduce_kernels", "matmul_kernels", "conv_kernels",
-    "pool_kernels", "norm_kernels", "loss_kernels", "optim_kernels", "int8_kernels",
-)
-
+# every ``*_kernels.py`` module here registers one family of ops
+_MODULES = sorted(m.name for m in pkgutil.iter_modules(__path__) if m.name.endswith("_kernels"))
 for _m in _MODULES:
-    try:
-        importlib.import_module(f"{__name__}.{_m}")
-    except ModuleNotFoundError as e:  # a kernel family not written yet: its ops say so when called
-        if e.name != f"{__name__}.{_m}":
-            raise
+    importlib.import_module(f"{__name__}.{_m}")
 
 
 def to_device(a) -> CudaArray:

@@ -277,6 +277,10 @@ def cast(a: CudaArray, dtype) -> CudaArray:
         return a.copy()
     if dtype.kind == "b":
         return _to_bool(a, dtype)
+    if a.dtype.kind == "f" and dtype.kind in "iu" and dtype.itemsize < 8:
+        # numpy (on x86) wraps out-of-range floats like an int64 conversion then truncation; a GPU's direct
+        # float -> uint8 conversion saturates instead: go through int64 to get numpy's values
+        return _copy(_copy(a, np.dtype(np.int64)), dtype)
     return _copy(a, dtype)
 
 
