@@ -70,7 +70,10 @@ class _BatchNorm(Module):
         factor = 0.0 if self.momentum is None else self.momentum
         if self.training and self.track_running_stats and self.num_batches_tracked is not None:
             nbt = self.num_batches_tracked
-            nbt._data += 1  # a step counter, not part of any graph
+            if nbt.is_cuda:
+                nbt._data[...] = (nbt.detach() + 1)._data  # a step counter, not part of any graph
+            else:
+                nbt._data += 1  # a step counter, not part of any graph
             nbt._bump_version()
             factor = 1.0 / float(nbt.item()) if self.momentum is None else self.momentum
         # eval mode uses the running statistics, unless the module keeps none

@@ -187,6 +187,11 @@ def _zero_point(op, zp, dtype, lo, hi, axis):
     """The zero point as a ``dtype`` tensor (shaped like the scale), after checking it lies in [lo, hi]:
     a cast would wrap an out-of-range value silently."""
     t = zp if isinstance(zp, Tensor) else None
+    if t is not None and t.is_cuda:  # its values stay on the device: reading them back would stall it
+        if t.dtype.name not in ("int8", "uint8", "int16", "int32", "int64"):
+            raise RuntimeError(f"{op}: zero_point must be an int or an integer tensor, got {t.dtype.name}")
+        t = t if t.dtype.name == dtype else t.to(dtype)
+        return t.reshape(()) if axis is None and t.ndim and t.numel() == 1 else t
     values = np.asarray(zp._data if t is not None else zp)
     if values.dtype.kind not in "iu":
         raise RuntimeError(f"{op}: zero_point must be an int or an integer tensor, got {values.dtype}")
@@ -202,12 +207,20 @@ def _zero_point(op, zp, dtype, lo, hi, axis):
     return t
 
 
+def _placed(x, *params):
+    """Per-channel parameters made from lists / numpy arrays live on the CPU: move them to a CUDA ``x``'s device
+    (0-d CPU tensors may join CUDA ones as they are)."""
+    if not x.is_cuda:
+        return params
+    return tuple(p.to(x.device) if p.ndim and p.device != x.device else p for p in params)
+
+
 def quantize_per_tensor(input, scale, zero_point, dtype):
     """uint8/int8 codes of ``input`` with one ``scale`` and ``zero_point`` (numbers or tensors)."""
     dt = _qdtype("quantize_per_tensor", dtype)
     s = _scale("quantize_per_tensor", scale, None)
     z = _zero_point("quantize_per_tensor", zero_point, dt, *QRANGES[dt], None)
-    return apply(_qpt, input, s, z, dtype=dt)
+    return apply(_qpt, input, *_placed(input, s, z), dtype=dt)
 
 
 def quantize_per_channel(input, scales, zero_points, axis, dtype):
@@ -216,7 +229,7 @@ def quantize_per_channel(input, scales, zero_points, axis, dtype):
     ax = norm_dim(axis, input.ndim, "quantize_per_channel")
     s = _scale("quantize_per_channel", scales, ax)
     z = _zero_point("quantize_per_channel", zero_points, dt, *QRANGES[dt], ax)
-    return apply(_qpc, input, s, z, axis=ax, dtype=dt)
+    return apply(_qpc, input, *_placed(input, s, z), axis=ax, dtype=dt)
 
 
 def dequantize(q, scale, zero_point, axis=None):
@@ -226,7 +239,7 @@ def dequantize(q, scale, zero_point, axis=None):
     ax = None if axis is None else norm_dim(axis, q.ndim, "dequantize")
     s = _scale("dequantize", scale, ax)
     z = _zero_point("dequantize", zero_point, q.dtype.name, *QRANGES[q.dtype.name], ax)
-    return apply(_deq, q, s, z, axis=ax)
+    return apply(_deq, q, *_placed(q, s, z), axis=ax)
 
 
 def fake_quantize_per_tensor_affine(input, scale, zero_point, quant_min, quant_max):
@@ -236,7 +249,7 @@ def fake_quantize_per_tensor_affine(input, scale, zero_point, quant_min, quant_m
     check_quant_range(op, quant_min, quant_max)
     s = _scale(op, scale, None)
     z = _zero_point(op, zero_point, "int32", int(quant_min), int(quant_max), None)
-    return apply(_fq, input, s, z, quant_min=int(quant_min), quant_max=int(quant_max), axis=None)
+    return apply(_fq, input, *_placed(input, s, z), quant_min=int(quant_min), quant_max=int(quant_max), axis=None)
 
 
 def fake_quantize_per_channel_affine(input, scale, zero_point, axis, quant_min, quant_max):
@@ -246,7 +259,7 @@ def fake_quantize_per_channel_affine(input, scale, zero_point, axis, quant_min, 
     ax = norm_dim(axis, input.ndim, op)
     s = _scale(op, scale, ax)
     z = _zero_point(op, zero_point, "int32", int(quant_min), int(quant_max), ax)
-    return apply(_fq, input, s, z, quant_min=int(quant_min), quant_max=int(quant_max), axis=ax)
+    return apply(_fq, input, *_placed(input, s, z), quant_min=int(quant_min), quant_max=int(quant_max), axis=ax)
 
 
 __all__ = ["quantize_per_tensor", "quantize_per_channel", "dequantize", "fake_quantize_per_tensor_affine",
