@@ -287,8 +287,5 @@ def test_static_int8_cnn_on_cuda():
     want = q(x)
     q.to("cuda")
     assert q[0].weight.is_cuda and q[0].x_scale.is_cuda
-    # quantize_per_tensor / dequantize check zero points on the host (ops/quantized.py _zero_point reads their
-    # values), so until they accept CUDA tensors the 0-d zero points stay CPU tensors, as python numbers do
-    for layer in (q[0], q[2], q[4]):
-        layer.x_zero_point, layer.y_zero_point = layer.x_zero_point.cpu(), layer.y_zero_point.cpu()
+    assert q[0].x_zero_point.is_cuda
     exact(want, q(x.cuda()))
