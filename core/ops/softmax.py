@@ -111,7 +111,7 @@ def _logsumexp_cpu(x, dims=(), keepdim=False):
     if x.size == 0:
         return np.full(_lse_rule(x.shape, dims, keepdim), -np.inf, x.dtype)
     with np.errstate(all="ignore"):
-        m = np.max(x, axis=dims, keepdims=True)
+        m = np.array(np.max(x, axis=dims, keepdims=True))
         m[~np.isfinite(m)] = 0  # all -inf gives -inf, any +inf gives +inf
         out = np.log(np.sum(np.exp(x - m), axis=dims, keepdims=True)) + m
     return out if keepdim else out.reshape(_lse_rule(x.shape, dims, False))

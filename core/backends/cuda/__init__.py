@@ -11,7 +11,7 @@ from __future__ import annotations
 import importlib
 import pkgutil
 
-from .array import CUDA0, CudaArray, empty, from_host  # noqa: F401
+from .array import CudaArray, from_host
 
 # every ``*_kernels.py`` module here registers one family of ops
 _MODULES = sorted(m.name for m in pkgutil.iter_modules(__path__) if m.name.endswith("_kernels"))

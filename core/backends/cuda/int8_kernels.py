@@ -443,6 +443,3 @@ def _dql(x, w, w_scale, bias=None, *, relu=False):
     _quantize_dynamic_k[blocks(size), TPB](x.d, qs.d, qz.d, xq.d, size)
     _, f1, f2 = channel_params(n, MODE_DEQUANT, qs, w_scale, qs, bias)
     return gemm(xq, k, qz, w, size // k, n, k, 1, 1, MODE_DEQUANT, out, None, f1, f2, None, relu)
-
-
-from . import int8_conv_kernels  # noqa: E402,F401 (registers the static int8 layer ops, which use the GEMM above)

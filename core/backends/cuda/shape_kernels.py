@@ -367,6 +367,3 @@ def _cumsum(x, dim=0, reverse=False, dtype=None):
     else:
         _block_scan(acc)[rows, TPB](x.d, out.d, length, inner, bool(reverse), acc.type(0))
     return out
-
-
-from . import getitem_kernels  # noqa: E402,F401  (registers getitem and getitem_backward)
