@@ -12,7 +12,6 @@ from .. import factories as _factories
 from ..autograd.grad_mode import no_grad
 from ..backends.cpu import norm_kernels as K
 from ..backends.cpu.jit import f32c
-from ..tensor import Tensor
 from .registry import apply, backward, kernel, register_op
 from .util import prod
 
@@ -160,10 +159,10 @@ def _bn_backward(ctx, g, x, mean, var, w, training, need=None):
 
 # ---- public batch_norm -----------------------------------------------------------------------------
 
-def _param_or(t, fill, c, dtype):
+def _param_or(t, fill, c, dtype, device=None):
     if t is not None:
         return t
-    return Tensor._wrap(np.full(c, fill, dtype=dtype))
+    return _factories.full((c,), fill, dtype=dtype, device=device)
 
 
 def _check_stat(name, t, c, shape):
@@ -184,9 +183,8 @@ def batch_norm(input, running_mean, running_var, weight=None, bias=None, trainin
     c = input.shape[1]
     for name, t in (("running_mean", running_mean), ("running_var", running_var), ("weight", weight), ("bias", bias)):
         _check_stat(name, t, c, input.shape)
-    npd = input._data.dtype
-    w = _param_or(weight, 1.0, c, npd)
-    b = _param_or(bias, 0.0, c, npd)
+    w = _param_or(weight, 1.0, c, input.dtype, input.device)
+    b = _param_or(bias, 0.0, c, input.dtype, input.device)
     if not training:
         if running_mean is None or running_var is None:
             raise RuntimeError(
@@ -205,17 +203,23 @@ def batch_norm(input, running_mean, running_var, weight=None, bias=None, trainin
         m = float(momentum)
         with no_grad():
             if running_mean is not None:
-                _ema_(running_mean, mean._data, m)
+                _ema_(running_mean, mean, m)
             if running_var is not None:
-                _ema_(running_var, var._data * (count / (count - 1)), m)
+                _ema_(running_var, var, m, count / (count - 1))
     return y
 
 
-def _ema_(stat, value, momentum):
-    """stat = (1 - momentum) * stat + momentum * value, written into stat's buffer."""
+def _ema_(stat, value, momentum, factor=1.0):
+    """stat = (1 - momentum) * stat + momentum * factor * value, written into stat's buffer."""
     buf = stat._data
-    new = (1.0 - momentum) * buf.astype(np.float64) + momentum * value.astype(np.float64)
-    np.copyto(buf, new, casting="unsafe")
+    if buf.__class__ is not np.ndarray:  # CUDA: the same update with device ops (float32 arithmetic)
+        if value.device != stat.device:
+            raise RuntimeError(f"batch_norm: running statistics are on {stat.device} but the input is on "
+                               f"{value.device}; move the module with .to(device)")
+        buf[...] = (stat.detach() * (1.0 - momentum) + value.detach() * (momentum * factor))._data
+    else:
+        new = (1.0 - momentum) * buf.astype(np.float64) + momentum * (value._data.astype(np.float64) * factor)
+        np.copyto(buf, new, casting="unsafe")
     stat._bump_version()
 
 
@@ -313,9 +317,8 @@ def layer_norm(input, normalized_shape, weight=None, bias=None, eps=1e-5):
     normalized_shape = tuple(int(s) for s in normalized_shape)
     if not input.is_floating_point():
         raise TypeError(f"layer_norm: expected a floating point input, got {input.dtype}")
-    npd = input._data.dtype
-    w = weight if weight is not None else Tensor._wrap(np.ones(normalized_shape, dtype=npd))
-    b = bias if bias is not None else Tensor._wrap(np.zeros(normalized_shape, dtype=npd))
+    w = weight if weight is not None else _factories.ones(*normalized_shape, dtype=input.dtype, device=input.device)
+    b = bias if bias is not None else _factories.zeros(*normalized_shape, dtype=input.dtype, device=input.device)
     return apply(_ln, input, w, b, normalized_shape=normalized_shape, eps=float(eps))[0]
 
 
@@ -342,8 +345,8 @@ def group_norm(input, num_groups, weight=None, bias=None, eps=1e-5):
             f"with {num_groups} groups"
         )
     # through the factories, so a traced batch size stays symbolic instead of baking n * num_groups in
-    ones = _factories.ones(n * num_groups, dtype=input.dtype)
-    zeros = _factories.zeros(n * num_groups, dtype=input.dtype)
+    ones = _factories.ones(n * num_groups, dtype=input.dtype, device=input.device)
+    zeros = _factories.zeros(n * num_groups, dtype=input.dtype, device=input.device)
     y = apply(_bn_train, grouped, ones, zeros, eps=float(eps))[0].reshape(input.shape)
     cshape = _channel_shape(c, input.ndim)
     if weight is not None:
