@@ -7,20 +7,20 @@ import ember
 import ember.nn as nn
 import ember.nn.functional as F
 from ember.data import DataLoader, TensorDataset
-from tests.reference_models import CNN, MLP
+from tests.reference_models import MLP
 
 RNG = np.random.default_rng(0)
 
 
-def _train(make, x, y, device, opt_fn, steps=3, loss_fn=F.cross_entropy):
+def _train(make, x, y, device, opt_fn, steps=3, loss_fn=F.cross_entropy, dtype=ember.float32):
     ember.manual_seed(0)
-    model = make().to(device)
+    model = make().to(device, dtype)
     opt = opt_fn(model.parameters())
     loader = DataLoader(TensorDataset(x, y), batch_size=4, shuffle=True, generator=ember.Generator().manual_seed(1))
     losses = []
     model.train()
     for step, (xb, yb) in zip(range(steps), loader):
-        xb, yb = xb.to(device), yb.to(device)
+        xb, yb = xb.to(device, dtype), yb.to(device)
         opt.zero_grad()
         loss = loss_fn(model(xb), yb)
         loss.backward()
@@ -41,6 +41,20 @@ def _compare(make, x, y, opt_fn, rtol=2e-4, atol=2e-5, **kw):
     return mg
 
 
+class SmallCNN(nn.Module):
+    """Conv + BatchNorm + ReLU + max pool + Linear, small enough for the CUDA simulator."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv, self.bn1 = nn.Conv2d(2, 3, 3, padding=1), nn.BatchNorm2d(3)
+        self.pool = nn.MaxPool2d(2)
+        self.fc = nn.Linear(3 * 3 * 3, 4)
+
+    def forward(self, x):
+        x = self.pool(F.relu(self.bn1(self.conv(x))))
+        return self.fc(x.reshape(x.shape[0], -1))
+
+
 _OPTS = {
     "sgd_momentum": lambda p: ember.optim.SGD(p, lr=0.1, momentum=0.9, nesterov=True, weight_decay=1e-3),
     "adam": lambda p: ember.optim.Adam(p, lr=0.01),
@@ -49,22 +63,29 @@ _OPTS = {
 }
 
 
-@pytest.mark.parametrize("opt", sorted(_OPTS))
+@pytest.mark.parametrize("opt", ["sgd_momentum", "adamw_amsgrad", "rmsprop_centered"])
 def test_mlp_trains_the_same_on_cuda(opt):
+    # float64, so summation-order differences between the devices stay far below the tolerance
+    x = ember.from_numpy(RNG.standard_normal((12, 20)))
+    y = ember.from_numpy(RNG.integers(0, 6, 12))
+    _compare(MLP, x, y, _OPTS[opt], rtol=1e-9, atol=1e-11, dtype=ember.float64)
+
+
+def test_mlp_trains_the_same_on_cuda_in_float32():
     x = ember.from_numpy(RNG.standard_normal((12, 20)).astype(np.float32))
     y = ember.from_numpy(RNG.integers(0, 6, 12))
-    _compare(MLP, x, y, _OPTS[opt])
+    _compare(MLP, x, y, _OPTS["adam"])
 
 
 def test_cnn_trains_the_same_on_cuda_and_keeps_running_stats():
-    x = ember.from_numpy(RNG.standard_normal((8, 3, 8, 8)).astype(np.float32))
-    y = ember.from_numpy(RNG.integers(0, 10, 8))
-    mg = _compare(CNN, x, y, _OPTS["sgd_momentum"], steps=2)
+    x = ember.from_numpy(RNG.standard_normal((8, 2, 6, 6)).astype(np.float32))
+    y = ember.from_numpy(RNG.integers(0, 4, 8))
+    mg = _compare(SmallCNN, x, y, _OPTS["sgd_momentum"], steps=2)
     assert mg.bn1.running_mean.is_cuda and int(mg.bn1.num_batches_tracked.item()) == 2
     mg.eval()
     with ember.no_grad():
         out = mg(x[:3].cuda())
-    assert out.is_cuda and out.shape == (3, 10)
+    assert out.is_cuda and out.shape == (3, 4)
 
 
 def test_optimizer_state_dict_round_trip_on_cuda():

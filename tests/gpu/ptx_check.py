@@ -1,0 +1,96 @@
+"""Compile every CUDA kernel that ``tests/gpu`` launches to PTX for a real GPU, on a machine without one.
+
+The CUDA simulator runs kernels as Python, so it never sees numba-cuda's typing and lowering rules
+(a shared-array shape that is not a compile-time constant, an int stored into a bool array...). This
+script runs the tests with device memory faked by host arrays and every launch replaced by a
+``cuda.compile_ptx`` of the kernel for the launch's argument types (compute capability 9.0, an H100),
+then lists the kernels that did not compile. The tests' own results mean nothing in this mode (the
+kernels do not run); only the compile report counts. It needs numba-cuda's NVVM library:
+
+    pip install --target /tmp/nvsite nvidia-nvvm nvidia-cuda-nvrtc    # once, outside the venv
+    LD_LIBRARY_PATH=/tmp/nvsite/nvidia/cu13/lib PYTHONPATH=/tmp/nvsite python tests/gpu/ptx_check.py [-k expr]
+"""
+from __future__ import annotations
+
+import os
+import sys
+
+import numpy as np
+
+os.environ.pop("NUMBA_ENABLE_CUDASIM", None)
+
+import numba  # noqa: E402
+from numba import cuda  # noqa: E402
+from numba.cuda import dispatcher as _disp  # noqa: E402
+
+
+class HostArray(np.ndarray):
+    """A host array standing in for a device array (the methods ember's CUDA backend calls)."""
+
+    def copy_to_device(self, src, stream=0):
+        self[...] = np.asarray(src).reshape(self.shape)
+
+    def copy_to_host(self, ary=None, stream=0):
+        return np.array(self)
+
+
+def _device_array(shape, dtype=np.float64, **_):
+    return np.zeros(shape, dtype).view(HostArray)
+
+
+cuda.device_array = _device_array
+cuda.to_device = lambda a, **_: np.array(a).view(HostArray)
+cuda.is_available = lambda: True
+cuda.synchronize = lambda: None
+
+_DONE: dict = {}
+_ERRORS: dict = {}
+
+
+class _Launch:
+    def __init__(self, dispatcher):
+        self.dispatcher = dispatcher
+
+    def __call__(self, *args):
+        argtys = tuple(numba.typeof(a) for a in args)
+        key = (id(self.dispatcher), argtys)
+        if key in _DONE:
+            return
+        fn = self.dispatcher.py_func
+        name = f"{fn.__module__}.{fn.__qualname__}"
+        try:
+            cuda.compile_ptx(fn, argtys, cc=(9, 0))
+            _DONE[key] = True
+        except Exception as e:  # a typing or lowering error: what this script is for
+            _DONE[key] = False
+            _ERRORS.setdefault(name, (argtys, " ".join(str(e).split())[:600]))
+
+
+class _FakeDevice:
+    compute_capability = (9, 0)
+
+
+_disp.CUDADispatcher.__getitem__ = lambda self, cfg: _Launch(self)
+_disp.get_current_device = lambda: _FakeDevice()  # device functions compile for "the current device"
+
+
+def main(argv):
+    import pytest
+
+    import ember.cuda as ec
+
+    ec.device_count = lambda: 1
+    ec.get_device_name = lambda device=None: "PTX check (no GPU)"
+    here = os.path.dirname(os.path.abspath(__file__))
+    sys.path.insert(0, os.path.dirname(os.path.dirname(here)))  # the repo root, for tests.reference_models
+    paths = [a for a in argv if not a.startswith("-") and os.path.exists(a.split("::")[0])]
+    pytest.main(["-q", "-rN", "-p", "no:cacheprovider", "--tb=no", "-W", "ignore", *argv, *([] if paths else [here])])
+    ok = sum(1 for v in _DONE.values() if v)
+    print(f"\nPTX check: {ok} kernel specialisations compiled for sm_90, {len(_ERRORS)} kernels failed")
+    for name, (argtys, err) in sorted(_ERRORS.items()):
+        print(f"- {name}{argtys}:\n    {err}")
+    return 1 if _ERRORS else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
