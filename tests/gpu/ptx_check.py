@@ -51,7 +51,10 @@ class _Launch:
     def __init__(self, dispatcher):
         self.dispatcher = dispatcher
 
+    count = 0  # launches seen (benchmarks/cuda_launches.py counts a training step's)
+
     def __call__(self, *args):
+        _Launch.count += 1
         argtys = tuple(numba.typeof(a) for a in args)
         key = (id(self.dispatcher), argtys)
         if key in _DONE:
