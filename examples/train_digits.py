@@ -48,22 +48,23 @@ class DigitsCNN(nn.Module):
         return self.classifier(self.features(x))
 
 
-def evaluate(model, loader):
+def evaluate(model, loader, device="cpu"):
     model.eval()
     correct = total = 0
     with ember.no_grad():
         for x, y in loader:
+            x, y = x.to(device), y.to(device)
             correct += (model(x).argmax(dim=1) == y).sum().item()
             total += len(y)
     return correct / total
 
 
-def train(epochs=15, batch_size=32, lr=0.05, seed=0, progress=True):
+def train(epochs=15, batch_size=32, lr=0.05, seed=0, progress=True, device="cpu"):
     ember.manual_seed(seed)
     train_set, test_set = digits("train"), digits("test")
     train_loader = DataLoader(train_set, batch_size=batch_size, shuffle=True, generator=ember.Generator(seed))
     test_loader = DataLoader(test_set, batch_size=256)
-    model = DigitsCNN()
+    model = DigitsCNN().to(device)
     opt = ember.optim.SGD(model.parameters(), lr=lr, momentum=0.9, weight_decay=1e-4)
     sched = ember.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=epochs)
     for epoch in range(epochs):
@@ -72,6 +73,7 @@ def train(epochs=15, batch_size=32, lr=0.05, seed=0, progress=True):
         loss_sum = 0.0
         bar = tqdm(train_loader, desc=f"epoch {epoch + 1}/{epochs}", leave=False, disable=not progress)
         for x, y in bar:
+            x, y = x.to(device), y.to(device)
             logits = model(x)
             loss = F.cross_entropy(logits, y)
             opt.zero_grad()
@@ -85,7 +87,8 @@ def train(epochs=15, batch_size=32, lr=0.05, seed=0, progress=True):
         sched.step()
         if progress:
             tqdm.write(f"epoch {epoch + 1:2d}  loss {loss_sum / seen:.4f}  train acc {correct / seen:.4f}")
-    return model, evaluate(model, test_loader)
+    acc = evaluate(model, test_loader, device)
+    return model.cpu(), acc  # traced, exported and quantized on the CPU
 
 
 def save_program(model, path, accuracy):
@@ -168,9 +171,10 @@ def main():
     ap.add_argument("--out", default="digits_cnn.ember", help="where to save the traced model")
     ap.add_argument("--port", type=int, default=8000, help="port of the demo server on 127.0.0.1")
     ap.add_argument("--no-serve", action="store_true", help="stop after saving, exporting and quantizing")
+    ap.add_argument("--device", default="cpu", help="train on 'cpu' or 'cuda' (needs ember[cuda] and a GPU)")
     args = ap.parse_args()
     t0 = time.perf_counter()
-    model, acc = train(args.epochs, args.batch_size, args.lr, args.seed)
+    model, acc = train(args.epochs, args.batch_size, args.lr, args.seed, device=args.device)
     print(f"test accuracy: {acc:.4f}  ({time.perf_counter() - t0:.1f} s, ember {ember.__version__})")
     program, saved = save_program(model, args.out, acc)
     print(f"saved the traced model to {saved}")
