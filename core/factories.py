@@ -46,6 +46,20 @@ def _make(arr, dtype, device, requires_grad):
     return t
 
 
+def _filled(shape, value, npdt, device, requires_grad):
+    """A constant tensor; on CUDA filled by a kernel on the device (no host buffer, no copy)."""
+    dev = as_device(device)
+    if dev.type != "cuda":
+        return None
+    from .cuda import _backend
+
+    _backend()
+    from .backends.cuda.launch import full as cuda_full
+
+    t = Tensor._wrap(cuda_full(shape, value, npdt))
+    return t.requires_grad_(True) if requires_grad else t
+
+
 def _np(dtype, default=_dt.float32):
     return (_dt.as_dtype(dtype) if dtype is not None else default).np
 
@@ -53,18 +67,24 @@ def _np(dtype, default=_dt.float32):
 def zeros(*size, dtype=None, device=None, requires_grad=False):
     if _symbolic(size):
         return _hooks.factory("zeros", size, dict(dtype=dtype, requires_grad=requires_grad))
+    if device is not None and (t := _filled(_shape(size), 0, _np(dtype), device, requires_grad)) is not None:
+        return t
     return _make(np.zeros(_shape(size), _np(dtype)), None, device, requires_grad)
 
 
 def ones(*size, dtype=None, device=None, requires_grad=False):
     if _symbolic(size):
         return _hooks.factory("ones", size, dict(dtype=dtype, requires_grad=requires_grad))
+    if device is not None and (t := _filled(_shape(size), 1, _np(dtype), device, requires_grad)) is not None:
+        return t
     return _make(np.ones(_shape(size), _np(dtype)), None, device, requires_grad)
 
 
 def empty(*size, dtype=None, device=None, requires_grad=False):
     if _symbolic(size):
         return _hooks.factory("empty", size, dict(dtype=dtype, requires_grad=requires_grad))
+    if device is not None and (t := _filled(_shape(size), 0, _np(dtype), device, requires_grad)) is not None:
+        return t
     return _make(np.empty(_shape(size), _np(dtype)), None, device, requires_grad)
 
 
@@ -73,6 +93,8 @@ def full(size, fill_value, dtype=None, device=None, requires_grad=False):
         return _hooks.factory("full", (size, fill_value), dict(dtype=dtype, requires_grad=requires_grad))
     if dtype is None:
         dtype = _dt.scalar_dtype(fill_value)
+    if device is not None and (t := _filled(_shape((size,)), fill_value, _np(dtype), device, requires_grad)) is not None:
+        return t
     return _make(np.full(_shape((size,)), fill_value, _np(dtype)), None, device, requires_grad)
 
 
