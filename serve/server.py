@@ -46,7 +46,9 @@ def banner(state, url) -> str:
         sig = ", ".join(f"{s.name}: {s.datatype}{list(s.shape)}" for s in m.inputs)
         out = ", ".join(f"{s.name}: {s.datatype}{list(s.shape)}" for s in m.outputs)
         batching = f"batching up to {b.max_rows}" if b.batching else "not batched"
-        lines.append(f"  {name} v{','.join(sorted(e.versions, key=int))} [{m.platform}, {batching}]: ({sig}) -> ({out})")
+        dev = getattr(getattr(m, "program", None), "device", None)
+        where = f" on {dev}" if dev is not None and dev.type != "cpu" else ""
+        lines.append(f"  {name} v{','.join(sorted(e.versions, key=int))} [{m.platform}{where}, {batching}]: ({sig}) -> ({out})")
     for name, err in sorted(state.load_errors.items()):
         lines.append(f"  {name}: NOT LOADED: {err}")
     return "\n".join(lines)
