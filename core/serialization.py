@@ -14,6 +14,7 @@ import re
 import numpy as np
 
 from .safetensors_io import DTYPES, FormatError, read, strict_json, write
+from .device import as_device
 from .tensor import Tensor, from_numpy
 
 __all__ = ["save", "load", "FormatError", "FORMAT", "FORMAT_VERSION"]
@@ -83,7 +84,7 @@ class _Encoder:
             _check_utf8(obj, where)
             return {"type": "str", "value": str(obj)}
         if isinstance(obj, Tensor):
-            out = {"type": "tensor", "key": self._tensor(obj.detach().numpy(), where, parts)}
+            out = {"type": "tensor", "key": self._tensor(obj.detach()._host(), where, parts)}  # CUDA: a host copy
             if obj.requires_grad:
                 out["requires_grad"] = True
             return out
@@ -160,15 +161,18 @@ def _unsupported(obj, where) -> str:
 
 
 # ---- load ----------------------------------------------------------------------------------
-def load(path, *, mmap=False, verify=True):
+def load(path, *, map_location=None, mmap=False, verify=True):
     """Rebuild the object ``save`` wrote. Tensors are private copies (the file can then be replaced);
     ``mmap=True`` returns read-only tensors mapped from the file. ``verify`` checks the SHA-256.
+    Tensors load on the CPU (CUDA tensors were saved as host copies); ``map_location="cuda"`` puts them
+    on that device, as torch's ``map_location`` does.
 
     A plain safetensors file (not written by ``ember.save``) loads as ``{name: Tensor}`` in header order.
     """
     c = read(path, verify=verify)
     try:
-        return _build(c, mmap)
+        obj = _build(c, mmap)
+        return obj if map_location is None else _to_device(obj, as_device(map_location))
     finally:
         if not mmap:  # every tensor is a copy now, so the file can be unmapped at once
             c.close()
@@ -322,3 +326,13 @@ class _Decoder:
                 raise self.fail(where, f"duplicate dict key {k!r:.80}")
             out[k] = self.node(v, where + _key_repr(k), depth + 1)
         return out
+
+
+def _to_device(obj, dev):
+    if isinstance(obj, Tensor):
+        return obj.detach().to(dev).requires_grad_(obj.requires_grad)  # still a leaf
+    if isinstance(obj, dict):
+        return obj.__class__((k, _to_device(v, dev)) for k, v in obj.items())
+    if isinstance(obj, (list, tuple)):
+        return obj.__class__(_to_device(v, dev) for v in obj)
+    return obj

@@ -92,7 +92,10 @@ class StateDictMixin:
                     self._assign_state(name, target, arr)
                 else:
                     with no_grad():
-                        np.copyto(target._data, arr, casting="unsafe")
+                        if target._data.__class__ is not np.ndarray:  # a CUDA target: copied to the device
+                            target._data[...] = arr
+                        else:
+                            np.copyto(target._data, arr if arr.__class__ is np.ndarray else arr.get(), casting="unsafe")
                         target._bump_version()
             except (ValueError, TypeError) as e:
                 error_msgs.append(
@@ -109,7 +112,10 @@ class StateDictMixin:
     def _assign_state(self, name, target, arr):
         from .parameter import Parameter
 
-        t = Tensor._wrap(np.array(arr, dtype=target._data.dtype, copy=True))
+        host = arr if arr.__class__ is np.ndarray else arr.get()
+        t = Tensor._wrap(np.array(host, dtype=target._data.dtype, copy=True))
+        if target.is_cuda:
+            t = t.to(target.device)
         if name in self._parameters:
             self._parameters[name] = Parameter(t, requires_grad=target.requires_grad)
         else:

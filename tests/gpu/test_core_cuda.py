@@ -201,3 +201,19 @@ def test_module_to_cuda_moves_parameters_and_buffers_in_place():
     assert not w.is_cuda and not m[1].running_var.is_cuda
     m.cuda()
     assert w.is_cuda
+
+
+def test_checkpoints_of_cuda_models(tmp_path):
+    m = nn.Linear(3, 2).cuda()
+    ember.save({"model": m.state_dict(), "step": 3}, tmp_path / "ck.pt")
+    ck = ember.load(tmp_path / "ck.pt")
+    assert ck["step"] == 3 and not ck["model"]["weight"].is_cuda  # host copies, as torch's map_location="cpu"
+    on_gpu = ember.load(tmp_path / "ck.pt", map_location="cuda")["model"]
+    assert on_gpu["weight"].is_cuda and on_gpu["weight"].is_leaf
+    for sd, target in ((ck["model"], nn.Linear(3, 2).cuda()), (m.state_dict(), nn.Linear(3, 2)),
+                       (on_gpu, nn.Linear(3, 2).cuda())):
+        target.load_state_dict(sd)
+        same(m.weight.detach().cpu(), target.weight.detach().cuda())
+    t = nn.Linear(3, 2).cuda()
+    t.load_state_dict(ck["model"], assign=True)
+    assert t.weight.is_cuda
