@@ -73,6 +73,12 @@ def device_count() -> int:
     return len(_ncuda.gpus)
 
 
+def current_device() -> int:
+    """The index of the device CUDA tensors are put on (always 0: ember uses one GPU)."""
+    _require()
+    return 0
+
+
 def get_device_name(device=None) -> str:
     _require()
     from numba import cuda as _ncuda
