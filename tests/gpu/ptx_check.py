@@ -1,11 +1,14 @@
 """Compile every CUDA kernel that ``tests/gpu`` launches to PTX for a real GPU, on a machine without one.
 
 The CUDA simulator runs kernels as Python, so it never sees numba-cuda's typing and lowering rules
-(a shared-array shape that is not a compile-time constant, an int stored into a bool array...). This
-script runs the tests with device memory faked by host arrays and every launch replaced by a
-``cuda.compile_ptx`` of the kernel for the launch's argument types (compute capability 9.0, an H100),
-then lists the kernels that did not compile. The tests' own results mean nothing in this mode (the
-kernels do not run); only the compile report counts. It needs numba-cuda's NVVM library:
+(a shared-array shape that is not a compile-time constant, an int stored into a bool array...), and
+``NUMBA_ENABLE_CUDASIM`` also switches the backend to its simulator launch geometry (64 threads per
+block, small GEMM tiles). This script runs the tests without the simulator switch: device memory is
+faked by host arrays, and every launch is compiled by ``cuda.compile_ptx`` for the launch's argument
+types (compute capability 9.0, an H100) and then executed by the simulator's kernel executor with the
+GPU's launch geometry (256 threads per block, 64x64 GEMM tiles). The tests must pass, and the report
+lists every kernel that did not compile (``EMBER_PTX_RUN=0`` compiles only: faster, but a test stops
+at its first comparison). It needs numba-cuda's NVVM library:
 
     pip install --target /tmp/nvsite nvidia-nvvm nvidia-cuda-nvrtc    # once, outside the venv
     LD_LIBRARY_PATH=/tmp/nvsite/nvidia/cu13/lib PYTHONPATH=/tmp/nvsite python tests/gpu/ptx_check.py [-k expr]
@@ -22,6 +25,8 @@ os.environ.pop("NUMBA_ENABLE_CUDASIM", None)
 import numba  # noqa: E402
 from numba import cuda  # noqa: E402
 from numba.cuda import dispatcher as _disp  # noqa: E402
+from numba.cuda.simulator.cudadrv.devicearray import FakeCUDAArray  # noqa: E402
+from numba.cuda.simulator.kernel import FakeCUDAKernel  # noqa: E402
 
 
 class HostArray(np.ndarray):
@@ -48,8 +53,9 @@ _ERRORS: dict = {}
 
 
 class _Launch:
-    def __init__(self, dispatcher):
+    def __init__(self, dispatcher, cfg):
         self.dispatcher = dispatcher
+        self.cfg = cfg
 
     count = 0  # launches seen (benchmarks/cuda_launches.py counts a training step's)
 
@@ -57,23 +63,30 @@ class _Launch:
         _Launch.count += 1
         argtys = tuple(numba.typeof(a) for a in args)
         key = (id(self.dispatcher), argtys)
-        if key in _DONE:
-            return
         fn = self.dispatcher.py_func
-        name = f"{fn.__module__}.{fn.__qualname__}"
-        try:
-            cuda.compile_ptx(fn, argtys, cc=(9, 0))
-            _DONE[key] = True
-        except Exception as e:  # a typing or lowering error: what this script is for
-            _DONE[key] = False
-            _ERRORS.setdefault(name, (argtys, " ".join(str(e).split())[:600]))
+        if key not in _DONE:
+            name = f"{fn.__module__}.{fn.__qualname__}"
+            try:
+                cuda.compile_ptx(fn, argtys, cc=(9, 0))
+                _DONE[key] = True
+            except Exception as e:  # a typing or lowering error: what this script is for
+                _DONE[key] = False
+                _ERRORS.setdefault(name, (argtys, " ".join(str(e).split())[:600]))
+        if RUN:  # then run it as the simulator would, so the test goes on to its next kernels
+            # (arrays wrapped as the simulator's device arrays: passed as plain ndarrays they would be
+            # copied in and written back one by one, and an array passed twice would lose its writes)
+            args = [FakeCUDAArray(a) if isinstance(a, np.ndarray) and a.ndim else a for a in args]
+            FakeCUDAKernel(fn, device=False)[self.cfg](*args)
 
 
 class _FakeDevice:
     compute_capability = (9, 0)
 
 
-_disp.CUDADispatcher.__getitem__ = lambda self, cfg: _Launch(self)
+RUN = os.environ.get("EMBER_PTX_RUN", "1") != "0"
+_disp.CUDADispatcher.__getitem__ = lambda self, cfg: _Launch(self, cfg)
+# a device function called from a kernel body that the simulator runs in Python
+_disp.CUDADispatcher.__call__ = lambda self, *args: FakeCUDAKernel(self.py_func, device=True)(*args)
 _disp.get_current_device = lambda: _FakeDevice()  # device functions compile for "the current device"
 
 
