@@ -145,7 +145,8 @@ class _Session:
             return name
         base = self.params.get(id(t))
         name = base if base is not None and base not in self.graph.values else self.fresh("c")
-        arr = np.asarray(t._data, order="C") if base is not None else np.array(t._data, copy=True, order="C")
+        data = t._host()  # a CUDA model's parameters become host constants (a Program is placed by Program.to)
+        arr = np.asarray(data, order="C") if base is not None else np.array(data, copy=True, order="C")
         self.graph.add_value(name, t.dtype.name, arr.shape)
         self.graph.constants[name] = arr
         self._bind(t, name, None)
@@ -311,7 +312,7 @@ def trace(model, example_inputs, dynamic_axes=None, input_names=None, output_nam
         if not isinstance(t, ember.Tensor):
             raise TypeError(f"trace: example input {i} is a {type(t).__name__}; pass ember Tensors")
     # private copies: a model that writes into its input must not change the caller's tensors
-    inputs = tuple(ember.from_numpy(np.array(t._data, copy=True)) for t in inputs)
+    inputs = tuple(t.detach().clone() if t.is_cuda else ember.from_numpy(np.array(t._data, copy=True)) for t in inputs)
     names = list(input_names) if input_names else _default_input_names(model, len(inputs))
     if len(names) != len(inputs):
         raise ValueError(f"trace: {len(inputs)} example inputs but {len(names)} input names")
@@ -362,7 +363,7 @@ def trace(model, example_inputs, dynamic_axes=None, input_names=None, output_nam
     name_outputs(graph, out_values, onames)
     eliminate_dead_code(graph)
     renumber(graph)
-    prog = Program(graph, metadata=metadata)
+    prog = Program(graph, metadata=metadata, device=inputs[0].device if inputs else "cpu")
     if check:
         if was_training:
             model.eval()
@@ -413,13 +414,13 @@ def _check(model, prog, inputs, outs, axes):
     got = prog(*inputs)
     got = (got,) if isinstance(got, ember.Tensor) else got
     for i, (g, e) in enumerate(zip(got, outs)):
-        if g.shape != e._data.shape or not np.allclose(g._data, e._data, rtol=1e-5, atol=1e-6, equal_nan=True):
+        if g.shape != e._data.shape or not np.allclose(g._host(), e._host(), rtol=1e-5, atol=1e-6, equal_nan=True):
             raise TraceError(f"trace check: the graph's output {i} differs from the model's on the example inputs "
                              f"(in-place updates through views are a common cause)")
     batched = [i for i, (name, t) in enumerate(zip(prog.graph.inputs, inputs)) if axes[name].get(0) == "batch"]
     if not batched or any(inputs[i]._data.shape[0] == 0 for i in batched):
         return
-    bigger = [ember.from_numpy(np.concatenate([t._data, t._data[:1]])) if i in batched else t
+    bigger = [ember.from_numpy(np.concatenate([t._host(), t._host()[:1]])).to(t.device) if i in batched else t
               for i, t in enumerate(inputs)]
     with no_grad():
         eager = model(*bigger)
@@ -427,7 +428,7 @@ def _check(model, prog, inputs, outs, axes):
     got = prog(*bigger)
     got = (got,) if isinstance(got, ember.Tensor) else got
     for i, (g, e) in enumerate(zip(got, eager)):
-        if g.shape != e._data.shape or not np.allclose(g._data, e._data, rtol=1e-4, atol=1e-5, equal_nan=True):
+        if g.shape != e._data.shape or not np.allclose(g._host(), e._host(), rtol=1e-4, atol=1e-5, equal_nan=True):
             raise TraceError(
                 f"trace check: at batch size {bigger[batched[0]]._data.shape[0]} the graph's output {i} "
                 f"(shape {g.shape}) differs from the model's (shape {e._data.shape}): the model computes something "

@@ -104,3 +104,15 @@ def test_server_runs_a_model_on_cuda_by_configuration(tmp_path):
     assert r.status_code == 200, r.text
     out = r.json()["outputs"][0]
     np.testing.assert_allclose(np.array(out["data"], np.float32).reshape(out["shape"]), want, rtol=1e-4, atol=1e-5)
+
+
+def test_tracing_a_model_on_cuda(tmp_path):
+    x = ember.from_numpy(RNG.standard_normal((3, 20)).astype(np.float32))
+    ember.manual_seed(0)
+    model = MLP().eval()
+    want = model(x).detach().numpy()
+    prog = serialize.trace(model.cuda(), x.cuda())
+    assert prog.device == "cuda:0" and all(isinstance(v, np.ndarray) for v in prog.graph.constants.values())
+    np.testing.assert_allclose(prog(x.cuda()).cpu().numpy(), want, rtol=1e-4, atol=1e-5)
+    prog.save(tmp_path / "m.ember")  # the file holds host constants: it loads on either device
+    np.testing.assert_allclose(serialize.load(tmp_path / "m.ember")(x).numpy(), want, rtol=1e-4, atol=1e-5)
