@@ -12,7 +12,7 @@ import ember.nn.functional as F
 from ember import nn
 
 from .fuse import ConvBn2d, ConvBnReLU2d, ConvReLU2d, LinearReLU, _check_qat_bn, _fold_bn
-from .qconfig import QConfig, get_default_qat_qconfig
+from .qconfig import QConfig, get_default_qat_qconfig, require_cpu_model
 from .static import _propagate, _replace
 
 
@@ -197,6 +197,7 @@ def prepare_qat(model, inplace=False, qconfig=None):
     missing one, default ``get_default_qat_qconfig("x86")``) for its fake-quantized training version. Build
     the optimizer after this call, train (``model.apply(freeze_bn_stats)`` / ``disable_observer`` late in
     training, as in torch), then ``convert``."""
+    require_cpu_model(model, "prepare_qat")
     if not inplace:
         model = copy.deepcopy(model)
     root = model.__dict__.get("qconfig", qconfig)

@@ -101,3 +101,16 @@ def qconfig_equals(q1, q2):
                 and a.callable_args == b.callable_args)
 
     return same(q1.activation, q2.activation) and same(q1.weight, q2.weight)
+
+
+def require_cpu_model(model, fn_name):
+    """ember.quantize prepares, calibrates and converts models on the CPU (as torch's eager-mode
+    quantization does); the converted model can then move to CUDA, where its int8 kernels run."""
+    for name, t in list(model.named_parameters()) + list(model.named_buffers()):
+        if t.is_cuda:
+            raise RuntimeError(
+                f"{fn_name}: the model is on {t.device} (its {name!r} is); ember.quantize works on CPU models: "
+                f"call {fn_name}(model.cpu(), ...), then move the result with .to('cuda') (the int8 kernels run "
+                f"on CUDA)"
+            )
+

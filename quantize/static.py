@@ -16,7 +16,7 @@ from ember.ops.registry import apply
 
 from .fuse import ConvBn2d, ConvReLU2d, LinearReLU, _FusedModule
 from .modules import quantize_weight
-from .qconfig import QConfig, get_default_qconfig
+from .qconfig import QConfig, get_default_qconfig, require_cpu_model
 
 
 class QuantStub(nn.Module):
@@ -146,6 +146,7 @@ def prepare(model, inplace=False, qconfig=None):
     """Attach observers to every quantizable layer (Linear, Conv2d and their fused ReLU forms) that has a
     qconfig (``model.qconfig``, inherited by children; ``qconfig`` here stands in for a missing
     ``model.qconfig``). Run calibration data through the result (``calibrate``), then ``convert`` it."""
+    require_cpu_model(model, "prepare")
     if not inplace:
         model = copy.deepcopy(model)
     root = model.__dict__.get("qconfig", qconfig)
@@ -182,6 +183,7 @@ def calibrate(model, data, num_batches=None, progress=True):
 def convert(model, inplace=False):
     """Swap every prepared layer for its int8 version, with the qparams its observers calibrated; layers
     that stay float are listed in a warning (and by ``summary``)."""
+    require_cpu_model(model, "convert")
     if not inplace:
         model = copy.deepcopy(model)
     prepared = [(name, mod) for name, mod in model.named_modules() if "_quant_qconfig" in mod.__dict__]

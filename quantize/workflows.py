@@ -9,7 +9,7 @@ import ember
 from ember import nn
 
 from .modules import DynamicLinear
-from .qconfig import QConfig, per_channel_dynamic_qconfig
+from .qconfig import QConfig, per_channel_dynamic_qconfig, require_cpu_model
 
 # float module type -> its dynamically quantized replacement
 DYNAMIC_MAPPING = {nn.Linear: DynamicLinear}
@@ -21,6 +21,7 @@ def quantize_dynamic(model, qconfig_spec=None, dtype=ember.int8, mapping=None, i
     of module types (``{nn.Linear}``, the default) or a dict from types or submodule names to QConfigs;
     weights are quantized per output channel by default. Layers of requested types that have no int8
     version stay in float, with a warning that lists them (see ``summary``)."""
+    require_cpu_model(model, "quantize_dynamic")
     if dtype != ember.int8:
         raise ValueError(f"quantize_dynamic: dtype must be ember.int8 (int8 weights, uint8 activations), got {dtype}")
     mapping = dict(DYNAMIC_MAPPING if mapping is None else mapping)

@@ -116,3 +116,18 @@ def test_tracing_a_model_on_cuda(tmp_path):
     np.testing.assert_allclose(prog(x.cuda()).cpu().numpy(), want, rtol=1e-4, atol=1e-5)
     prog.save(tmp_path / "m.ember")  # the file holds host constants: it loads on either device
     np.testing.assert_allclose(serialize.load(tmp_path / "m.ember")(x).numpy(), want, rtol=1e-4, atol=1e-5)
+
+
+def test_quantizing_a_cuda_model_says_to_quantize_on_the_cpu():
+    from ember import quantize as Q
+    import ember.nn as nn
+
+    model = nn.Sequential(Q.QuantStub(), nn.Linear(4, 3), Q.DeQuantStub()).cuda().eval()
+    model.qconfig = Q.default_qconfig
+    for call in (lambda: Q.quantize_dynamic(model, {nn.Linear}), lambda: Q.prepare(model),
+                 lambda: Q.prepare_qat(model.train()), lambda: Q.convert(model)):
+        with pytest.raises(RuntimeError, match=r"the model is on cuda:0 .*ember.quantize works on CPU models"):
+            call()
+    q = Q.quantize_dynamic(model.cpu().eval(), {nn.Linear}).to("cuda")
+    x = ember.from_numpy(RNG.standard_normal((2, 4)).astype(np.float32))
+    np.testing.assert_array_equal(q(x.cuda()).cpu().numpy(), q.cpu()(x).numpy())
