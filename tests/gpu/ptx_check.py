@@ -15,6 +15,7 @@ at its first comparison). It needs numba-cuda's NVVM library:
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 
@@ -76,11 +77,29 @@ class _Launch:
             # (arrays wrapped as the simulator's device arrays: passed as plain ndarrays they would be
             # copied in and written back one by one, and an array passed twice would lose its writes)
             args = [FakeCUDAArray(a) if isinstance(a, np.ndarray) and a.ndim else a for a in args]
-            FakeCUDAKernel(fn, device=False)[self.cfg](*args)
+            with _python_libdevice(fn.__globals__):
+                FakeCUDAKernel(fn, device=False)[self.cfg](*args)
 
 
 class _FakeDevice:
     compute_capability = (9, 0)
+
+
+# libdevice functions are stubs in Python (they return None): the executor runs these equivalents
+_LIBDEVICE_PY = {"fmul_rn": lambda a, b: a * b, "fadd_rn": lambda a, b: a + b}
+
+
+@contextlib.contextmanager
+def _python_libdevice(g):
+    swapped = {k: v for k, v in g.items() if getattr(v, "__module__", None) == "numba.cuda.libdevice"}
+    missing = [v.__name__ for v in swapped.values() if v.__name__ not in _LIBDEVICE_PY]
+    if missing:
+        raise NotImplementedError(f"ptx_check: add a Python version of libdevice {missing} to _LIBDEVICE_PY")
+    g.update({k: _LIBDEVICE_PY[v.__name__] for k, v in swapped.items()})
+    try:
+        yield
+    finally:
+        g.update(swapped)
 
 
 RUN = os.environ.get("EMBER_PTX_RUN", "1") != "0"

@@ -12,8 +12,8 @@ from numba import cuda
 
 from ...ops.registry import kernel
 from .array import empty
-from .launch import TPB, blocks, device_fn
-from .reduce_launch import block_size, layout, out_shape, per_thread
+from .launch import TPB, device_fn
+from .reduce_launch import launch_rows, layout, out_shape, row_base
 
 
 class _Arg:
@@ -34,42 +34,31 @@ class _Arg:
 
         take = device_fn(take)
 
+        @device_fn
+        def scan(x, base, inner, lo, r_len, step, bv, bi):
+            for r in range(lo, r_len, step):
+                v = x[base + r * inner]
+                if take(bv, bi, v, r):
+                    bv = v
+                    bi = r
+            return bv, bi
+
         @cuda.jit
         def per_out(x, vals, idx, n_out, r_len, inner):
             t = cuda.grid(1)
             if t < n_out:
-                o = t // inner
-                base = o * r_len * inner + (t - o * inner)
-                bv = x[base]
-                bi = 0
-                for r in range(1, r_len):
-                    v = x[base + r * inner]
-                    if take(bv, bi, v, r):
-                        bv = v
-                        bi = r
-                vals[t] = bv
-                idx[t] = bi
+                base = row_base(t, r_len, inner)
+                vals[t], idx[t] = scan(x, base, inner, 1, r_len, 1, x[base], 0)
 
         @cuda.jit
         def per_block(x, vals, idx, r_len, inner):
             shv = cuda.shared.array(TPB, vals.dtype)
             shi = cuda.shared.array(TPB, idx.dtype)
-            t = cuda.blockIdx.x
             tid = cuda.threadIdx.x
-            nt = cuda.blockDim.x
-            o = t // inner
-            base = o * r_len * inner + (t - o * inner)
-            bv = x[base]
-            bi = -1
-            for r in range(tid, r_len, nt):
-                v = x[base + r * inner]
-                if take(bv, bi, v, r):
-                    bv = v
-                    bi = r
-            shv[tid] = bv
-            shi[tid] = bi
+            base = row_base(cuda.blockIdx.x, r_len, inner)
+            shv[tid], shi[tid] = scan(x, base, inner, tid, r_len, cuda.blockDim.x, x[base], -1)
             cuda.syncthreads()
-            s = nt // 2
+            s = cuda.blockDim.x // 2
             while s > 0:
                 if tid < s and take(shv[tid], shi[tid], shv[tid + s], shi[tid + s]):
                     shv[tid] = shv[tid + s]
@@ -77,8 +66,8 @@ class _Arg:
                 cuda.syncthreads()
                 s //= 2
             if tid == 0:
-                vals[t] = shv[0]
-                idx[t] = shi[0]
+                vals[cuda.blockIdx.x] = shv[0]
+                idx[cuda.blockIdx.x] = shi[0]
 
         self.per_out, self.per_block = per_out, per_block
 
@@ -87,12 +76,8 @@ class _Arg:
         src, outer, r_len, inner = layout(x, dims)
         shape = out_shape(x.shape, dims, keepdim)
         vals, idx = empty(shape, x.dtype), empty(shape, np.int64)
-        n_out = outer * inner
-        if n_out:
-            if per_thread(r_len, inner, n_out):
-                self.per_out[blocks(n_out), TPB](src.d, vals.d, idx.d, n_out, r_len, inner)
-            else:
-                self.per_block[n_out, block_size(r_len)](src.d, vals.d, idx.d, r_len, inner)
+        if outer * inner:
+            launch_rows(self.per_out, self.per_block, outer * inner, r_len, inner, (src.d, vals.d, idx.d))
         return vals, idx
 
 

@@ -24,8 +24,10 @@ from numba import cuda, from_dtype
 from ...ops.conv import _out_hw
 from ...ops.registry import kernel
 from .array import empty
+from .index_math import unravel3
 from .launch import TPB, blocks, cast, full
 from .matmul_kernels import ACTS, _bias_array, gemm
+from .reduce_launch import block_sum
 
 CHUNK_ELEMS = 1 << 24  # column elements per chunk of images (64 MiB of float32)
 
@@ -36,17 +38,10 @@ def _im2col(x, cols, total, c, h, w, kh, kw, sh, sw, ph, pw, dh, dw, ho, wo, csn
     (0 outside the image); one thread per column element, the output position fastest."""
     t = cuda.grid(1)
     if t < total:
-        ll = ho * wo
-        kk = c * kh * kw
-        l = t % ll
-        r = t // ll
-        p = r % kk
-        nn = r // kk
-        ow = l % wo
+        nn, p, l = unravel3(t, c * kh * kw, ho * wo)
+        ch, i, j = unravel3(p, kh, kw)
         oh = l // wo
-        j = p % kw
-        i = (p // kw) % kh
-        ch = p // (kw * kh)
+        ow = l % wo
         ih = oh * sh - ph + i * dh
         iw = ow * sw - pw + j * dw
         if 0 <= ih < h and 0 <= iw < w:
@@ -61,12 +56,9 @@ def _col2im(cols, dx, total, c, h, w, kh, kw, sh, sw, ph, pw, dh, dw, ho, wo, cs
     entries that read it."""
     t = cuda.grid(1)
     if t < total:
-        iw = t % w
-        r = t // w
-        ih = r % h
-        r //= h
-        ch = r % c
+        r, ih, iw = unravel3(t, h, w)
         nn = r // c
+        ch = r % c
         s = zero
         for i in range(kh):
             a = ih + ph - i * dh
@@ -90,10 +82,7 @@ def _to_rows(g, rows, total, co, ll, nc):
     """rows[ch, n*ll + l] = g[n, ch, l]: a chunk's gradient as the (Cout, nc*L) GEMM operand."""
     t = cuda.grid(1)
     if t < total:
-        l = t % ll
-        r = t // ll
-        nn = r % nc
-        ch = r // nc
+        ch, nn, l = unravel3(t, nc, ll)
         rows[t] = g[(nn * co + ch) * ll + l]
 
 
@@ -102,10 +91,7 @@ def _pool2(y, out, bias, total, co, ho, wo, hq, wq, has_bias, relu, zero):
     """out[n, ch, p, q] = relu?(max of y[n, ch, 2p:2p+2, 2q:2q+2] + bias[ch]) (floor mode, NaN wins)."""
     t = cuda.grid(1)
     if t < total:
-        q = t % wq
-        r = t // wq
-        p = r % hq
-        r //= hq
+        r, p, q = unravel3(t, hq, wq)
         base = r * ho * wo + 2 * p * wo + 2 * q
         a = y[base]
         b = y[base + 1]
@@ -136,16 +122,9 @@ def _make_channel_sum(np_dtype):
             base = (nn * co + ch) * ll
             for l in range(t, ll, TPB):
                 s += g[base + l]
-        sh[t] = s
-        cuda.syncthreads()
-        step = TPB // 2
-        while step > 0:
-            if t < step:
-                sh[t] += sh[t + step]
-            cuda.syncthreads()
-            step //= 2
+        s = block_sum(sh, s)
         if t == 0:
-            out[ch] = sh[0]
+            out[ch] = s
 
     return channel_sum
 

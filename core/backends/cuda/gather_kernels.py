@@ -15,8 +15,12 @@ from numba import cuda
 
 from ...ops.registry import kernel
 from .array import empty
-from .index_kernels import _check_nd, _cstrides, _dev, _narrow, _wide, _winners
+from .index_kernels import _dev, _narrow, _wide, _winners
+from .index_math import unravel3
+from .index_plan import check_nd
 from .launch import MAXD, TPB, blocks, full, pad_shape
+from .reduce_launch import dim_layout, row_base
+from .shape_kernels import _cstrides
 
 # ---- gather, scatter, scatter_add, gather_backward ------------------------------------------------
 @cuda.jit(device=True)
@@ -71,7 +75,7 @@ def _scatter_write_k(out, win, idx, src, sstep, m, shape, xst, dpos, n):
 
 
 def _along_args(x_shape, index, dim):
-    _check_nd(x_shape, "gather/scatter")
+    check_nd(x_shape, "gather/scatter")
     xst = _cstrides(x_shape)
     return pad_shape(index.shape), (0,) * (MAXD - len(x_shape)) + xst, MAXD - len(x_shape) + dim, x_shape[dim]
 
@@ -125,9 +129,7 @@ def _scatter(x, index, src, dim):
 def _index_select_k(x, idx, out, m, nj, inner, n):
     t = cuda.grid(1)
     if t < m:
-        i = t % inner
-        j = (t // inner) % nj
-        o = t // (inner * nj)
+        o, j, i = unravel3(t, nj, inner)
         v = idx[j]
         out[t] = x[(o * n + v) * inner + i] if 0 <= v < n else 0
 
@@ -136,9 +138,7 @@ def _index_select_k(x, idx, out, m, nj, inner, n):
 def _index_add_k(out, idx, src, alpha, scale, m, nj, inner, n):
     t = cuda.grid(1)
     if t < m:
-        i = t % inner
-        j = (t // inner) % nj
-        o = t // (inner * nj)
+        o, j, i = unravel3(t, nj, inner)
         v = idx[j]
         if 0 <= v < n:
             cuda.atomic.add(out, (o * n + v) * inner + i, src[t] * alpha if scale else src[t])
@@ -155,19 +155,9 @@ def _put_along_k(out, idx, g, m, inner, n):
             out[(o * n + v) * inner + i] = g[t]
 
 
-def _oni(shape, dim):
-    outer = 1
-    for s in shape[:dim]:
-        outer *= s
-    inner = 1
-    for s in shape[dim + 1:]:
-        inner *= s
-    return outer, shape[dim], inner
-
-
 @kernel("index_select", "cuda")
 def _index_select(x, index, dim):
-    outer, n, inner = _oni(x.shape, dim)
+    outer, n, inner = dim_layout(x.shape, dim)
     nj = index.size  # a 0-d index selects one entry, as np.take of index.reshape(-1)
     out = empty(x.shape[:dim] + (nj,) + x.shape[dim + 1:], x.dtype)
     if out.size:
@@ -176,7 +166,7 @@ def _index_select(x, index, dim):
 
 
 def _index_add_into(out, index, src, dim, alpha=1):
-    outer, n, inner = _oni(out.shape, dim)
+    outer, n, inner = dim_layout(out.shape, dim)
     if not src.size:
         return out
     wide, src = _wide(out), _wide(src)
@@ -201,7 +191,7 @@ def _select_along_backward(g, idx, shape=(), dim=0, keepdim=False):
     if not shape:
         return g.copy()
     out = full(tuple(shape), 0, g.dtype)
-    outer, n, inner = _oni(tuple(shape), dim)
+    outer, n, inner = dim_layout(tuple(shape), dim)
     if g.size:  # each (o, i) has one index: no collisions
         _put_along_k[blocks(g.size), TPB](out.d, idx.d, g.d, g.size, inner, n)
     return out
@@ -283,7 +273,7 @@ def _before(b, a, desc):
 def _sort_k(x, vals, idx, sa, sb, rows, n, inner, k, desc):
     r = cuda.grid(1)
     if r < rows:
-        base = (r // inner) * n * inner + r % inner
+        base = row_base(r, n, inner)
         s0 = r * n
         for j in range(n):
             sa[s0 + j] = j
@@ -305,7 +295,7 @@ def _sort_k(x, vals, idx, sa, sb, rows, n, inner, k, desc):
                         p += 1
             src, dst = dst, src
             w *= 2
-        ob = (r // inner) * k * inner + r % inner
+        ob = row_base(r, k, inner)
         for j in range(k):
             v = src[s0 + j]
             idx[ob + j * inner] = v
@@ -313,7 +303,7 @@ def _sort_k(x, vals, idx, sa, sb, rows, n, inner, k, desc):
 
 
 def _sorted_along(x, dim, k, desc):
-    outer, n, inner = _oni(x.shape, dim)
+    outer, n, inner = dim_layout(x.shape, dim)
     shape = x.shape[:dim] + (k,) + x.shape[dim + 1:]
     vals, idx = empty(shape, x.dtype), empty(shape, np.int64)
     rows = outer * inner

@@ -2,9 +2,9 @@
 index family shares; ``gather_kernels.py`` holds the along-dim ops (gather, scatter, index_select,
 index_add, embedding, one_hot, sort, topk).
 
-``index`` / ``index_put`` run one thread per selected element, from a plan built on the host: the
-basic items (ints, slices, None, Ellipsis) become strides and a base offset, and the tensor indices
-are summed on the device into one array of flat offsets over their broadcast shape.
+``index`` / ``index_put`` run one thread per selected element, from the plan of ``index_plan.py`` (shared
+with getitem): the basic items (ints, slices, None, Ellipsis) become strides and a base offset, and the
+tensor indices are summed on the device into one array of flat offsets over their broadcast shape.
 
 Conventions of the whole family: sums into shared places use ``cuda.atomic.add`` (float32/64,
 int32/64, uint32/64; narrower dtypes and bool accumulate in int64 and are cast back), so float sums
@@ -19,31 +19,19 @@ from __future__ import annotations
 import numpy as np
 from numba import cuda, int32, int64
 
-from ...ops.index_rules import ELLIPSIS, TENSOR
+from ...ops.index_rules import TENSOR
 from ...ops.registry import kernel
 from .array import CudaArray, empty, from_host
+from .index_math import strided_offset
+from .index_plan import check_nd, plan, plan_pos, pos_args
 from .launch import MAXD, TPB, blocks, bstrides, cast, full, pad_shape, strided_copy
 
-_BAD = -(1 << 58)  # added to a flat offset whose index is out of range: the sum stays negative
 _ATOMIC = {np.dtype(t) for t in (np.float32, np.float64, np.int32, np.int64, np.uint32, np.uint64)}
 
 
 def _dev(a):
     """A CUDA array for an input that may be a 0-d host array (a python scalar operand)."""
     return a if isinstance(a, CudaArray) else from_host(a)
-
-
-def _cstrides(shape):
-    st, acc = [], 1
-    for s in reversed(shape):
-        st.append(acc)
-        acc *= s
-    return tuple(reversed(st))
-
-
-def _check_nd(shape, op):
-    if len(shape) > MAXD:
-        raise NotImplementedError(f"{op} on CUDA supports at most {MAXD} dims, got shape {tuple(shape)}")
 
 
 def _wide(a: CudaArray) -> CudaArray:
@@ -128,7 +116,7 @@ def _nz_write_k(x, n, offsets, out, shape, nd):
 
 @kernel("nonzero", "cuda")
 def _nonzero(x):
-    _check_nd(x.shape, "nonzero")
+    check_nd(x.shape, "nonzero")
     n, nb = x.size, blocks(x.size)
     counts, offsets = empty((nb,), np.int32), empty((nb + 1,), np.int64)
     _nz_count_k[nb, TPB](x.d, n, counts.d)
@@ -142,42 +130,10 @@ def _nonzero(x):
 
 # ---- index, index_put ----------------------------------------------------------------------------
 @cuda.jit
-def _add_offsets_k(idx, lin, m, shape, st, xstride, n):
-    i = cuda.grid(1)
-    if i < m:
-        r = i
-        k = 0
-        for d in range(MAXD - 1, -1, -1):
-            s = shape[d]
-            k += (r % s) * st[d]
-            r //= s
-        v = idx[k]
-        if v < 0:
-            v += n
-        lin[i] += v * xstride if 0 <= v < n else _BAD
-
-
-@cuda.jit(device=True)
-def _plan_pos(i, shape, xs, ls, base, lin):
-    """Flat position in x of selected element i; negative when one of its indices is out of range."""
-    r = i
-    p = base
-    q = 0
-    for d in range(MAXD - 1, -1, -1):
-        s = shape[d]
-        j = r % s
-        r //= s
-        p += j * xs[d]
-        q += j * ls[d]
-    off = lin[q]
-    return p + off if off >= 0 else -1
-
-
-@cuda.jit
 def _index_k(x, out, m, shape, xs, ls, base, lin):
     i = cuda.grid(1)
     if i < m:
-        p = _plan_pos(i, shape, xs, ls, base, lin)
+        p = plan_pos(i, shape, xs, ls, base, lin)
         out[i] = x[p] if p >= 0 else 0
 
 
@@ -185,7 +141,7 @@ def _index_k(x, out, m, shape, xs, ls, base, lin):
 def _put_claim_k(win, m, shape, xs, ls, base, lin):
     i = cuda.grid(1)
     if i < m:
-        p = _plan_pos(i, shape, xs, ls, base, lin)
+        p = plan_pos(i, shape, xs, ls, base, lin)
         if p >= 0:
             cuda.atomic.max(win, p, i)
 
@@ -194,84 +150,17 @@ def _put_claim_k(win, m, shape, xs, ls, base, lin):
 def _put_k(out, val, m, shape, xs, ls, base, lin, vshape, vst, win, check):
     i = cuda.grid(1)
     if i < m:
-        p = _plan_pos(i, shape, xs, ls, base, lin)
+        p = plan_pos(i, shape, xs, ls, base, lin)
         if p >= 0 and (not check or win[p] == i):
-            r = i
-            k = 0
-            for d in range(MAXD - 1, -1, -1):
-                s = vshape[d]
-                k += (r % s) * vst[d]
-                r //= s
-            out[p] = val[k]
-
-
-def _plan(shape, items, arrays):
-    """numpy's advanced indexing of a tensor of ``shape`` as (selected shape, x strides and offset
-    strides per selected dim, padded; base offset; the int64 flat offsets of the tensor indices over
-    their broadcast shape). Mirrors ``index_rules.index_shape``."""
-    ndim, xst = len(shape), _cstrides(shape)
-    used = sum(1 for it in items if it is not None and it != ELLIPSIS)
-    basic, adv = [], []  # basic: (size, x stride) per selected dim; adv: (index, x dim)
-    base, d, k, insert_at, last, split = 0, 0, 0, None, None, False
-    for pos, it in enumerate(items):
-        if it is None:
-            basic.append((1, 0))
-            continue
-        if it == ELLIPSIS:
-            basic.extend((shape[j], xst[j]) for j in range(d, d + ndim - used))
-            d += ndim - used
-            continue
-        if it.__class__ in (tuple, list):
-            start, stop, step = slice(*it).indices(shape[d])
-            basic.append((len(range(start, stop, step)), step * xst[d]))
-            base += start * xst[d]
-            d += 1
-            continue
-        if it == TENSOR:
-            a = arrays[k]
-            k += 1
-            adv.append((a if isinstance(a, CudaArray) else int(a), d))  # a 0-d host array acts as an int
-        elif not arrays:
-            base += (it % shape[d]) * xst[d]
-            d += 1
-            continue
-        else:
-            adv.append((it, d))
-        if insert_at is None:
-            insert_at = len(basic)
-        elif last != pos - 1:
-            split = True
-        last = pos
-        d += 1
-    basic.extend((shape[j], xst[j]) for j in range(d, ndim))
-    bshape = tuple(np.broadcast_shapes(*[a.shape if isinstance(a, CudaArray) else () for a, _ in adv]))
-    lin = full(bshape, 0, np.int64)
-    _check_nd(bshape, "indexing")
-    for a, dd in adv:
-        if isinstance(a, CudaArray):
-            if lin.size:
-                _add_offsets_k[blocks(lin.size), TPB](a.d, lin.d, lin.size, pad_shape(bshape), bstrides(a.shape, bshape),
-                                                      xst[dd], shape[dd])
-        else:
-            base += (a % shape[dd]) * xst[dd]  # shape rules checked the range of python ints
-    bdims = [(s, 0) for s in bshape]
-    lst = [0] * len(basic)
-    if adv:
-        at = 0 if split else insert_at
-        basic[at:at] = bdims
-        lst[at:at] = _cstrides(bshape)
-    sel = tuple(s for s, _ in basic)
-    _check_nd(sel, "indexing")
-    pad = (0,) * (MAXD - len(sel))
-    return sel, pad + tuple(x for _, x in basic), pad + tuple(lst), base, lin
+            out[p] = val[strided_offset(i, vshape, vst, 0)]
 
 
 @kernel("index", "cuda")
 def _index(x, *tensors, index):
-    sel, xs, ls, base, lin = _plan(x.shape, index, tensors)
-    out = empty(sel, x.dtype)
+    p = plan(x.shape, index, tensors)
+    out = empty(p[0], x.dtype)
     if out.size:
-        _index_k[blocks(out.size), TPB](x.d, out.d, out.size, pad_shape(sel), xs, ls, base, lin.d)
+        _index_k[blocks(out.size), TPB](x.d, out.d, out.size, *pos_args(*p))
     return out
 
 
@@ -310,7 +199,8 @@ def _index_put(x, value, *tensors, index):
         if masked is None:
             return out
         index, tensors = masked
-    sel, xs, ls, base, lin = _plan(x.shape, index, tensors)
+    p = plan(x.shape, index, tensors)
+    sel = p[0]
     value = _dev(value)
     vshape = value.shape
     while len(vshape) > len(sel) and vshape[0] == 1:  # numpy lets the value carry extra leading 1s
@@ -325,10 +215,10 @@ def _index_put(x, value, *tensors, index):
         m *= s
     if not m:
         return out
-    args = (m, pad_shape(sel), xs, ls, base, lin.d)
+    args = (m, *pos_args(*p))
     dup = bool(tensors)  # tensor indices may repeat a place: the last write wins, as in numpy
-    win = _winners(x.size) if dup else lin
+    win = _winners(x.size).d if dup else args[-1]  # (not read without duplicates: any int64 buffer)
     if dup:
-        _put_claim_k[blocks(m), TPB](win.d, *args)
-    _put_k[blocks(m), TPB](out.d, value.d, *args, pad_shape(sel), bstrides(vshape, sel), win.d, dup)
+        _put_claim_k[blocks(m), TPB](win, *args)
+    _put_k[blocks(m), TPB](out.d, value.d, *args, pad_shape(sel), bstrides(vshape, sel), win, dup)
     return out

@@ -20,7 +20,7 @@ from numba import cuda
 from ...ops.registry import kernel
 from .array import CudaArray, empty, from_host
 from .launch import TPB, blocks, device_fn
-from .norm_kernels import block_max, block_sum, threads_for
+from .norm_kernels import block_max, block_sum, float_kernels, threads_for
 
 F64 = numba.float64
 
@@ -199,14 +199,7 @@ def _ce_kernels(T):
     return ce_rows, ce_backward, prob_rows, prob_backward
 
 
-_CE = {np.dtype(np.float32): _ce_kernels(numba.float32), np.dtype(np.float64): _ce_kernels(numba.float64)}
-
-
-def _ce_for(x):
-    k = _CE.get(x.dtype)
-    if k is None:
-        raise NotImplementedError(f"cross_entropy on CUDA supports float32 and float64 logits, got {x.dtype}")
-    return k
+_ce_for = float_kernels(_ce_kernels, "cross_entropy on CUDA supports float32 and float64 logits")
 
 
 def _weight(w, x):

@@ -19,7 +19,7 @@ from numba import cuda, from_dtype
 
 from ...ops.registry import kernel
 from .array import CudaArray, empty, from_host
-from .launch import SIM, cast
+from .launch import SIM, cast, device_fn
 
 # Tile geometry: 64x64 tiles of 16x16 threads x 4x4 outputs on a GPU; 16x16 tiles of 8x8 threads x 2x2
 # outputs on the simulator (one Python thread per CUDA thread).
@@ -46,6 +46,25 @@ def _make_gemm(np_dtype):
     # constants in the compute dtype, so float32 epilogues stay in float32
     half, one, k_tanh, c_tanh, sqrt1_2 = (np_dtype.type(v) for v in (0.5, 1.0, _K_TANH, _C_TANH, _SQRT1_2))
     zero = np_dtype.type(0)
+
+    @device_fn
+    def stage(S, src, off, r0, nr, rs, k0, k, ks, k_fast, width, tid):
+        """The slab ``S[kk, rr] = src[off + (r0 + rr) * rs + (k0 + kk) * ks]`` (``width`` rows x BK, zero past
+        ``nr`` / ``k``); consecutive threads walk the operand's contiguous axis (coalesced loads): k when
+        ``k_fast``, else the rows."""
+        for e in range(tid, width * BK, NT):
+            if k_fast:
+                rr = e // BK
+                kk = e % BK
+            else:
+                kk = e // width
+                rr = e % width
+            g = r0 + rr
+            gk = k0 + kk
+            if g < nr and gk < k:
+                S[kk, rr] = src[off + g * rs + gk * ks]
+            else:
+                S[kk, rr] = zero
 
     @cuda.jit
     def gemm(a, b, c, bias, m, n, k, ars, acs, brs, bcs, bias_m, bias_n, has_bias, act, accumulate, nz, tiles_n,
@@ -78,33 +97,8 @@ def _make_gemm(np_dtype):
                 for j in range(TN):
                     acc[i, j] = zero
             for k0 in range(0, k, BK):
-                # stage the slabs; consecutive threads walk the operand's contiguous axis (coalesced loads)
-                for e in range(tid, BM * BK, NT):
-                    if acs == 1:
-                        mm = e // BK
-                        kk = e % BK
-                    else:
-                        kk = e // BM
-                        mm = e % BM
-                    gm = m0 + mm
-                    gk = k0 + kk
-                    if gm < m and gk < k:
-                        As[kk, mm] = a[oa + gm * ars + gk * acs]
-                    else:
-                        As[kk, mm] = zero
-                for e in range(tid, BN * BK, NT):
-                    if bcs == 1:
-                        kk = e // BN
-                        nn = e % BN
-                    else:
-                        nn = e // BK
-                        kk = e % BK
-                    gn = n0 + nn
-                    gk = k0 + kk
-                    if gn < n and gk < k:
-                        Bs[kk, nn] = b[ob + gk * brs + gn * bcs]
-                    else:
-                        Bs[kk, nn] = zero
+                stage(As, a, oa, m0, m, ars, k0, k, acs, acs == 1, BM, tid)
+                stage(Bs, b, ob, n0, n, bcs, k0, k, brs, bcs != 1, BN, tid)
                 cuda.syncthreads()
                 for kk in range(BK):
                     for i in range(TM):

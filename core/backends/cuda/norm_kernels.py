@@ -2,9 +2,10 @@
 backward, layer_norm and its backward) and of dropout, plus the block reductions the loss kernels share.
 
 Reductions run one block per channel (batch norm) or per row (layer norm): each thread accumulates a
-strided slice in float64 (as the CPU kernels accumulate), then ``block_sum`` combines the block with a
-shared-memory tree. The kernels are built per float dtype by small factories so the elementwise passes
-run in the input's precision with the scale/shift rounded to it, exactly as the CPU kernels round them.
+strided slice in float64 (as the CPU kernels accumulate), then ``block_sum`` (from ``reduce_launch``)
+combines the block with a shared-memory tree. The kernels are built per float dtype by small factories
+(``float_kernels``) so the elementwise passes run in the input's precision with the scale/shift rounded to it,
+exactly as the CPU kernels round them.
 Layer norm's weight/bias gradients are column sums over rows: partial sums over row chunks, then a sum
 of the chunks, so the work spreads over many blocks.
 """
@@ -20,6 +21,7 @@ from ... import random as _random
 from ...ops.registry import kernel
 from .array import empty, from_host
 from .launch import SIM, TPB, blocks, device_fn, full
+from .reduce_launch import block_sum, tree_of
 
 F64 = numba.float64
 ROW_CHUNKS = 4 if SIM else 128  # layer_norm_backward: row chunks of the weight/bias gradient partial sums
@@ -33,38 +35,25 @@ def threads_for(n: int) -> int:
     return t
 
 
-@device_fn
-def block_sum(sh, v):
-    """Sum of ``v`` over the block (blockDim a power of two); every thread gets the result."""
-    t = cuda.threadIdx.x
-    sh[t] = v
-    cuda.syncthreads()
-    s = cuda.blockDim.x // 2
-    while s > 0:
-        if t < s:
-            sh[t] += sh[t + s]
-        cuda.syncthreads()
-        s //= 2
-    r = sh[0]
-    cuda.syncthreads()  # sh is reused by the next reduction
-    return r
+def _skip_nan_max(a, b):
+    return b if b > a else a  # NaNs are skipped, as the CPU's ``if x > mx``
 
 
-@device_fn
-def block_max(sh, v):
-    """Max of ``v`` over the block (NaNs are skipped, as the CPU's ``if x > mx``)."""
-    t = cuda.threadIdx.x
-    sh[t] = v
-    cuda.syncthreads()
-    s = cuda.blockDim.x // 2
-    while s > 0:
-        if t < s and sh[t + s] > sh[t]:
-            sh[t] = sh[t + s]
-        cuda.syncthreads()
-        s //= 2
-    r = sh[0]
-    cuda.syncthreads()
-    return r
+block_max = tree_of(device_fn(_skip_nan_max))  # as reduce_launch.block_sum: every thread gets the block's max
+
+
+def float_kernels(factory, what):
+    """``get(x)``: the kernels ``factory(numba float type)`` builds for x's dtype (float32 or float64), else
+    NotImplementedError ``what``."""
+    table = {np.dtype(np.float32): factory(numba.float32), np.dtype(np.float64): factory(numba.float64)}
+
+    def get(x):
+        k = table.get(x.dtype)
+        if k is None:
+            raise NotImplementedError(f"{what}, got {x.dtype}")
+        return k
+
+    return get
 
 
 def _float_kernels(T):
@@ -196,14 +185,7 @@ def _float_kernels(T):
     return bn_train, bn_backward, ln_forward, ln_backward_rows, ln_backward_cols
 
 
-_KERNELS = {np.dtype(np.float32): _float_kernels(numba.float32), np.dtype(np.float64): _float_kernels(numba.float64)}
-
-
-def _kernels(x):
-    k = _KERNELS.get(x.dtype)
-    if k is None:
-        raise NotImplementedError(f"normalisation on CUDA supports float32 and float64 inputs, got {x.dtype}")
-    return k
+_kernels = float_kernels(_float_kernels, "normalisation on CUDA supports float32 and float64 inputs")
 
 
 @cuda.jit

@@ -20,6 +20,7 @@ from numba import cuda
 
 from ...ops.registry import kernel
 from .array import empty
+from .index_math import strided_offset
 from .launch import MAXD, TPB, blocks, bstrides, broadcast_shape, device_fn, pad_shape
 from .loss_kernels import dev, total
 from .norm_kernels import block_sum
@@ -219,21 +220,10 @@ def _sum_to(src, dst, n, out_shape, out_st, red_shape, red_st, n_red):
     """dst[o] = sum of the src elements (of the broadcast shape) that broadcast from dst's element o."""
     o = cuda.grid(1)
     if o < n:
-        base = 0
-        r = o
-        for d in range(MAXD - 1, -1, -1):
-            j = r % out_shape[d]
-            r //= out_shape[d]
-            base += j * out_st[d]
+        base = strided_offset(o, out_shape, out_st, 0)
         acc = 0.0
         for k in range(n_red):
-            off = base
-            r = k
-            for d in range(MAXD - 1, -1, -1):
-                j = r % red_shape[d]
-                r //= red_shape[d]
-                off += j * red_st[d]
-            acc += src[off]
+            acc += src[strided_offset(k, red_shape, red_st, base)]
         dst[o] = acc
 
 

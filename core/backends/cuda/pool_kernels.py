@@ -15,6 +15,7 @@ from numba import cuda
 
 from ...ops.registry import kernel
 from .array import empty
+from .index_math import unravel3
 from .launch import TPB, blocks, device_fn, fill
 
 
@@ -36,30 +37,41 @@ def _taps(o, stride, pad, k, d, size):
     return lo, max(lo, hi)
 
 
+@device_fn
+def _window_max(x, base, w, h0, nh, dh, w0, nw, dw, ninf):
+    """(max, flat h * w + w position) over the nh x nw taps from (h0, w0), steps (dh, dw); ties keep the first,
+    a NaN wins (as torch)."""
+    m = ninf
+    mi = h0 * w + w0
+    for a in range(nh):
+        ih = h0 + a * dh
+        for b in range(nw):
+            iw = w0 + b * dw
+            v = x[base + ih * w + iw]
+            if v > m or v != v:
+                m = v
+                mi = ih * w + iw
+    return m, mi
+
+
+@device_fn
+def _window_sum(x, base, w, h0, h1, w0, w1):
+    acc = 0.0
+    for ih in range(h0, h1):
+        for iw in range(w0, w1):
+            acc += x[base + ih * w + iw]
+    return acc
+
+
 @cuda.jit
 def _max_fwd(x, out, idx, n, h, w, ho, wo, kh, kw, sh, sw, ph, pw, dh, dw, ninf):
     i = cuda.grid(1)
     if i < n:
-        ow = i % wo
-        r = i // wo
-        oh = r % ho
-        base = (r // ho) * h * w
-        hs = oh * sh - ph
-        ws = ow * sw - pw
+        plane, oh, ow = unravel3(i, ho, wo)
         i0, i1 = _taps(oh, sh, ph, kh, dh, h)
         j0, j1 = _taps(ow, sw, pw, kw, dw, w)
-        m = ninf
-        mi = (hs + i0 * dh) * w + ws + j0 * dw
-        for a in range(i0, i1):
-            ih = hs + a * dh
-            for b in range(j0, j1):
-                iw = ws + b * dw
-                v = x[base + ih * w + iw]
-                if v > m or v != v:  # ties keep the first, a NaN wins (as torch)
-                    m = v
-                    mi = ih * w + iw
-        out[i] = m
-        idx[i] = mi
+        out[i], idx[i] = _window_max(x, plane * h * w, w, oh * sh - ph + i0 * dh, i1 - i0, dh, ow * sw - pw + j0 * dw,
+                                     j1 - j0, dw, ninf)
 
 
 @cuda.jit
@@ -92,17 +104,12 @@ def _divisor(h0, h1, plh, w0, w1, plw, count_include_pad, divisor):
 def _avg_fwd(x, out, n, h, w, ho, wo, kh, kw, sh, sw, ph, pw, count_include_pad, divisor):
     i = cuda.grid(1)
     if i < n:
-        ow = i % wo
-        r = i // wo
-        oh = r % ho
-        base = (r // ho) * h * w
+        plane, oh, ow = unravel3(i, ho, wo)
         h0, h1, plh = _avg_window(oh, sh, ph, kh, h)
         w0, w1, plw = _avg_window(ow, sw, pw, kw, w)
         acc = 0.0
         if h0 < h1 and w0 < w1:
-            for ih in range(h0, h1):
-                for iw in range(w0, w1):
-                    acc += x[base + ih * w + iw]
+            acc = _window_sum(x, plane * h * w, w, h0, h1, w0, w1)
             acc /= _divisor(h0, h1, plh, w0, w1, plw, count_include_pad, divisor)
         out[i] = acc
 
@@ -119,10 +126,8 @@ def _covering(i, s, p, k, n_out):
 def _avg_bwd(g, gx, n, h, w, ho, wo, kh, kw, sh, sw, ph, pw, count_include_pad, divisor):
     i = cuda.grid(1)
     if i < n:
-        iw = i % w
-        r = i // w
-        ih = r % h
-        base = (r // h) * ho * wo
+        plane, ih, iw = unravel3(i, h, w)
+        base = plane * ho * wo
         oh0, oh1 = _covering(ih, sh, ph, kh, ho)
         ow0, ow1 = _covering(iw, sw, pw, kw, wo)
         acc = 0.0
@@ -144,27 +149,18 @@ def _adaptive(o, n_out, size):
 def _adaptive_avg_fwd(x, out, n, h, w, ho, wo):
     i = cuda.grid(1)
     if i < n:
-        ow = i % wo
-        r = i // wo
-        oh = r % ho
-        base = (r // ho) * h * w
+        plane, oh, ow = unravel3(i, ho, wo)
         h0, h1 = _adaptive(oh, ho, h)
         w0, w1 = _adaptive(ow, wo, w)
-        acc = 0.0
-        for ih in range(h0, h1):
-            for iw in range(w0, w1):
-                acc += x[base + ih * w + iw]
-        out[i] = acc / ((h1 - h0) * (w1 - w0))
+        out[i] = _window_sum(x, plane * h * w, w, h0, h1, w0, w1) / ((h1 - h0) * (w1 - w0))
 
 
 @cuda.jit
 def _adaptive_avg_bwd(g, gx, n, h, w, ho, wo):
     i = cuda.grid(1)
     if i < n:
-        iw = i % w
-        r = i // w
-        ih = r % h
-        base = (r // h) * ho * wo
+        plane, ih, iw = unravel3(i, h, w)
+        base = plane * ho * wo
         # the windows holding ih are o in [floor(ih*ho/h), ceil((ih+1)*ho/h))
         acc = 0.0
         for oh in range((ih * ho) // h, ((ih + 1) * ho + h - 1) // h):
@@ -179,22 +175,10 @@ def _adaptive_avg_bwd(g, gx, n, h, w, ho, wo):
 def _adaptive_max_fwd(x, out, idx, n, h, w, ho, wo, ninf):
     i = cuda.grid(1)
     if i < n:
-        ow = i % wo
-        r = i // wo
-        oh = r % ho
-        base = (r // ho) * h * w
+        plane, oh, ow = unravel3(i, ho, wo)
         h0, h1 = _adaptive(oh, ho, h)
         w0, w1 = _adaptive(ow, wo, w)
-        m = ninf
-        mi = h0 * w + w0
-        for ih in range(h0, h1):
-            for iw in range(w0, w1):
-                v = x[base + ih * w + iw]
-                if v > m or v != v:
-                    m = v
-                    mi = ih * w + iw
-        out[i] = m
-        idx[i] = mi
+        out[i], idx[i] = _window_max(x, plane * h * w, w, h0, h1 - h0, 1, w0, w1 - w0, 1, ninf)
 
 
 def _ninf(dtype):

@@ -19,7 +19,8 @@ from numba import cuda
 from ...ops.registry import kernel
 from .array import empty
 from .launch import SIM, TPB, blocks, cast, device_fn, result_dtype
-from .reduce_launch import SHORT, add, block_size, dim_layout, layout, out_shape, per_thread, tree_of
+from .reduce_launch import (SHORT, block_size, block_sum, dim_layout, launch_rows, layout, out_shape, per_thread,
+                            row_base, tree_of)
 from .reduce_launch import nan_max as _max
 from .reduce_launch import plus as _add
 
@@ -46,11 +47,12 @@ def _or(a, b):
 
 # ---- the fold family: sum, mean, prod, amax, amin, all, any, norm ------------------------------------
 @device_fn
-def _chunk(o2, r_len, chunk, n_chunks):
-    """(first row, row count) of chunk ``o2 % n_chunks`` of outer row ``o2 // n_chunks``."""
+def _chunk(o2, i, inner, r_len, chunk, n_chunks):
+    """(flat offset of the first row, row count) of chunk ``o2 % n_chunks`` of outer row ``o2 // n_chunks``,
+    column ``i``."""
     o = o2 // n_chunks
     c = o2 - o * n_chunks
-    return o * r_len + c * chunk, min(chunk, r_len - c * chunk)
+    return (o * r_len + c * chunk) * inner + i, min(chunk, r_len - c * chunk)
 
 
 class Fold:
@@ -66,32 +68,28 @@ class Fold:
         pre, combine, finish = device_fn(pre), device_fn(combine), device_fn(finish)
         tree = tree_of(combine)
 
+        @device_fn
+        def fold(x, base, inner, lo, count, step, acc, p):
+            for r in range(lo, count, step):
+                acc = combine(acc, pre(x[base + r * inner], p))
+            return acc
+
         @cuda.jit
         def per_out(x, out, n_out, r_len, inner, chunk, n_chunks, ident, n, p, q):
             t = cuda.grid(1)
             if t < n_out:
                 o2 = t // inner
-                start, count = _chunk(o2, r_len, chunk, n_chunks)
-                base = start * inner + (t - o2 * inner)
-                acc = ident
-                for r in range(count):
-                    acc = combine(acc, pre(x[base + r * inner], p))
-                out[t] = finish(acc, n, p, q)
+                base, count = _chunk(o2, t - o2 * inner, inner, r_len, chunk, n_chunks)
+                out[t] = finish(fold(x, base, inner, 0, count, 1, ident, p), n, p, q)
 
         @cuda.jit
         def per_block(x, out, r_len, inner, chunk, n_chunks, ident, n, p, q):
             sh = cuda.shared.array(TPB, out.dtype)
             t = cuda.blockIdx.x
             tid = cuda.threadIdx.x
-            nt = cuda.blockDim.x
             o2 = t // inner
-            start, count = _chunk(o2, r_len, chunk, n_chunks)
-            base = start * inner + (t - o2 * inner)
-            acc = ident
-            for r in range(tid, count, nt):
-                acc = combine(acc, pre(x[base + r * inner], p))
-            sh[tid] = acc
-            acc = tree(sh, tid, nt)
+            base, count = _chunk(o2, t - o2 * inner, inner, r_len, chunk, n_chunks)
+            acc = tree(sh, fold(x, base, inner, tid, count, cuda.blockDim.x, ident, p))
             if tid == 0:
                 out[t] = finish(acc, n, p, q)
 
@@ -102,12 +100,10 @@ class Fold:
             ty = cuda.threadIdx.y
             o2 = cuda.blockIdx.x // n_tiles
             i = (cuda.blockIdx.x - o2 * n_tiles) * _CW + tx
-            start, count = _chunk(o2, r_len, chunk, n_chunks)
+            base, count = _chunk(o2, i, inner, r_len, chunk, n_chunks)
             acc = ident
             if i < inner:
-                base = start * inner + i
-                for r in range(ty, count, _CR):
-                    acc = combine(acc, pre(x[base + r * inner], p))
+                acc = fold(x, base, inner, ty, count, _CR, ident, p)
             sh[ty, tx] = acc
             cuda.syncthreads()
             s = _CR // 2
@@ -288,6 +284,21 @@ def _norm_k(x, p=2.0, dims=(), keepdim=False):
 
 
 # ---- var / std: the mean, then the squared deviations from it ---------------------------------------
+@device_fn
+def _row_sum(x, base, inner, lo, r_len, step, s):
+    for r in range(lo, r_len, step):
+        s += x[base + r * inner]
+    return s
+
+
+@device_fn
+def _row_sq_dev(x, base, inner, lo, r_len, step, m, s):
+    for r in range(lo, r_len, step):
+        d = x[base + r * inner] - m
+        s += d * d
+    return s
+
+
 class _Var:
     def __init__(self, finish):
         finish = device_fn(finish)
@@ -296,39 +307,20 @@ class _Var:
         def per_out(x, out, n_out, r_len, inner, zero, n, dof):
             t = cuda.grid(1)
             if t < n_out:
-                o = t // inner
-                base = o * r_len * inner + (t - o * inner)
-                s = zero
-                for r in range(r_len):
-                    s += x[base + r * inner]
-                m = s / n
-                s = zero
-                for r in range(r_len):
-                    d = x[base + r * inner] - m
-                    s += d * d
-                out[t] = finish(s / dof)
+                base = row_base(t, r_len, inner)
+                m = _row_sum(x, base, inner, 0, r_len, 1, zero) / n
+                out[t] = finish(_row_sq_dev(x, base, inner, 0, r_len, 1, m, zero) / dof)
 
         @cuda.jit
         def per_block(x, out, r_len, inner, zero, n, dof):
             sh = cuda.shared.array(TPB, out.dtype)
-            t = cuda.blockIdx.x
             tid = cuda.threadIdx.x
             nt = cuda.blockDim.x
-            o = t // inner
-            base = o * r_len * inner + (t - o * inner)
-            s = zero
-            for r in range(tid, r_len, nt):
-                s += x[base + r * inner]
-            sh[tid] = s
-            m = _tree_add(sh, tid, nt) / n
-            s = zero
-            for r in range(tid, r_len, nt):
-                d = x[base + r * inner] - m
-                s += d * d
-            sh[tid] = s
-            s = _tree_add(sh, tid, nt)
+            base = row_base(cuda.blockIdx.x, r_len, inner)
+            m = block_sum(sh, _row_sum(x, base, inner, tid, r_len, nt, zero)) / n
+            s = block_sum(sh, _row_sq_dev(x, base, inner, tid, r_len, nt, m, zero))
             if tid == 0:
-                out[t] = finish(s / dof)
+                out[cuda.blockIdx.x] = finish(s / dof)
 
         self.per_out, self.per_block = per_out, per_block
 
@@ -338,18 +330,13 @@ class _Var:
         dims = tuple(int(d) % max(x.ndim, 1) for d in dims)
         src, outer, r_len, inner = layout(x, dims)
         out = empty(out_shape(x.shape, dims, keepdim), dt)
-        n_out = outer * inner
-        if n_out:
+        if outer * inner:
             T = dt.type
             args = (T(0), T(r_len), T(max(r_len - correction, 0)))  # numpy: max(n - ddof, 0)
-            if per_thread(r_len, inner, n_out):
-                self.per_out[blocks(n_out), TPB](src.d, out.d, n_out, r_len, inner, *args)
-            else:
-                self.per_block[n_out, block_size(r_len)](src.d, out.d, r_len, inner, *args)
+            launch_rows(self.per_out, self.per_block, outer * inner, r_len, inner, (src.d, out.d), args)
         return out
 
 
-_tree_add = tree_of(add)
 _VAR, _STD = _Var(lambda v: v), _Var(lambda v: math.sqrt(v))
 kernel("var", "cuda")(lambda x, dims=(), keepdim=False, correction=1: _VAR(x, dims, keepdim, correction))
 kernel("std", "cuda")(lambda x, dims=(), keepdim=False, correction=1: _STD(x, dims, keepdim, correction))
@@ -360,8 +347,7 @@ kernel("std", "cuda")(lambda x, dims=(), keepdim=False, correction=1: _STD(x, di
 def _prod_bw_k(g, x, out, n_rows, r_len, inner, one):
     t = cuda.grid(1)
     if t < n_rows:
-        o = t // inner
-        base = o * r_len * inner + (t - o * inner)
+        base = row_base(t, r_len, inner)
         acc = one
         for r in range(r_len):  # out <- product of the elements before
             k = base + r * inner

@@ -5,13 +5,15 @@ Every reduction first sees its input as ``(outer, R, inner)``: the reduced dims 
 ones merged) as one run of length ``R``; when they are not one run, a strided gather (``strided_copy``) moves the
 kept dims first and the reduced ones last. Output ``t = o * inner + i`` then reduces ``x[(o * R + r) * inner + i]``
 over ``r``. A short ``R`` runs one thread per output (reads coalesce across ``i`` when ``inner > 1``); a long one
-runs one block per output, its threads striding over ``r`` and meeting in a shared-memory tree.
+runs one block per output, its threads striding over ``r`` and meeting in a shared-memory tree (``tree_of``, also
+the block sums of the norm, loss and conv kernels). The kernels' row loops take ``(lo, step)``: ``(0, 1)`` for a
+thread's whole row, ``(threadIdx, blockDim)`` for a block's threads.
 """
 from __future__ import annotations
 
 from numba import cuda
 
-from .launch import SIM, TPB, device_fn, strided_copy
+from .launch import SIM, TPB, blocks, device_fn, strided_copy
 
 SHORT = 4 if SIM else 32  # reduced length up to which one thread reduces a whole output
 _MANY = 32 if SIM else 32768  # with inner > 1, this many outputs keep one thread each (coalesced) however long R is
@@ -75,26 +77,44 @@ def per_thread(r_len, inner, n_out):
     return r_len <= SHORT or (inner > 1 and n_out >= _MANY)
 
 
+def launch_rows(per_out, per_block, n_out, r_len, inner, bufs, args=()):
+    """Reduce (outer, R, inner) into ``n_out`` outputs: ``per_out(*bufs, n_out, R, inner, *args)`` one thread per
+    output, or ``per_block(*bufs, R, inner, *args)`` one block per output."""
+    if per_thread(r_len, inner, n_out):
+        per_out[blocks(n_out), TPB](*bufs, n_out, r_len, inner, *args)
+    else:
+        per_block[n_out, block_size(r_len)](*bufs, r_len, inner, *args)
+
+
+@device_fn
+def row_base(t, r_len, inner):
+    """Flat offset of element ``r = 0`` of output ``t = o * inner + i``."""
+    o = t // inner
+    return o * r_len * inner + (t - o * inner)
+
+
 def block_size(r_len):
     """Threads of a block-per-output launch: the power of two covering ``R``, within [_MINB, TPB]."""
     return min(TPB, max(_MINB, 1 << (r_len - 1).bit_length()))
 
 
 def tree_of(combine):
-    """A device function folding ``sh[:nt]`` (``nt`` a power of two) into one value that every thread gets.
-    Each thread stores its partial in ``sh[tid]`` before the call; ``sh`` is free again when it returns."""
+    """A device function ``(sh, v)`` folding every thread's ``v`` over the block (blockDim a power of two, ``sh``
+    a shared array of at least blockDim) into one value that every thread gets; ``sh`` is free again after it."""
 
-    def tree(sh, tid, nt):
+    def tree(sh, v):
+        tid = cuda.threadIdx.x
+        sh[tid] = v
         cuda.syncthreads()
-        s = nt // 2
+        s = cuda.blockDim.x // 2
         while s > 0:
             if tid < s:
                 sh[tid] = combine(sh[tid], sh[tid + s])
             cuda.syncthreads()
             s //= 2
-        v = sh[0]
+        r = sh[0]
         cuda.syncthreads()
-        return v
+        return r
 
     return device_fn(tree)
 
@@ -108,3 +128,4 @@ def nan_max(a, b):  # NaN wins, as np.max
 
 
 add, dmax = device_fn(plus), device_fn(nan_max)
+block_sum = tree_of(add)  # the block's sum, for every thread (with ``sh[:blockDim]`` of the sum's dtype)

@@ -1,6 +1,6 @@
 """CUDA kernels of the shape family: reshape, permute, expand, narrow, flip, repeat, cat, stack, pad (+ its
-gradient), tril/triu, cumsum; indexing (getitem, index, getitem_backward) is in getitem_kernels.py, imported
-at the end.
+gradient), tril/triu, cumsum; indexing is in getitem_kernels.py (getitem, getitem_backward) and
+index_kernels.py (index, index_put).
 
 CUDA arrays are always contiguous, so every op that is a view on the CPU is a copy here (reshape excepted:
 a new header over the same buffer). Most are one gather: a thread per output element turns its index into
@@ -18,7 +18,9 @@ from numba import cuda
 from ... import dtypes as _dt
 from ...ops.registry import kernel
 from .array import empty
+from .index_math import strided_offset, unravel3
 from .launch import MAXD, TPB, blocks, broadcast_to, cast, strided_copy
+from .reduce_launch import row_base
 
 _I64 = np.dtype(np.int64)
 
@@ -49,14 +51,7 @@ def _prod(shape):
 def _strided_k(x, out, n, shape, st, base):
     i = cuda.grid(1)
     if i < n:
-        r = i
-        ix = base
-        for d in range(MAXD - 1, -1, -1):
-            s = shape[d]
-            j = r % s
-            r //= s
-            ix += j * st[d]
-        out[i] = x[ix]
+        out[i] = x[strided_offset(i, shape, st, base)]
 
 
 # ---- reshape, permute, expand, narrow, flip, repeat --------------------------------------------------------------
@@ -215,10 +210,8 @@ def _pad_bw_k(g, out, n, m, nn, inner, left, mode, zero):
     # out (outer, nn, inner)[o, p, q] = sum of g (outer, m, inner)[o, j, q] over the j whose source is p
     i = cuda.grid(1)
     if i < n:
-        o = i // (nn * inner)
-        rem = i - o * nn * inner
-        p = rem // inner
-        gb = o * m * inner + rem - p * inner
+        o, p, q = unravel3(i, nn, inner)
+        gb = o * m * inner + q
         acc = zero
         if mode == 2:  # replicate: the edge positions take a whole run of j
             lo = 0 if p == 0 else left + p
@@ -264,8 +257,7 @@ def _pad_backward(g, pad, mode, shape):
 def _tri_k(x, out, n, rows, cols, diagonal, upper):
     i = cuda.grid(1)
     if i < n:
-        c = i % cols
-        r = (i // cols) % rows
+        _, r, c = unravel3(i, rows, cols)
         keep = (c - r >= diagonal) if upper else (c - r <= diagonal)
         if keep:
             out[i] = x[i]
@@ -296,8 +288,7 @@ def _cumsum_rows_k(x, out, rows, length, inner, rev, zero):
     # one thread per row: neighbouring threads walk neighbouring columns (coalesced when inner > 1)
     t = cuda.grid(1)
     if t < rows:
-        o = t // inner
-        base = o * length * inner + t - o * inner
+        base = row_base(t, length, inner)
         acc = zero
         for k in range(length):
             idx = base + (length - 1 - k if rev else k) * inner
@@ -320,8 +311,7 @@ def _block_scan(dtype):
     def scan(x, out, length, inner, rev, zero):
         row = cuda.blockIdx.x
         t = cuda.threadIdx.x
-        o = row // inner
-        base = o * length * inner + row - o * inner
+        base = row_base(row, length, inner)
         sh = cuda.shared.array(TPB, nb_dt)
         carry = zero
         for start in range(0, length, TPB):
