@@ -22,9 +22,8 @@ from numba import cuda, int32, int64
 from ...ops.index_rules import TENSOR
 from ...ops.registry import kernel
 from .array import CudaArray, empty, from_host
-from .index_math import strided_offset
 from .index_plan import check_nd, plan, plan_pos, pos_args
-from .launch import MAXD, TPB, blocks, bstrides, cast, full, pad_shape, strided_copy
+from .launch import MAXD, TPB, blocks, bstrides, cast, full, pad_shape, strided_copy, strided_offset
 
 _ATOMIC = {np.dtype(t) for t in (np.float32, np.float64, np.int32, np.int64, np.uint32, np.uint64)}
 

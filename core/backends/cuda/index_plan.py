@@ -16,8 +16,7 @@ from numba import cuda
 
 from ...ops.index_rules import ELLIPSIS, TENSOR
 from .array import CudaArray
-from .index_math import strided_offset
-from .launch import MAXD, TPB, blocks, bstrides, device_fn, full, pad_shape
+from .launch import MAXD, TPB, blocks, bstrides, device_fn, full, pad_shape, strided_offset
 from .shape_kernels import _cstrides, _padded
 
 _BAD = -(1 << 58)  # added to a flat offset whose index is out of range: the sum stays negative

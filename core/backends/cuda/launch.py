@@ -246,18 +246,24 @@ def _fill_k(out, n, v):
         out[i] = v
 
 
+@device_fn
+def strided_offset(i, shape, st, base):
+    """``base + sum(idx[d] * st[d])`` over the multi-index ``idx`` of flat index ``i`` in the MAXD-padded
+    ``shape`` (``st`` padded alike: element strides, 0 on broadcast dims)."""
+    r = i
+    p = base
+    for d in range(MAXD - 1, -1, -1):
+        s = shape[d]
+        p += (r % s) * st[d]
+        r //= s
+    return p
+
+
 @cuda.jit
 def _gather_k(x, out, n, shape, sx):
     i = cuda.grid(1)
     if i < n:
-        r = i
-        ix = 0
-        for d in range(MAXD - 1, -1, -1):
-            s = shape[d]
-            j = r % s
-            r //= s
-            ix += j * sx[d]
-        out[i] = x[ix]
+        out[i] = x[strided_offset(i, shape, sx, 0)]
 
 
 def fill(a: CudaArray, value) -> None:

@@ -20,8 +20,7 @@ from numba import cuda
 
 from ...ops.registry import kernel
 from .array import empty
-from .index_math import strided_offset
-from .launch import MAXD, TPB, blocks, bstrides, broadcast_shape, device_fn, pad_shape
+from .launch import MAXD, TPB, blocks, bstrides, broadcast_shape, device_fn, pad_shape, strided_offset
 from .loss_kernels import dev, total
 from .norm_kernels import block_sum
 

@@ -18,8 +18,8 @@ from numba import cuda
 from ... import dtypes as _dt
 from ...ops.registry import kernel
 from .array import empty
-from .index_math import strided_offset, unravel3
-from .launch import MAXD, TPB, blocks, broadcast_to, cast, strided_copy
+from .index_math import unravel3
+from .launch import MAXD, TPB, blocks, broadcast_to, cast, strided_copy, strided_offset
 from .reduce_launch import row_base
 
 _I64 = np.dtype(np.int64)
