@@ -21,7 +21,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 sys.path.insert(0, os.path.dirname(HERE))
 
-from workloads import batches, build, torch_model  # noqa: E402
+from workloads import batches, build  # noqa: E402
 
 BATCH = {"mlp": 128, "cnn": 64}
 
@@ -69,37 +69,17 @@ class LaunchCounter:
         self.cls.__call__ = self.orig
 
 
-def _ember_train_step(name, device):
-    import ember
-    import ember.nn.functional as F
+def _train_step(lib, name, device):
+    """One SGD-momentum cross-entropy step of the workload in ``lib`` (``ember`` or ``torch``: same API)."""
+    import importlib
 
-    ember.manual_seed(0)
-    model = build(ember.nn, name).to(device)
-    opt = ember.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+    F = importlib.import_module(f"{lib.__name__}.nn.functional")
+    lib.manual_seed(0)
+    model = build(lib.nn, name).to(device)
+    opt = lib.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
     xs, ys = batches(name, BATCH[name], 4)
-    xs = [ember.from_numpy(x).to(device) for x in xs]
-    ys = [ember.from_numpy(y).to(device) for y in ys]
-
-    def step(i):
-        opt.zero_grad()
-        loss = F.cross_entropy(model(xs[i % 4]), ys[i % 4])
-        loss.backward()
-        opt.step()
-        return loss
-
-    return step
-
-
-def _torch_train_step(name, device):
-    import torch
-    import torch.nn.functional as F
-
-    torch.manual_seed(0)
-    model = torch_model(name).to(device)
-    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
-    xs, ys = batches(name, BATCH[name], 4)
-    xs = [torch.from_numpy(x).to(device) for x in xs]
-    ys = [torch.from_numpy(y).to(device) for y in ys]
+    xs = [lib.from_numpy(x).to(device) for x in xs]
+    ys = [lib.from_numpy(y).to(device) for y in ys]
 
     def step(i):
         opt.zero_grad()
@@ -130,9 +110,9 @@ def train_timings(repeats):
     rows = []
     for name in ("mlp", "cnn"):
         row = {"workload": f"{name} B={BATCH[name]} train step"}
-        row["ember cpu ms"] = _time(_ember_train_step(name, "cpu"), lambda: None, repeats)
+        row["ember cpu ms"] = _time(_train_step(ember, name, "cpu"), lambda: None, repeats)
         t0 = time.perf_counter()
-        gstep = _ember_train_step(name, "cuda")
+        gstep = _train_step(ember, name, "cuda")
         gstep(0)
         ember.cuda.synchronize()
         row["first cuda step s (compiles)"] = time.perf_counter() - t0
@@ -146,8 +126,8 @@ def train_timings(repeats):
             import torch
 
             if torch.cuda.is_available():
-                row["torch cuda ms"] = _time(_torch_train_step(name, "cuda"), torch.cuda.synchronize, repeats)
-            row["torch cpu ms"] = _time(_torch_train_step(name, "cpu"), lambda: None, repeats)
+                row["torch cuda ms"] = _time(_train_step(torch, name, "cuda"), torch.cuda.synchronize, repeats)
+            row["torch cpu ms"] = _time(_train_step(torch, name, "cpu"), lambda: None, repeats)
         except ImportError:
             pass
         rows.append(row)
