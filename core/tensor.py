@@ -11,7 +11,7 @@ import numpy as np
 from . import _hooks
 from . import dtypes as _dt
 from .autograd.grad_mode import is_grad_enabled, no_grad
-from .device import CPU, as_device
+from .device import CPU
 
 
 class Tensor:
@@ -277,67 +277,6 @@ class Tensor:
         if self._data.dtype.kind not in "iub":
             raise TypeError(f"only integer tensors of a single element can be converted to an index, got {self.dtype}")
         return int(self.item())
-
-    def to(self, *args, dtype=None, device=None, copy=False, non_blocking=False, memory_format=None):
-        """``t.to(dtype)``, ``t.to(device)``, ``t.to(device, dtype)`` or ``t.to(other_tensor)``.
-        ``non_blocking`` and ``memory_format`` are accepted for torch compatibility (no effect on CPU)."""
-        for a in args:
-            if isinstance(a, Tensor):
-                dtype, device = a.dtype, a.device
-            elif isinstance(a, _dt.dtype) or a in (float, int, bool):
-                dtype = a
-            elif isinstance(a, str) and a in _dt._NAMES and a not in ("cpu", "cuda"):
-                dtype = a
-            else:
-                device = a
-        out = self
-        if device is not None:
-            dev = as_device(device)
-            if dev != self.device:
-                from .ops.transfer import to_device
-
-                out = to_device(self, dev)
-                copy = False
-        if dtype is not None and _dt.as_dtype(dtype) != out.dtype:
-            from .ops.basic import cast
-
-            out = cast(out, _dt.as_dtype(dtype))
-        elif copy:
-            out = out.clone()
-        return out
-
-    def float(self):
-        return self.to(_dt.float32)
-
-    def double(self):
-        return self.to(_dt.float64)
-
-    def half(self):
-        return self.to(_dt.float16)
-
-    def long(self):
-        return self.to(_dt.int64)
-
-    def int(self):
-        return self.to(_dt.int32)
-
-    def bool(self):
-        return self.to(_dt.bool_)
-
-    def byte(self):
-        return self.to(_dt.uint8)
-
-    def char(self):
-        return self.to(_dt.int8)
-
-    def type_as(self, other):
-        return self.to(other.dtype)
-
-    def cpu(self, memory_format=None):
-        return self.to("cpu")
-
-    def cuda(self, device=None, non_blocking=False):
-        return self.to("cuda" if device is None else f"cuda:{device}" if isinstance(device, int) else device)
 
     def contiguous(self):
         return self if self._data.flags.c_contiguous else self.clone()
