@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..backends.cpu import blas
 from ..tensor import Tensor
 from . import elementwise as E
 from .registry import apply, backward, kernel, register_op
@@ -22,7 +23,7 @@ def _matmul_rule(a, b):
 
 
 _matmul = register_op("matmul", shape=_matmul_rule, doc="matrix product with torch's 1-D and broadcast rules")
-kernel("matmul")(np.matmul)
+kernel("matmul")(blas.matmul)
 
 
 def _mm(a, b):
@@ -92,7 +93,7 @@ _linear = register_op("linear", shape=_linear_rule, save_inputs=(0, 1),
 def _linear_cpu(x, w, b=None):
     x2 = x if x.ndim == 2 else x.reshape(-1, x.shape[-1])
     out = np.empty((x2.shape[0], w.shape[0]), np.result_type(x.dtype, w.dtype))
-    np.matmul(x2, w.T, out=out)
+    blas.matmul(x2, w.T, out=out)
     if b is not None:
         np.add(out, b, out=out)
     return out if x.ndim == 2 else out.reshape(x.shape[:-1] + (w.shape[0],))
@@ -107,7 +108,7 @@ def _linear_gw_cpu(g, x):
     g2 = g if g.ndim == 2 else g.reshape(-1, g.shape[-1])
     x2 = x if x.ndim == 2 else x.reshape(-1, x.shape[-1])
     out = np.empty((g2.shape[1], x2.shape[1]), np.result_type(g.dtype, x.dtype))
-    return np.matmul(g2.T, x2, out=out)
+    return blas.matmul(g2.T, x2, out=out)
 
 
 @backward("linear")
