@@ -1,19 +1,22 @@
 """Stride-1 float32 convolutions on the register-blocked tiles of conv_tile_ir.py: forward, input
 gradient and weight gradient without im2col or BLAS.
 
-Layout (the "extended" layout of conv_kernels.py): each image's input planes are zero-padded to
-hp x wp and stored flat, one image after the other, with a few floats of slack after the last image
-(tiles read whole vectors past an image's end; those lanes land in discarded columns). The forward
-tile computes NCO output channels x PB consecutive output positions p = oh*wp + ow, reading input
-p + off(c, i, j); the columns ow >= wo of each row are computed and dropped by the epilogue, which
-adds the bias and (for inference) applies ReLU and the 2x2 max pool while moving the rows to NCHW.
+Layout (the "extended" layout of conv_kernels.py): an image's input planes zero-padded to hp x wp and
+stored flat, with a few floats of slack after them (tiles read whole vectors past the end; those lanes
+land in discarded columns). The forward tile computes NCO output channels x PB consecutive output
+positions p = oh*wp + ow, reading input p + off(c, i, j); the columns ow >= wo of each row are computed
+and dropped by the epilogue, which adds the bias and (for inference) applies ReLU and the 2x2 max pool
+while moving the rows to NCHW.
 
 - The input gradient of a stride-1 convolution is the forward convolution of the output gradient,
   zero-padded by d*(k-1) - p, with the kernel flipped and its channel axes swapped: the same tile.
 - The weight gradient: the output gradient moved to the extended layout (zeros in the dropped
   columns) times shifted input planes, reduced over images and positions by the wgrad tile (WCO
-  channels x WK taps per call) in chunks of images that stay in L2; each thread sums its images into
-  its own partial, added up at the end.
+  channels x WK taps per call), a chunk of images at a time (kept in L2).
+
+Each operation is one kernel per slice of images (``jit.run_parts``: the calling thread and helper
+threads): a thread pads one image (or a chunk) into its own scratch, runs the tiles and the epilogue
+while the data is in cache, and moves on; weight gradients are summed per slice, then added up.
 
 ``usable(...)`` says when these run (float32, stride 1, padding within d*(k-1) for the input gradient,
 tiles compiled); otherwise the im2col + BLAS path of conv_kernels.py does.
@@ -23,103 +26,100 @@ from __future__ import annotations
 import functools
 
 import numpy as np
+
 from .conv_direct import store_plane
-from .conv_layout import pad_planes
 from .conv_tile_ir import host_tiles
 from .jit import njit, run_parts, slices
 
 # Multiply-adds below which a convolution's tiles run on one thread (handing a slice of images to a
 # helper thread costs ~20-50 us).
 PAR_MIN_MACS = 1 << 21
-PAR_MIN_COPY = 1 << 17  # elements below which the layout moves run on one thread
 _SLACK = 64  # floats after the last image: a tile reads at most one block of positions (<= 48) past it
 WG_CHUNK_BYTES = 1 << 19  # output gradient + input floats per chunk of images in the weight gradient
 
 
 @njit
-def _fwd(xp, cgplane, offs, wpk, buf, tile, pb):
-    """buf[i, blk*nco + r, p] = the tile sums of image i for block blk = (group, block of nco output
-    channels) at every position p < lpad."""
-    n = xp.shape[0]
+def _pad_into(x, i, xp, hp, wp, ph, pw):
+    """The interior of image i of x (N, C, H, W) written into xp (C*hp*wp floats) at row ph, column pw;
+    xp's border (and anything cropped past hp x wp) is left as it is: zero, written once by the caller."""
+    c, h, w = x.shape[1], x.shape[2], x.shape[3]
+    rows = max(0, min(h, hp - ph))
+    cols = max(0, min(w, wp - pw))
+    for ci in range(c):
+        for r in range(rows):
+            d = xp[ci * hp * wp + (ph + r) * wp + pw:]
+            src = x[i, ci, r]
+            for q in range(cols):
+                d[q] = src[q]
+
+
+@njit
+def _fwd_slice(x, out, bias, hp, wp, ph, pw, offs, wpk, tile, pb, lpad, pool, relu):
+    """out (n, Co, ...) = the tiled convolution of the images x (n, C, H, W) with packed weights wpk
+    (groups, channel blocks, K, NCO) and tap table offs; the epilogue adds bias, and pools / ReLUs."""
+    n, c = x.shape[0], x.shape[1]
     groups, ncb, k, nco = wpk.shape
-    lpad = buf.shape[2]
-    for t in range(n * groups * ncb):
-        i = t // (groups * ncb)
-        blk = t - i * groups * ncb
-        g = blk // ncb
-        xbase = xp[i].ctypes.data + g * cgplane * 4
-        wptr = wpk[g, blk - g * ncb].ctypes.data
-        obase = buf[i, blk * nco].ctypes.data
-        for q in range(lpad // pb):
-            tile(xbase + q * pb * 4, offs.ctypes.data, k, wptr, obase + q * pb * 4, lpad)
+    co = out.shape[1]
+    cog = co // groups
+    cgplane = (c // groups) * hp * wp
+    rows_per_group = ncb * nco
+    ho, wo = (out.shape[2] * 2, out.shape[3] * 2) if pool else (out.shape[2], out.shape[3])
+    xp = np.zeros(c * hp * wp + _SLACK, np.float32)
+    buf = np.empty((groups * rows_per_group, lpad), np.float32)
+    for i in range(n):
+        _pad_into(x, i, xp, hp, wp, ph, pw)
+        for blk in range(groups * ncb):
+            g = blk // ncb
+            xb = xp.ctypes.data + g * cgplane * 4
+            wptr = wpk[g, blk - g * ncb].ctypes.data
+            ob = buf[blk * nco].ctypes.data
+            for q in range(lpad // pb):
+                tile(xb + q * pb * 4, offs.ctypes.data, k, wptr, ob + q * pb * 4, lpad)
+        for ch in range(co):
+            g = ch // cog
+            store_plane(buf[g * rows_per_group + ch - g * cog], out[i, ch], bias[ch], wp, ho, wo, pool, relu)
 
 
 @njit
-def _epilogue(buf, rows_per_group, bias, out, wp, ho, wo, pool, relu):
-    """out[i, c] = buf's row of channel c as an NCHW plane, bias added (pooled / ReLU'd for inference)."""
-    n, co = out.shape[0], out.shape[1]
-    cog = co // (buf.shape[1] // rows_per_group)
-    for t in range(n * co):
-        i = t // co
-        c = t - i * co
-        g = c // cog
-        store_plane(buf[i, g * rows_per_group + c - g * cog], out[i, c], bias[c], wp, ho, wo, pool, relu)
-
-
-@njit
-def _to_ext(g, ge, rows_per_group, wp, gb, want_bias):
-    """ge[i, row(c), oh*wp + ow] = g[i, c, oh, ow] with zeros in the rest of the row; gb[c] (float64) += the
-    sum of g[:, c] when ``want_bias`` (row sums in float32, added up in float64)."""
+def _wgrad_slice(g, x, hp, wp, ph, pw, offs, part, gb, want_bias, tile, v, lpad, chunk, wco, wk):
+    """part (groups, rows, kpad) += the weight-gradient sums of the images of g / x, a chunk of images at a
+    time: the chunk's output gradients moved to the extended layout (zeros in the dropped columns) and its
+    inputs padded, then the wgrad tiles; gb[c] (float64) += the sum of g[:, c] when ``want_bias``."""
     n, co, ho, wo = g.shape
-    cog = co // (ge.shape[1] // rows_per_group)
-    lpad = ge.shape[2]
-    for c in range(co):
-        grp = c // cog
-        row = grp * rows_per_group + c - grp * cog
-        acc = 0.0
-        for i in range(n):
-            d = ge[i, row]
-            for oh in range(ho):
-                s = g[i, c, oh]
-                dr = d[oh * wp:oh * wp + wo]
-                rs = s[0]
-                dr[0] = rs
-                for q in range(1, wo):
-                    dr[q] = s[q]
-                    rs += s[q]
-                acc += rs
-                for q in range(oh * wp + wo, min((oh + 1) * wp, lpad)):
-                    d[q] = 0
-            for q in range(ho * wp, lpad):
-                d[q] = 0
-        if want_bias:
-            gb[c] += acc
-
-
-@njit
-def _wgrad(ge, xp, cgplane, offs, part, tile, nsteps, chunk, wco, wk):
-    """part[g, r, k] += the weight-gradient sums of all images of ge / xp (rows r of group g, taps k), a
-    chunk of images at a time."""
-    n = xp.shape[0]
     groups, rows, kpad = part.shape
-    lpad = ge.shape[2]
-    gstride = ge.shape[1] * lpad
-    xstride = xp.shape[1]
+    cog = co // groups
+    c = x.shape[1]
+    plane = c * hp * wp
+    cgplane = (c // groups) * hp * wp
+    m_max = min(chunk, n)
+    xp = np.zeros(m_max * plane + _SLACK, np.float32)
+    ge = np.zeros((m_max, groups * rows, lpad), np.float32)  # only the valid columns are ever written
     for i0 in range(0, n, chunk):
         m = min(chunk, n - i0)
-        for g in range(groups):
-            xb = xp[i0].ctypes.data + g * cgplane * 4
+        for j in range(m):
+            _pad_into(x, i0 + j, xp[j * plane:], hp, wp, ph, pw)
+            for ch in range(co):
+                grp = ch // cog
+                d = ge[j, grp * rows + ch - grp * cog]
+                acc = 0.0
+                for oh in range(ho):
+                    src = g[i0 + j, ch, oh]
+                    dr = d[oh * wp:oh * wp + wo]
+                    rs = src[0]  # row sums in float32 (vectorised), added up in float64
+                    dr[0] = rs
+                    for q in range(1, wo):
+                        dr[q] = src[q]
+                        rs += src[q]
+                    acc += rs
+                if want_bias:
+                    gb[ch] += acc
+        for grp in range(groups):
+            xb = xp.ctypes.data + grp * cgplane * 4
             for rb in range(0, rows, wco):
-                gptr = ge[i0, g * rows + rb].ctypes.data
+                gptr = ge[0, grp * rows + rb].ctypes.data
                 for kb in range(0, kpad, wk):
-                    tile(gptr, lpad, xb, offs[kb:].ctypes.data, m, gstride, xstride, nsteps,
-                         part[g, rb, kb:].ctypes.data, kpad)
-
-
-@njit
-def _ext_and_wgrad(g, ge, rows_per_group, wp, gb, want_bias, xp, cgplane, offs, part, tile, nsteps, chunk, wco, wk):
-    _to_ext(g, ge, rows_per_group, wp, gb, want_bias)
-    _wgrad(ge, xp, cgplane, offs, part, tile, nsteps, chunk, wco, wk)
+                    tile(gptr, lpad, xb, offs[kb:].ctypes.data, m, groups * rows * lpad, plane, lpad // v,
+                         part[grp, rb, kb:].ctypes.data, kpad)
 
 
 # ---- drivers ------------------------------------------------------------------------------------
@@ -135,19 +135,6 @@ def usable(x, w, stride, backward=False, padding=(0, 0), dilation=(1, 1)):
     return True
 
 
-def _padded(x, hp, wp, ph, pw, slack):
-    """x (N, C, H, W) zero-padded into (N, C*hp*wp) planes (top/left padding ph, pw; cropped to hp x wp)
-    inside a buffer with ``slack`` zero floats after the last image."""
-    n, c = x.shape[0], x.shape[1]
-    plane = c * hp * wp
-    flat = np.empty(n * plane + slack, np.float32)
-    flat[n * plane:] = 0
-    xp = flat[:n * plane].reshape(n, c, hp * wp)
-    x = np.ascontiguousarray(x, dtype=np.float32)
-    run_parts(pad_planes.serial, [(x[lo:hi], xp[lo:hi], hp, wp, ph, pw) for lo, hi in slices(n, xp.size, PAR_MIN_COPY)])
-    return xp.reshape(n, plane)
-
-
 @functools.lru_cache(maxsize=256)
 def _offsets(cg, kh, kw, dh, dw, hp, wp, pad_to=1):
     """The tap table (read-only, cached per geometry): off(c, i, j) = c*hp*wp + i*dh*wp + j*dw, padded
@@ -161,61 +148,57 @@ def _offsets(cg, kh, kw, dh, dw, hp, wp, pad_to=1):
     return offs
 
 
-def _rows(xp, cgplane, wk, offs, le, tiles):
-    """The forward tiles over padded images xp: wk (groups, cog, K) weights -> buf (N, groups*rows, lpad)
-    with rows = cog rounded up to the tile's channel block."""
+def _packed(wk, tiles, length):
+    """wk (groups, cog, K) -> (the forward variant's pointer and PB, weights packed (groups, blocks, K, NCO)
+    with zero rows past cog, lpad = length rounded up to PB)."""
     groups, cog, k = wk.shape
-    s, fwd = tiles.pick(cog, le)
+    s, fwd = tiles.pick(cog, length)
     ncb = -(-cog // s.nco)
     wpk = np.zeros((groups, ncb * s.nco, k), np.float32)
     wpk[:, :cog] = wk
     wpk = np.ascontiguousarray(wpk.reshape(groups, ncb, s.nco, k).transpose(0, 1, 3, 2))
-    lpad = -(-le // s.pb) * s.pb
-    n = xp.shape[0]
-    buf = np.empty((n, groups * ncb * s.nco, lpad), np.float32)
-    run_parts(_fwd, [(xp[lo:hi], cgplane, offs, wpk, buf[lo:hi], fwd, s.pb)
-                     for lo, hi in slices(n, n * groups * ncb * s.nco * lpad * k, PAR_MIN_MACS)])
-    return buf, ncb * s.nco
+    return fwd, s.pb, wpk, -(-length // s.pb) * s.pb
+
+
+def _run_fwd(x, out, bias, hp, wp, ph, pw, offs, wk, tiles, pool, relu):
+    n = x.shape[0]
+    le = (out.shape[2] * (2 if pool else 1) - 1) * wp + out.shape[3] * (2 if pool else 1)
+    fwd, pb, wpk, lpad = _packed(wk, tiles, le)
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    work = n * wpk.shape[0] * wpk.shape[1] * wpk.shape[3] * lpad * wpk.shape[2]
+    run_parts(_fwd_slice, [(x[lo:hi], out[lo:hi], bias, hp, wp, ph, pw, offs, wpk, fwd, pb, lpad, pool, relu)
+                           for lo, hi in slices(n, work, PAR_MIN_MACS)])
+    return out
 
 
 def forward(x, w, bias, padding, dilation, groups, out_hw, pool=False, relu=False):
     """conv2d of float32 NCHW x with stride 1 (``out_hw`` fixes the output size, so the bottom/right
     padding may exceed the top/left one); ``pool`` / ``relu`` as conv_kernels.conv2d_forward."""
-    tiles = host_tiles()
     n = x.shape[0]
     co, cg, kh, kw = w.shape
     (ph, pw), (dh, dw), (ho, wo) = padding, dilation, out_hw
     hp, wp = ho + dh * (kh - 1), wo + dw * (kw - 1)
-    xp = _padded(x, hp, wp, ph, pw, _SLACK)
     offs = _offsets(cg, kh, kw, dh, dw, hp, wp)
     wk = np.ascontiguousarray(w, dtype=np.float32).reshape(groups, co // groups, cg * kh * kw)
-    buf, rpg = _rows(xp, cg * hp * wp, wk, offs, (ho - 1) * wp + wo, tiles)
     out = np.empty((n, co, ho // 2, wo // 2) if pool else (n, co, ho, wo), np.float32)
     b = np.zeros(co, np.float32) if bias is None else np.ascontiguousarray(bias, dtype=np.float32)
-    run_parts(_epilogue, [(buf[lo:hi], rpg, b, out[lo:hi], wp, ho, wo, pool, relu)
-                          for lo, hi in slices(n, out.size, PAR_MIN_COPY)])
-    return out
+    return _run_fwd(x, out, b, hp, wp, ph, pw, offs, wk, host_tiles(), pool, relu)
 
 
 def input_grad(g, w, padding, dilation, groups, in_hw):
     """The input gradient of a stride-1 conv2d: the forward tiles on g padded by d*(k-1) - p with the
     kernel flipped and its channel axes swapped."""
-    tiles = host_tiles()
     n, co = g.shape[0], g.shape[1]
     _, cg, kh, kw = w.shape
     cog = co // groups
     (ph, pw), (dh, dw), (h, w_) = padding, dilation, in_hw
     hq, wq = h + dh * (kh - 1), w_ + dw * (kw - 1)
-    gp = _padded(g, hq, wq, dh * (kh - 1) - ph, dw * (kw - 1) - pw, _SLACK)
     offs = _offsets(cog, kh, kw, dh, dw, hq, wq)
     wf = np.ascontiguousarray(w, dtype=np.float32).reshape(groups, cog, cg, kh, kw)[:, :, :, ::-1, ::-1]
     wk = np.ascontiguousarray(wf.transpose(0, 2, 1, 3, 4)).reshape(groups, cg, cog * kh * kw)
-    buf, rpg = _rows(gp, cog * hq * wq, wk, offs, (h - 1) * wq + w_, tiles)
     dx = np.empty((n, cg * groups, h, w_), np.float32)
-    zero = np.zeros(cg * groups, np.float32)
-    run_parts(_epilogue, [(buf[lo:hi], rpg, zero, dx[lo:hi], wq, h, w_, False, False)
-                          for lo, hi in slices(n, dx.size, PAR_MIN_COPY)])
-    return dx
+    return _run_fwd(g, dx, np.zeros(cg * groups, np.float32), hq, wq, dh * (kh - 1) - ph, dw * (kw - 1) - pw,
+                    offs, wk, host_tiles(), False, False)
 
 
 def weight_grad(g, x, w_shape, padding, dilation, groups, want_bias):
@@ -227,23 +210,18 @@ def weight_grad(g, x, w_shape, padding, dilation, groups, want_bias):
     cog = co // groups
     (ph, pw), (dh, dw) = padding, dilation
     hp, wp = ho + dh * (kh - 1), wo + dw * (kw - 1)
-    xp = _padded(x, hp, wp, ph, pw, _SLACK)
     le = (ho - 1) * wp + wo
     lpad = -(-le // s.v) * s.v
     rows = -(-cog // s.wco) * s.wco
-    ge = np.empty((n, groups * rows, lpad), np.float32)
-    if rows > cog:
-        ge.reshape(n, groups, rows, lpad)[:, :, cog:] = 0
-    g = np.ascontiguousarray(g, dtype=np.float32)
     offs = _offsets(cg, kh, kw, dh, dw, hp, wp, s.wk)
+    g = np.ascontiguousarray(g, dtype=np.float32)
+    x = np.ascontiguousarray(x, dtype=np.float32)
     parts = slices(n, n * co * le * cg * kh * kw, PAR_MIN_MACS)
     gb = np.zeros((len(parts), co), np.float64)
     part = np.zeros((len(parts), groups, rows, offs.size), np.float32)
-    chunk = max(1, WG_CHUNK_BYTES // (4 * (groups * rows * lpad + xp.shape[1])))
-    run_parts(_ext_and_wgrad, [(g[lo:hi], ge[lo:hi], rows, wp, gb[t], bool(want_bias), xp[lo:hi], cg * hp * wp, offs,
-                                part[t], tiles.wgrad, lpad // s.v, chunk, s.wco, s.wk)
-                               for t, (lo, hi) in enumerate(parts)])
+    chunk = max(1, WG_CHUNK_BYTES // (4 * (groups * rows * lpad + x.shape[1] * hp * wp)))
+    run_parts(_wgrad_slice, [(g[lo:hi], x[lo:hi], hp, wp, ph, pw, offs, part[t], gb[t], bool(want_bias), tiles.wgrad,
+                              s.v, lpad, chunk, s.wco, s.wk) for t, (lo, hi) in enumerate(parts)])
     gw = part.sum(axis=0) if len(parts) > 1 else part[0]
-    gb = gb.sum(axis=0)
     gw = np.ascontiguousarray(gw[:, :cog, :cg * kh * kw]).reshape(w_shape)
-    return gw, (gb if want_bias else None)
+    return gw, (gb.sum(axis=0) if want_bias else None)
