@@ -21,6 +21,7 @@ import threading
 
 import numpy as np
 
+from ..backends.cpu import int8_conv_tiled as _qconv_tiled
 from ..backends.cpu.jit import njit
 from ..backends.cpu.quant_kernels import _dequantize, _quantize
 from .pool import _window_rule
@@ -156,6 +157,9 @@ def _qconv_pool_cpu(x, x_scale, x_zp, w, w_scale, y_scale, y_zp, bias=None, *, s
         bias_i32, mult = ql._requant("quantized_conv2d_pool", x, x_scale, x_zp, w, w_scale, y_scale, y_zp, bias)
         return ql._short_k_conv(x, int(x_zp), w, stride, padding, dilation, groups, bias_i32, mult, int(y_zp), relu,
                                 pool=True)
+    if _qconv_tiled.usable(x, w.shape, stride, groups):  # the VNNI conv tile pools in its epilogue
+        return ql._qc_cpu(x, x_scale, x_zp, w, w_scale, y_scale, y_zp, bias, stride=stride, padding=padding,
+                          dilation=dilation, groups=groups, relu=relu, pool=True)
     y = ql._qc_cpu(x, x_scale, x_zp, w, w_scale, y_scale, y_zp, bias, stride=stride, padding=padding,
                    dilation=dilation, groups=groups, relu=relu)
     return _qmax_pool_cpu(y, **_POOL_2X2)

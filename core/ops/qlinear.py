@@ -159,12 +159,15 @@ register_op("quantized_conv2d", attrs={"stride": (1, 1), "padding": (0, 0), "dil
 
 
 @kernel("quantized_conv2d")
-def _qc_cpu(x, x_scale, x_zp, w, w_scale, y_scale, y_zp, bias=None, *, stride, padding, dilation, groups, relu=False):
+def _qc_cpu(x, x_scale, x_zp, w, w_scale, y_scale, y_zp, bias=None, *, stride, padding, dilation, groups, relu=False,
+            pool=False):
+    """``pool``: followed by 2x2 / stride-2 max pooling of the codes (quantized_conv2d_pool)."""
     bias_i32, mult = _requant("quantized_conv2d", x, x_scale, x_zp, w, w_scale, y_scale, y_zp, bias)
     if short_k(x, w, groups):
-        return _short_k_conv(x, int(x_zp), w, stride, padding, dilation, groups, bias_i32, mult, int(y_zp), relu)
+        return _short_k_conv(x, int(x_zp), w, stride, padding, dilation, groups, bias_i32, mult, int(y_zp), relu,
+                             pool=pool)
     return _qconv.qconv2d(x, int(x_zp), packed(w), stride, padding, dilation, groups, bias_i32, mult, int(y_zp),
-                          relu=bool(relu))
+                          relu=bool(relu), pool=pool, weight=w)
 
 
 # A first layer (one or two input channels) has a reduction of K <= 16 taps: too short for the int8 GEMM's

@@ -14,6 +14,7 @@ import numba
 import numpy as np
 from numba import prange
 
+from . import int8_conv_tiled as _tiled
 from .conv_kernels import _scratch, out_size
 from .int8_gemm import BLOCK_ROWS
 from .int8_kernels import (_NO_F32, _NO_I32, PackedWeight, _inline, exact_kernel, gemm_rows,
@@ -100,6 +101,12 @@ def _qconv_kernel(x, fill, flip, w, geom, ep, outs, xp, rows, xp_w, rows_w):
                 m += nr
 
 
+def _pool_codes(y):
+    """2x2 / stride-2 max pooling (floor mode) of integer codes."""
+    n, c, h, w = y.shape
+    return np.ascontiguousarray(y[:, :, :h // 2 * 2, :w // 2 * 2].reshape(n, c, h // 2, 2, w // 2, 2).max(axis=(3, 5)))
+
+
 def _pair(v, name):
     if isinstance(v, (int, np.integer)):
         return int(v), int(v)
@@ -110,10 +117,11 @@ def _pair(v, name):
 
 
 def qconv2d(x, x_zero_point, packed, stride, padding, dilation, groups, bias_i32, multiplier, out_zero_point,
-            relu=False, out_dtype="uint8", quant_min=None, quant_max=None) -> np.ndarray:
+            relu=False, out_dtype="uint8", quant_min=None, quant_max=None, pool=False, weight=None) -> np.ndarray:
     """Quantized conv2d: uint8 (or int8) NCHW x, a weight packed from (Cout, C/groups, kh, kw) int8,
     bias_i32/multiplier per output channel as in ``qlinear``; returns the requantized uint8 (or
-    int8) NCHW output."""
+    int8) NCHW output, 2x2 / stride-2 max-pooled (floor mode) with ``pool``. ``weight``: the unpacked int8
+    weight when the caller has it (the VNNI conv tile of int8_conv_tiled.py packs its own layout from it)."""
     if not isinstance(packed, PackedWeight) or packed.kernel_size is None:
         raise TypeError("qconv2d: expected a PackedWeight packed from a 4-d (Cout, C/groups, kh, kw) weight, got "
                         + ("one packed from a 2-d (N, K) weight" if isinstance(packed, PackedWeight)
@@ -140,6 +148,13 @@ def qconv2d(x, x_zero_point, packed, stride, padding, dilation, groups, bias_i32
     xu = np.ascontiguousarray(x).view(np.uint8)
     ep, dt = requant_epilogue(packed, zp, bias_i32, multiplier, out_zero_point, relu, out_dtype, quant_min, quant_max,
                               "qconv2d")
+    if _tiled.usable(x, (cout, cg, kh, kw), (sh, sw), groups):
+        out = np.empty((n, cout, ho // 2, wo // 2) if pool else (n, cout, ho, wo), dt)
+        w4 = weight if weight is not None else packed.unpack()
+        return _tiled.qconv2d(xu, np.uint8(zp), np.uint8(flip), w4, (ph, pw), (dh, dw), ep, out, pool)
+    if pool:
+        return _pool_codes(qconv2d(x, x_zero_point, packed, stride, padding, dilation, groups, bias_i32, multiplier,
+                                   out_zero_point, relu, out_dtype, quant_min, quant_max, weight=weight))
     out = np.empty((n, cout, ho, wo), dt)
     if n == 0:
         return out

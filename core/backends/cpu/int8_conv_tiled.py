@@ -1,0 +1,224 @@
+"""Stride-1 int8 convolutions on an AVX-512 VNNI tile that reads the zero-point-padded input directly
+(no im2row): the int8 sibling of conv_tiled.py.
+
+Layout: an image's uint8 planes, zero-point padded to hp x wp, with the channels interleaved in groups
+of four ("quads": byte (c // 4, p, c % 4) for position p = row * wp + col), so one 64-byte load holds 16
+positions x 4 channels: exactly the unsigned operand of ``vpdpbusd``, whose signed operand is the four
+int8 weights of those channels for one output channel, broadcast. The tile (LLVM IR, like vnni.py)
+keeps 12 output channels x 32 positions of int32 sums in registers over all (quad, tap) steps, at
+byte offsets off(quad, i, j) = quad*hp*wp*4 + (i*dh*wp + j*dw)*4 from the tile's first position.
+Positions past each row's end (the wp - wo extra columns) and past the image are computed and
+dropped. Channels past C are zero weights; the padding holds the zero point, so the usual correction
+``- a_zp * col_sums`` makes the sums exact, and the epilogue is the int8 GEMM's requantization
+(``float32(acc - a_zp*col_sum + bias) * multiplier``, rounded half to even, clamped), optionally
+followed by the 2x2 max pool of the codes (quantized_conv2d_pool).
+
+Used for groups == 1, stride 1, at least 4 input channels, when the CPU has AVX-512 VNNI
+(``EMBER_INT8_VNNI=0`` turns it off with the GEMM tile); otherwise int8_conv.py's im2row path runs.
+"""
+from __future__ import annotations
+
+import ctypes
+import os
+import weakref
+
+import numpy as np
+
+from .jit import njit, run_parts, slices
+
+NCO, NP, V = 12, 2, 16
+PB = NP * V  # positions per tile
+SLACK = 4 * PB + 64  # bytes read past an image's last plane at most
+PAR_MIN_MACS = 1 << 22
+
+_SIG = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64, ctypes.c_void_p, ctypes.c_void_p,
+                        ctypes.c_int64)
+_STATE: dict = {}
+
+
+def _ir() -> str:
+    vt = "<16 x i32>"
+    acc = [(r, h) for r in range(NCO) for h in range(NP)]
+    lines = [f"declare {vt} @llvm.x86.avx512.vpdpbusd.512({vt}, {vt}, {vt})",
+             "define void @qfwd(i8* %x, i64* %offs, i64 %K, i32* %w, i32* %out, i64 %ldo) {",
+             "entry:", "  br label %loop", "loop:", "  %k = phi i64 [0, %entry], [%k1, %loop]"]
+    lines += [f"  %a{r}_{h} = phi {vt} [zeroinitializer, %entry], [%n{r}_{h}, %loop]" for r, h in acc]
+    lines += ["  %op = getelementptr i64, i64* %offs, i64 %k", "  %off = load i64, i64* %op",
+              "  %xb = getelementptr i8, i8* %x, i64 %off"]
+    for h in range(NP):
+        lines += [f"  %xp{h} = getelementptr i8, i8* %xb, i64 {64 * h}", f"  %xq{h} = bitcast i8* %xp{h} to {vt}*",
+                  f"  %xv{h} = load {vt}, {vt}* %xq{h}, align 1"]
+    lines.append(f"  %wk = mul i64 %k, {NCO}")
+    for r in range(NCO):
+        lines += [f"  %wi{r} = add i64 %wk, {r}", f"  %wp{r} = getelementptr i32, i32* %w, i64 %wi{r}",
+                  f"  %ws{r} = load i32, i32* %wp{r}", f"  %wv{r}i = insertelement {vt} undef, i32 %ws{r}, i32 0",
+                  f"  %wv{r} = shufflevector {vt} %wv{r}i, {vt} undef, <16 x i32> zeroinitializer"]
+        lines += [f"  %n{r}_{h} = call {vt} @llvm.x86.avx512.vpdpbusd.512({vt} %a{r}_{h}, {vt} %xv{h}, {vt} %wv{r})"
+                  for h in range(NP)]
+    lines += ["  %k1 = add i64 %k, 1", "  %more = icmp ult i64 %k1, %K", "  br i1 %more, label %loop, label %done",
+              "done:"]
+    for r, h in acc:
+        lines += [f"  %oo{r}_{h} = mul i64 %ldo, {r}", f"  %oh{r}_{h} = add i64 %oo{r}_{h}, {16 * h}",
+                  f"  %ptr{r}_{h} = getelementptr i32, i32* %out, i64 %oh{r}_{h}",
+                  f"  %pq{r}_{h} = bitcast i32* %ptr{r}_{h} to {vt}*",
+                  f"  store {vt} %n{r}_{h}, {vt}* %pq{r}_{h}, align 4"]
+    lines += ["  ret void", "}"]
+    return "\n".join(lines)
+
+
+def tile():
+    """The compiled VNNI conv tile (a ctypes function pointer), or None where it cannot run."""
+    if "tile" not in _STATE:
+        _STATE["tile"] = None
+        if os.environ.get("EMBER_INT8_VNNI", "1") != "0":
+            try:
+                import llvmlite.binding as llvm
+
+                llvm.initialize_native_target()
+                llvm.initialize_native_asmprinter()
+                f = llvm.get_host_cpu_features()
+                if f.get("avx512vnni", False) and f.get("avx512f", False) and f.get("avx512bw", False):
+                    mod = llvm.parse_assembly(_ir())
+                    mod.verify()
+                    tm = llvm.Target.from_default_triple().create_target_machine(
+                        cpu=llvm.get_host_cpu_name(), features=f.flatten(), opt=3)
+                    engine = llvm.create_mcjit_compiler(mod, tm)
+                    engine.finalize_object()
+                    _STATE["engine"] = engine
+                    _STATE["tile"] = _SIG(engine.get_function_address("qfwd"))
+            except Exception:  # no native code generator: the im2row path remains
+                _STATE["tile"] = None
+    return _STATE["tile"]
+
+
+def usable(x, w_shape, stride, groups) -> bool:
+    return (tuple(stride) == (1, 1) and groups == 1 and x.ndim == 4 and x.shape[1] >= 4 and w_shape[1] == x.shape[1]
+            and tile() is not None)
+
+
+_QUADS: dict = {}  # id(weight array) -> (weakref to it, packed quads)
+
+
+def quads(w: np.ndarray) -> np.ndarray:
+    """int8 (Cout, C, kh, kw) -> int32 (ceil(Cout/NCO), ceil(C/4)*kh*kw, NCO): per block of NCO output channels
+    and (quad, i, j) step, each output channel's four weights of that quad's channels at tap (i, j), as the
+    little-endian bytes of one int32 (zeros past Cout and C). Cached per weight array."""
+    key = id(w)
+    hit = _QUADS.get(key)
+    if hit is not None and hit[0]() is w:
+        return hit[1]
+    co, c, kh, kw = w.shape
+    c4, ncb = -(-c // 4), -(-co // NCO)
+    wp = np.zeros((ncb * NCO, c4 * 4, kh, kw), np.int8)
+    wp[:co, :c] = w
+    # (block, r, quad, 4, i, j) -> (block, quad, i, j, r, 4)
+    q = wp.reshape(ncb, NCO, c4, 4, kh, kw).transpose(0, 2, 4, 5, 1, 3)
+    out = np.ascontiguousarray(q).view(np.int32).reshape(ncb, c4 * kh * kw, NCO)
+    try:
+        _QUADS[key] = (weakref.ref(w, lambda _r, k=key: _QUADS.pop(k, None)), out)
+    except TypeError:
+        pass
+    return out
+
+
+def _offsets(c4, kh, kw, dh, dw, hp, wp):
+    q, i, j = np.meshgrid(np.arange(c4), np.arange(kh), np.arange(kw), indexing="ij")
+    return ((q * hp * wp + i * dh * wp + j * dw) * 4).reshape(-1).astype(np.int64)
+
+
+@njit(fastmath=False)
+def _qfwd_slice(x, fill, flip, hp, wp, ph, pw, offs, wq, tile, lpad, a_zp, col_sums, bias_i, mult, out_zp, lo, hi,
+                out, pool, monotonic):
+    """out (n, Cout, ...) = the requantized (and with ``pool`` 2x2 max-pooled) convolution of uint8 images x;
+    ``monotonic`` (all multipliers >= 0) lets the pool run on the int32 sums before one requantization."""
+    n, c, h, w_ = x.shape
+    ncb, k4, nco = wq.shape
+    co = out.shape[1]
+    ho = out.shape[2] * 2 if pool else out.shape[2]
+    wo = out.shape[3] * 2 if pool else out.shape[3]
+    plane = hp * wp * 4
+    c4 = (c + 3) // 4
+    xq = np.empty(c4 * plane + SLACK, np.uint8)
+    xq[:] = fill
+    per = out.shape[2] * out.shape[3]  # outputs per channel
+    stage = np.empty(max(1, co * per), np.int32)
+    vmax = np.empty(max(1, wo), np.int32)
+    corr_e = np.empty(max(1, co * per), np.int64)  # per output element: -a_zp * col_sum + bias, multiplier
+    mult_e = np.empty(max(1, co * per), np.float32)
+    for oc in range(co):
+        corr_e[oc * per:(oc + 1) * per] = -a_zp * np.int64(col_sums[oc]) + bias_i[oc]
+        mult_e[oc * per:(oc + 1) * per] = mult[oc]
+    buf = np.empty((ncb * nco, lpad), np.int32)
+    xq32 = xq.view(np.uint32)
+    qplane = hp * wp
+    for i in range(n):
+        for q4 in range(c4):  # four channels' codes -> one little-endian uint32 per position
+            for r in range(h):
+                o = q4 * qplane + (ph + r) * wp + pw
+                for col in range(w_):
+                    v = np.uint32(0)
+                    for t in range(4):
+                        ch = 4 * q4 + t
+                        b = np.uint32(x[i, ch, r, col] ^ flip) if ch < c else np.uint32(fill)
+                        v |= b << np.uint32(8 * t)
+                    xq32[o + col] = v
+        for cb in range(ncb):
+            wptr = wq[cb].ctypes.data
+            for q in range(lpad // PB):
+                tile(xq.ctypes.data + q * PB * 4, offs.ctypes.data, k4, wptr, buf[cb * nco].ctypes.data + q * PB * 4,
+                     lpad)
+        if pool and not monotonic:  # a negative multiplier: requantize every sum, then pool the codes
+            for oc in range(co):
+                row = buf[oc]
+                corr = -a_zp * np.int64(col_sums[oc]) + bias_i[oc]
+                m = mult[oc]
+                for y in range(ho // 2):
+                    for xx in range(wo // 2):
+                        p = 2 * y * wp + 2 * xx
+                        best = np.float32(-np.inf)
+                        for d_ in (p, p + 1, p + wp, p + wp + 1):
+                            v = np.float32(np.int64(row[d_]) + corr) * m
+                            best = max(best, min(max(np.rint(v) + out_zp, lo), hi))
+                        out[i, oc, y, xx] = int(best)
+            continue
+        for oc in range(co):  # the sums to keep (2x2-pooled: the epilogue is non-decreasing in them), dense
+            row = buf[oc]
+            st = stage[oc * per:(oc + 1) * per]
+            if pool:
+                k = 0
+                for y in range(ho // 2):
+                    top = row[2 * y * wp:2 * y * wp + wo]
+                    bot = row[(2 * y + 1) * wp:(2 * y + 1) * wp + wo]
+                    for q in range(wo):
+                        vmax[q] = max(top[q], bot[q])
+                    for xx in range(wo // 2):
+                        st[k] = max(vmax[2 * xx], vmax[2 * xx + 1])
+                        k += 1
+            else:
+                for y in range(ho):
+                    st[y * wo:(y + 1) * wo] = row[y * wp:y * wp + wo]
+        flat = out[i].reshape(co * per)
+        for j in range(co * per):  # one vectorised requantization pass over the image's channels
+            v = np.float32(np.int64(stage[j]) + corr_e[j]) * mult_e[j]
+            flat[j] = int(min(max(np.rint(v) + out_zp, lo), hi))
+
+
+def qconv2d(xu, fill, flip, w, padding, dilation, ep, out, pool=False):
+    """Runs the tile over uint8 images xu (N, C, H, W) (flip: XOR applied to each code; fill: the padding
+    code) with int8 weight w (Cout, C, kh, kw), the requantization epilogue tuple ``ep`` of int8_kernels,
+    writing out (N, Cout, Ho, Wo) or, with ``pool``, (N, Cout, Ho//2, Wo//2)."""
+    n, c, h, w_ = xu.shape
+    _, _, kh, kw = w.shape
+    (ph, pw), (dh, dw) = padding, dilation
+    hp, wp = h + 2 * ph, w_ + 2 * pw
+    ho, wo = hp - dh * (kh - 1), wp - dw * (kw - 1)
+    le = (ho - 1) * wp + wo
+    lpad = -(-le // PB) * PB
+    wq = quads(w)
+    offs = _offsets(-(-c // 4), kh, kw, dh, dw, hp, wp)
+    _, a_zp, col_sums, bias_i, mult, out_zp, lo, hi = ep[:8]
+    work = n * wq.shape[0] * NCO * lpad * wq.shape[1] * 4
+    run_parts(_qfwd_slice, [(xu[a:b], fill, flip, hp, wp, ph, pw, offs, wq, tile(), lpad, np.int64(a_zp), col_sums,
+                             bias_i, mult, out_zp, lo, hi, out[a:b], pool, bool((mult >= 0).all()))
+                            for a, b in slices(n, work, PAR_MIN_MACS)])
+    return out
