@@ -22,6 +22,7 @@ import threading
 import numpy as np
 
 from ..backends.cpu import int8_conv_tiled as _qconv_tiled
+from ..backends.cpu import lut as _lut
 from ..backends.cpu.jit import njit
 from ..backends.cpu.quant_kernels import _dequantize, _quantize
 from .pool import _window_rule
@@ -69,18 +70,12 @@ register_op("requantize", attrs={"dtype": "uint8"}, shape=_requantize_rule,
                 "made by the runtime's quantization folding")
 
 
-@njit
-def _lookup(codes, table, out):
-    for i in range(codes.size):
-        out[i] = table[codes[i]]
-
-
 @kernel("requantize")
 def _requantize_cpu(q, s1, z1, s2, z2, dtype="uint8"):
     _check_codes("requantize", q)
     table = requantize_table(q.dtype, s1, z1, s2, z2, dtype)
     out = np.empty(q.shape, table.dtype)
-    _lookup(np.ascontiguousarray(q).reshape(-1).view(np.uint8), table, out.reshape(-1))
+    _lut.lookup(np.ascontiguousarray(q).reshape(-1).view(np.uint8), table, out.reshape(-1))
     return out
 
 
