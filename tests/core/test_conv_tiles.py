@@ -147,3 +147,30 @@ def test_slices_split_evenly_or_not_at_all():
     parts = jit.slices(7, 1000, 1)
     assert parts[0][0] == 0 and parts[-1][1] == 7
     assert all(a < b for a, b in parts) and all(p[1] == q[0] for p, q in zip(parts, parts[1:]))
+
+
+@pytest.mark.skipif(not hasattr(__import__("os"), "fork"), reason="needs fork")
+def test_run_parts_works_in_a_forked_child():
+    """A DataLoader worker forked after the helpers started must not post to the parent's (absent) threads."""
+    import multiprocessing as mp
+
+    jit.run_parts(lambda i: None, [(0,), (1,)])  # helpers exist in the parent
+    ctx = mp.get_context("fork")
+    q = ctx.Queue()
+    p = ctx.Process(target=_child_run_parts, args=(q,))
+    p.start()
+    p.join(60)
+    if p.exitcode is None:
+        p.kill()
+        p.join()
+    assert p.exitcode == 0 and q.get(timeout=5) == [1, 2]
+
+
+def _child_run_parts(q):
+    out = [0, 0]
+
+    def fill(i):
+        out[i] = i + 1
+
+    jit.run_parts(fill, [(0,), (1,)])
+    q.put(out)

@@ -6,6 +6,7 @@ it saves on small tensors.
 """
 from __future__ import annotations
 
+import os
 import queue
 import threading
 import types
@@ -115,6 +116,8 @@ class _Helpers:
 
 
 _HELPERS = _Helpers()
+if hasattr(os, "register_at_fork"):  # a forked child (DataLoader workers) has none of the parent's threads
+    os.register_at_fork(after_in_child=_HELPERS.__init__)
 
 
 def run_parts(fn, parts) -> None:
