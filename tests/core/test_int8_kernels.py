@@ -290,7 +290,8 @@ def test_qlinear_dynamic_vs_torch(m, k, n):
     a step); torch's module quantizes to 0..127 (reduce_range=True), ember to 0..255. Against
     torch's op with reduce_range=False (the same qparams) the only difference is fbgemm multiplying
     by 1/scale: an activation may land one level apart, so almost all outputs agree to float
-    rounding and all are within one step times the L1 norm."""
+    rounding and all are within one step times the L1 norm. (With one row, a single activation of the
+    784 landing apart moves every output: the agreement count is only meaningful over many rows.)"""
     x = (RNG.standard_normal((m, k)) * 2 - 0.3).astype(np.float32)
     w, w_scale = weights((n, k)), RNG.uniform(1e-3, 1e-2, n).astype(np.float32)
     w[w == -128] = -127  # torch's qint8 weights are symmetric
@@ -312,7 +313,8 @@ def test_qlinear_dynamic_vs_torch(m, k, n):
     assert (np.abs(ours - theirs) <= (s_ours + s_torch) / 2 * l1 + fp).all()
     diff = np.abs(ours - theirs_full)
     assert (diff <= s_ours * l1 + fp).all()
-    assert np.mean(diff <= fp) >= 0.95
+    if m >= 16:
+        assert np.mean(diff <= fp) >= 0.95
 
 
 # ---- qconv2d ----------------------------------------------------------------------------------
