@@ -185,6 +185,7 @@ def short_k(x, w, groups) -> bool:
 def _short_k_conv(x, x_zp, w, stride, padding, dilation, groups, bias_i32, mult, y_zp, relu, pool=False):
     """``pool``: 2x2 / stride-2 max pooling of the accumulators before the epilogue, which is monotonic in them
     (positive multipliers), so it equals pooling the requantized codes (what quantized_conv2d_pool promises)."""
+    from ..backends.cpu import conv_tiled
     from ..backends.cpu.conv_kernels import conv2d_forward, out_size
 
     n, c, h, w_ = x.shape
@@ -193,15 +194,19 @@ def _short_k_conv(x, x_zp, w, stride, padding, dilation, groups, bias_i32, mult,
               out_size(w_, kw, stride[1], padding[1], padding[1], dilation[1]))
     xf = x.astype(np.float32)
     xf -= np.float32(x_zp)
+    bias = np.zeros(co, np.float64) if bias_i32 is None else np.asarray(bias_i32, np.float64)
+    lo = max(0, y_zp) if relu else 0
+    mult = np.broadcast_to(np.asarray(mult, np.float32).reshape(-1), (co,))
+    if conv_tiled.usable(xf, w.astype(np.float32), tuple(stride)):  # requantized in the tiles' epilogue
+        return conv_tiled.forward_requant(xf, w.astype(np.float32), tuple(padding), tuple(dilation), groups, out_hw,
+                                          pool, bias, mult, y_zp, lo, 255)
     acc = conv2d_forward(xf, w.astype(np.float32), None, tuple(stride), tuple(padding), tuple(dilation), groups,
                          out_hw, pool=pool)
     # as float64: acc (an exact integer below 2**24) + bias is exact below 2**53, so rounding it to float32
     # equals the int8 kernels' float32(int64 sum); float64 adds vectorise where int64 conversions do not
-    bias = np.zeros(co, np.float64) if bias_i32 is None else np.asarray(bias_i32, np.float64)
     out = np.empty(acc.shape, np.uint8)
-    lo = max(0, y_zp) if relu else 0
-    _requant_planes(acc.size, acc.reshape(n, co, -1), bias, np.asarray(mult, np.float32).reshape(-1),
-                    np.float32(y_zp), np.float32(lo), np.float32(255), out.reshape(n, co, -1))
+    _requant_planes(acc.size, acc.reshape(n, co, -1), bias, np.ascontiguousarray(mult), np.float32(y_zp),
+                    np.float32(lo), np.float32(255), out.reshape(n, co, -1))
     return out
 
 

@@ -54,9 +54,10 @@ def _pad_into(x, i, xp, hp, wp, ph, pw):
 
 
 @njit
-def _fwd_slice(x, out, bias, hp, wp, ph, pw, offs, wpk, tile, pb, lpad, pool, relu):
+def _fwd_slice(x, out, bias, hp, wp, ph, pw, offs, wpk, tile, pb, lpad, pool, relu, qep):
     """out (n, Co, ...) = the tiled convolution of the images x (n, C, H, W) with packed weights wpk
-    (groups, channel blocks, K, NCO) and tap table offs; the epilogue adds bias, and pools / ReLUs."""
+    (groups, channel blocks, K, NCO) and tap table offs; the epilogue adds bias, and pools / ReLUs; or,
+    with ``qep`` = (bias_i, multiplier, zero point, lo, hi), requantizes the (pooled) sums to uint8 codes."""
     n, c = x.shape[0], x.shape[1]
     groups, ncb, k, nco = wpk.shape
     co = out.shape[1]
@@ -66,6 +67,7 @@ def _fwd_slice(x, out, bias, hp, wp, ph, pw, offs, wpk, tile, pb, lpad, pool, re
     ho, wo = (out.shape[2] * 2, out.shape[3] * 2) if pool else (out.shape[2], out.shape[3])
     xp = np.zeros(c * hp * wp + _SLACK, np.float32)
     buf = np.empty((groups * rows_per_group, lpad), np.float32)
+    stage = np.empty(max(1, ho * wo), np.float32)
     for i in range(n):
         _pad_into(x, i, xp, hp, wp, ph, pw)
         for blk in range(groups * ncb):
@@ -75,9 +77,44 @@ def _fwd_slice(x, out, bias, hp, wp, ph, pw, offs, wpk, tile, pb, lpad, pool, re
             ob = buf[blk * nco].ctypes.data
             for q in range(lpad // pb):
                 tile(xb + q * pb * 4, offs.ctypes.data, k, wptr, ob + q * pb * 4, lpad)
-        for ch in range(co):
-            g = ch // cog
-            store_plane(buf[g * rows_per_group + ch - g * cog], out[i, ch], bias[ch], wp, ho, wo, pool, relu)
+        if qep is None:
+            for ch in range(co):
+                g = ch // cog
+                store_plane(buf[g * rows_per_group + ch - g * cog], out[i, ch], bias[ch], wp, ho, wo, pool, relu)
+        else:
+            _requant_image(buf, out[i], rows_per_group, cog, wp, ho, wo, pool, qep, stage)
+
+
+@njit(fastmath=False)
+def _requant_image(buf, out, rows_per_group, cog, wp, ho, wo, pool, qep, stage):
+    """out (Co, ...) uint8 = clip(rint(float32(acc + bias_i[c]) * multiplier[c]) + zp, lo, hi) of one image's
+    sums (exact integers in float32; the sum taken in float64 as the int8 kernels' int64), 2x2 max-pooled
+    first with ``pool`` (the requantization is non-decreasing in the sum for positive multipliers)."""
+    bias_i, mult, zp, lo, hi = qep
+    for ch in range(out.shape[0]):
+        g = ch // cog
+        row = buf[g * rows_per_group + ch - g * cog]
+        k = 0
+        if pool:
+            for y in range(ho // 2):
+                top = row[2 * y * wp:2 * y * wp + wo]
+                bot = row[(2 * y + 1) * wp:(2 * y + 1) * wp + wo]
+                for xx in range(wo // 2):
+                    stage[k] = max(max(top[2 * xx], top[2 * xx + 1]), max(bot[2 * xx], bot[2 * xx + 1]))
+                    k += 1
+        else:
+            for y in range(ho):
+                stage[k:k + wo] = row[y * wp:y * wp + wo]
+                k += wo
+        b, m = bias_i[ch], mult[ch]
+        flat = out[ch].reshape(k)
+        for j in range(k):
+            r = np.rint(np.float32(np.float64(stage[j]) + b) * m) + zp
+            if r < lo:
+                r = lo
+            if r > hi:
+                r = hi
+            flat[j] = np.uint8(r)
 
 
 @njit
@@ -160,13 +197,13 @@ def _packed(wk, tiles, length):
     return fwd, s.pb, wpk, -(-length // s.pb) * s.pb
 
 
-def _run_fwd(x, out, bias, hp, wp, ph, pw, offs, wk, tiles, pool, relu):
+def _run_fwd(x, out, bias, hp, wp, ph, pw, offs, wk, tiles, pool, relu, qep=None):
     n = x.shape[0]
     le = (out.shape[2] * (2 if pool else 1) - 1) * wp + out.shape[3] * (2 if pool else 1)
     fwd, pb, wpk, lpad = _packed(wk, tiles, le)
     x = np.ascontiguousarray(x, dtype=np.float32)
     work = n * wpk.shape[0] * wpk.shape[1] * wpk.shape[3] * lpad * wpk.shape[2]
-    run_parts(_fwd_slice, [(x[lo:hi], out[lo:hi], bias, hp, wp, ph, pw, offs, wpk, fwd, pb, lpad, pool, relu)
+    run_parts(_fwd_slice, [(x[lo:hi], out[lo:hi], bias, hp, wp, ph, pw, offs, wpk, fwd, pb, lpad, pool, relu, qep)
                            for lo, hi in slices(n, work, PAR_MIN_MACS)])
     return out
 
@@ -183,6 +220,22 @@ def forward(x, w, bias, padding, dilation, groups, out_hw, pool=False, relu=Fals
     out = np.empty((n, co, ho // 2, wo // 2) if pool else (n, co, ho, wo), np.float32)
     b = np.zeros(co, np.float32) if bias is None else np.ascontiguousarray(bias, dtype=np.float32)
     return _run_fwd(x, out, b, hp, wp, ph, pw, offs, wk, host_tiles(), pool, relu)
+
+
+def forward_requant(x, w, padding, dilation, groups, out_hw, pool, bias_i, mult, zp, lo, hi):
+    """The uint8 codes clip(rint(float32(conv + bias_i) * mult) + zp, lo, hi) per output channel of a stride-1
+    float32 convolution whose sums are exact integers (quantized first layers: see ops/qlinear.py), pooled
+    2x2 before the requantization with ``pool``."""
+    n = x.shape[0]
+    co, cg, kh, kw = w.shape
+    (ph, pw), (dh, dw), (ho, wo) = padding, dilation, out_hw
+    hp, wp = ho + dh * (kh - 1), wo + dw * (kw - 1)
+    offs = _offsets(cg, kh, kw, dh, dw, hp, wp)
+    wk = np.ascontiguousarray(w, dtype=np.float32).reshape(groups, co // groups, cg * kh * kw)
+    out = np.empty((n, co, ho // 2, wo // 2) if pool else (n, co, ho, wo), np.uint8)
+    qep = (np.ascontiguousarray(bias_i, np.float64), np.ascontiguousarray(mult, np.float32), np.float32(zp),
+           np.float32(lo), np.float32(hi))
+    return _run_fwd(x, out, np.zeros(co, np.float32), hp, wp, ph, pw, offs, wk, host_tiles(), pool, False, qep)
 
 
 def input_grad(g, w, padding, dilation, groups, in_hw):
