@@ -66,6 +66,62 @@ def _ir() -> str:
     return "\n".join(lines)
 
 
+_POOL_SIG = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64, ctypes.c_int64, ctypes.c_void_p)
+
+# pool(src, wp, ho2, wo, dst): dst[y*(wo//2) + x] = max of the 2x2 block at (2y, 2x) of the int32 rows src (row
+# stride wp), 16 columns at a time: vertical max, then even/odd lanes. Reads up to 16 values past a row's wo and
+# writes up to 8 past a row's wo//2 (the next row's store, or the caller's slack, covers them).
+_POOL_IR = """
+define void @pool(i32* %src, i64 %wp, i64 %ho2, i64 %wo, i32* %dst) {
+entry:
+  %wo2 = sdiv i64 %wo, 2
+  %rows = icmp sgt i64 %ho2, 0
+  %cols = icmp sgt i64 %wo, 1
+  %go = and i1 %rows, %cols
+  br i1 %go, label %row, label %done
+row:
+  %y = phi i64 [0, %entry], [%y1, %rowend]
+  %y2 = mul i64 %y, 2
+  %toff = mul i64 %y2, %wp
+  %boff = add i64 %toff, %wp
+  %doff = mul i64 %y, %wo2
+  br label %col
+col:
+  %x = phi i64 [0, %row], [%x1, %col]
+  %ta = add i64 %toff, %x
+  %tp = getelementptr i32, i32* %src, i64 %ta
+  %tq = bitcast i32* %tp to <16 x i32>*
+  %t = load <16 x i32>, <16 x i32>* %tq, align 4
+  %ba = add i64 %boff, %x
+  %bp = getelementptr i32, i32* %src, i64 %ba
+  %bq = bitcast i32* %bp to <16 x i32>*
+  %b = load <16 x i32>, <16 x i32>* %bq, align 4
+  %gt = icmp sgt <16 x i32> %t, %b
+  %v = select <16 x i1> %gt, <16 x i32> %t, <16 x i32> %b
+  %ev = shufflevector <16 x i32> %v, <16 x i32> undef,
+                      <8 x i32> <i32 0, i32 2, i32 4, i32 6, i32 8, i32 10, i32 12, i32 14>
+  %od = shufflevector <16 x i32> %v, <16 x i32> undef,
+                      <8 x i32> <i32 1, i32 3, i32 5, i32 7, i32 9, i32 11, i32 13, i32 15>
+  %gt2 = icmp sgt <8 x i32> %ev, %od
+  %p = select <8 x i1> %gt2, <8 x i32> %ev, <8 x i32> %od
+  %xh = sdiv i64 %x, 2
+  %da = add i64 %doff, %xh
+  %dp = getelementptr i32, i32* %dst, i64 %da
+  %dq = bitcast i32* %dp to <8 x i32>*
+  store <8 x i32> %p, <8 x i32>* %dq, align 4
+  %x1 = add i64 %x, 16
+  %more = icmp slt i64 %x1, %wo
+  br i1 %more, label %col, label %rowend
+rowend:
+  %y1 = add i64 %y, 1
+  %morey = icmp slt i64 %y1, %ho2
+  br i1 %morey, label %row, label %done
+done:
+  ret void
+}
+"""
+
+
 def tile():
     """The compiled VNNI conv tile (a ctypes function pointer), or None where it cannot run."""
     if "tile" not in _STATE:
@@ -78,7 +134,7 @@ def tile():
                 llvm.initialize_native_asmprinter()
                 f = llvm.get_host_cpu_features()
                 if f.get("avx512vnni", False) and f.get("avx512f", False) and f.get("avx512bw", False):
-                    mod = llvm.parse_assembly(_ir())
+                    mod = llvm.parse_assembly(_ir() + _POOL_IR)
                     mod.verify()
                     tm = llvm.Target.from_default_triple().create_target_machine(
                         cpu=llvm.get_host_cpu_name(), features=f.flatten(), opt=3)
@@ -86,6 +142,7 @@ def tile():
                     engine.finalize_object()
                     _STATE["engine"] = engine
                     _STATE["tile"] = _SIG(engine.get_function_address("qfwd"))
+                    _STATE["pool"] = _POOL_SIG(engine.get_function_address("pool"))
             except Exception:  # no native code generator: the im2row path remains
                 _STATE["tile"] = None
     return _STATE["tile"]
@@ -128,7 +185,7 @@ def _offsets(c4, kh, kw, dh, dw, hp, wp):
 
 @njit(fastmath=False)
 def _qfwd_slice(x, fill, flip, hp, wp, ph, pw, offs, wq, tile, lpad, a_zp, col_sums, bias_i, mult, out_zp, lo, hi,
-                out, pool, monotonic):
+                out, pool, monotonic, pool_fn):
     """out (n, Cout, ...) = the requantized (and with ``pool`` 2x2 max-pooled) convolution of uint8 images x;
     ``monotonic`` (all multipliers >= 0) lets the pool run on the int32 sums before one requantization."""
     n, c, h, w_ = x.shape
@@ -141,14 +198,13 @@ def _qfwd_slice(x, fill, flip, hp, wp, ph, pw, offs, wq, tile, lpad, a_zp, col_s
     xq = np.empty(c4 * plane + SLACK, np.uint8)
     xq[:] = fill
     per = out.shape[2] * out.shape[3]  # outputs per channel
-    stage = np.empty(max(1, co * per), np.int32)
-    vmax = np.empty(max(1, wo), np.int32)
+    stage = np.empty(co * per + 16, np.int32)  # + the pool's overhang
     corr_e = np.empty(max(1, co * per), np.int64)  # per output element: -a_zp * col_sum + bias, multiplier
     mult_e = np.empty(max(1, co * per), np.float32)
     for oc in range(co):
         corr_e[oc * per:(oc + 1) * per] = -a_zp * np.int64(col_sums[oc]) + bias_i[oc]
         mult_e[oc * per:(oc + 1) * per] = mult[oc]
-    buf = np.empty((ncb * nco, lpad), np.int32)
+    buf = np.empty(ncb * nco * lpad + 16, np.int32)[:ncb * nco * lpad].reshape(ncb * nco, lpad)  # + overhang
     xq32 = xq.view(np.uint32)
     qplane = hp * wp
     for i in range(n):
@@ -185,15 +241,7 @@ def _qfwd_slice(x, fill, flip, hp, wp, ph, pw, offs, wq, tile, lpad, a_zp, col_s
             row = buf[oc]
             st = stage[oc * per:(oc + 1) * per]
             if pool:
-                k = 0
-                for y in range(ho // 2):
-                    top = row[2 * y * wp:2 * y * wp + wo]
-                    bot = row[(2 * y + 1) * wp:(2 * y + 1) * wp + wo]
-                    for q in range(wo):
-                        vmax[q] = max(top[q], bot[q])
-                    for xx in range(wo // 2):
-                        st[k] = max(vmax[2 * xx], vmax[2 * xx + 1])
-                        k += 1
+                pool_fn(row.ctypes.data, wp, ho // 2, wo, st.ctypes.data)
             else:
                 for y in range(ho):
                     st[y * wo:(y + 1) * wo] = row[y * wp:y * wp + wo]
@@ -219,6 +267,6 @@ def qconv2d(xu, fill, flip, w, padding, dilation, ep, out, pool=False):
     _, a_zp, col_sums, bias_i, mult, out_zp, lo, hi = ep[:8]
     work = n * wq.shape[0] * NCO * lpad * wq.shape[1] * 4
     run_parts(_qfwd_slice, [(xu[a:b], fill, flip, hp, wp, ph, pw, offs, wq, tile(), lpad, np.int64(a_zp), col_sums,
-                             bias_i, mult, out_zp, lo, hi, out[a:b], pool, bool((mult >= 0).all()))
+                             bias_i, mult, out_zp, lo, hi, out[a:b], pool, bool((mult >= 0).all()), _STATE["pool"])
                             for a, b in slices(n, work, PAR_MIN_MACS)])
     return out
