@@ -174,3 +174,17 @@ def _child_run_parts(q):
 
     jit.run_parts(fill, [(0,), (1,)])
     q.put(out)
+
+
+@pytest.mark.parametrize("hw", [(9, 10), (7, 7), (20, 35)])
+def test_fused_pool_propagates_nan_like_torch(tiles, hw):
+    """The 2x2 pool kernel: NaN wins (as max_pool2d), odd sizes floor, rows wider than one 16-column step."""
+    x, w, b, y, _ = _torch_case((2, 3) + hw, (5, 3, 3), (1, 1), (1, 1), 1, (0, 0))
+    x32 = x.detach().numpy().astype(np.float32)
+    x32[0, 1, 3, 4] = np.nan
+    want = F.max_pool2d(F.relu(F.conv2d(torch.from_numpy(x32).double(), w.detach(), b.detach(), padding=1)), 2)
+    got = conv_tiled.forward(x32, *(t.detach().numpy().astype(np.float32) for t in (w, b)), (1, 1), (1, 1), 1,
+                             tuple(y.shape[2:]), pool=True, relu=True)
+    assert np.isnan(got).any()
+    np.testing.assert_array_equal(np.isnan(got), np.isnan(want.numpy()))
+    _close(np.nan_to_num(got), torch.nan_to_num(want))

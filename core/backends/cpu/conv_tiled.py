@@ -54,7 +54,7 @@ def _pad_into(x, i, xp, hp, wp, ph, pw):
 
 
 @njit
-def _fwd_slice(x, out, bias, hp, wp, ph, pw, offs, wpk, tile, pb, lpad, pool, relu, qep):
+def _fwd_slice(x, out, bias, hp, wp, ph, pw, offs, wpk, tile, pb, lpad, pool, relu, qep, pool_fn):
     """out (n, Co, ...) = the tiled convolution of the images x (n, C, H, W) with packed weights wpk
     (groups, channel blocks, K, NCO) and tap table offs; the epilogue adds bias, and pools / ReLUs; or,
     with ``qep`` = (bias_i, multiplier, zero point, lo, hi), requantizes the (pooled) sums to uint8 codes."""
@@ -66,8 +66,9 @@ def _fwd_slice(x, out, bias, hp, wp, ph, pw, offs, wpk, tile, pb, lpad, pool, re
     rows_per_group = ncb * nco
     ho, wo = (out.shape[2] * 2, out.shape[3] * 2) if pool else (out.shape[2], out.shape[3])
     xp = np.zeros(c * hp * wp + _SLACK, np.float32)
-    buf = np.empty((groups * rows_per_group, lpad), np.float32)
-    stage = np.empty(max(1, ho * wo), np.float32)
+    rows = groups * rows_per_group
+    buf = np.empty(rows * lpad + 16, np.float32)[:rows * lpad].reshape(rows, lpad)  # + the pool's overhang
+    stage = np.empty(ho * wo + 16, np.float32)
     for i in range(n):
         _pad_into(x, i, xp, hp, wp, ph, pw)
         for blk in range(groups * ncb):
@@ -80,13 +81,22 @@ def _fwd_slice(x, out, bias, hp, wp, ph, pw, offs, wpk, tile, pb, lpad, pool, re
         if qep is None:
             for ch in range(co):
                 g = ch // cog
-                store_plane(buf[g * rows_per_group + ch - g * cog], out[i, ch], bias[ch], wp, ho, wo, pool, relu)
+                row = buf[g * rows_per_group + ch - g * cog]
+                if pool:  # the pool kernel into stage, then bias and ReLU on the way out
+                    pool_fn(row.ctypes.data, wp, ho // 2, wo, stage.ctypes.data)
+                    flat = out[i, ch].reshape(out.shape[2] * out.shape[3])
+                    bv = bias[ch]
+                    for j in range(flat.size):
+                        v = stage[j] + bv
+                        flat[j] = (v if v > 0 or v != v else 0.0) if relu else v
+                else:
+                    store_plane(row, out[i, ch], bias[ch], wp, ho, wo, False, relu)
         else:
-            _requant_image(buf, out[i], rows_per_group, cog, wp, ho, wo, pool, qep, stage)
+            _requant_image(buf, out[i], rows_per_group, cog, wp, ho, wo, pool, qep, stage, pool_fn)
 
 
 @njit(fastmath=False)
-def _requant_image(buf, out, rows_per_group, cog, wp, ho, wo, pool, qep, stage):
+def _requant_image(buf, out, rows_per_group, cog, wp, ho, wo, pool, qep, stage, pool_fn):
     """out (Co, ...) uint8 = clip(rint(float32(acc + bias_i[c]) * multiplier[c]) + zp, lo, hi) of one image's
     sums (exact integers in float32; the sum taken in float64 as the int8 kernels' int64), 2x2 max-pooled
     first with ``pool`` (the requantization is non-decreasing in the sum for positive multipliers)."""
@@ -96,12 +106,8 @@ def _requant_image(buf, out, rows_per_group, cog, wp, ho, wo, pool, qep, stage):
         row = buf[g * rows_per_group + ch - g * cog]
         k = 0
         if pool:
-            for y in range(ho // 2):
-                top = row[2 * y * wp:2 * y * wp + wo]
-                bot = row[(2 * y + 1) * wp:(2 * y + 1) * wp + wo]
-                for xx in range(wo // 2):
-                    stage[k] = max(max(top[2 * xx], top[2 * xx + 1]), max(bot[2 * xx], bot[2 * xx + 1]))
-                    k += 1
+            pool_fn(row.ctypes.data, wp, ho // 2, wo, stage.ctypes.data)
+            k = (ho // 2) * (wo // 2)
         else:
             for y in range(ho):
                 stage[k:k + wo] = row[y * wp:y * wp + wo]
@@ -203,7 +209,8 @@ def _run_fwd(x, out, bias, hp, wp, ph, pw, offs, wk, tiles, pool, relu, qep=None
     fwd, pb, wpk, lpad = _packed(wk, tiles, le)
     x = np.ascontiguousarray(x, dtype=np.float32)
     work = n * wpk.shape[0] * wpk.shape[1] * wpk.shape[3] * lpad * wpk.shape[2]
-    run_parts(_fwd_slice, [(x[lo:hi], out[lo:hi], bias, hp, wp, ph, pw, offs, wpk, fwd, pb, lpad, pool, relu, qep)
+    run_parts(_fwd_slice, [(x[lo:hi], out[lo:hi], bias, hp, wp, ph, pw, offs, wpk, fwd, pb, lpad, pool, relu, qep,
+                            tiles.pool)
                            for lo, hi in slices(n, work, PAR_MIN_MACS)])
     return out
 
