@@ -5,7 +5,7 @@ Layout: an image's uint8 planes, zero-point padded to hp x wp, with the channels
 of four ("quads": byte (c // 4, p, c % 4) for position p = row * wp + col), so one 64-byte load holds 16
 positions x 4 channels: exactly the unsigned operand of ``vpdpbusd``, whose signed operand is the four
 int8 weights of those channels for one output channel, broadcast. The tile (LLVM IR, like vnni.py)
-keeps 12 output channels x 32 positions of int32 sums in registers over all (quad, tap) steps, at
+keeps 8 output channels x 48 positions of int32 sums in registers over all (quad, tap) steps, at
 byte offsets off(quad, i, j) = quad*hp*wp*4 + (i*dh*wp + j*dw)*4 from the tile's first position.
 Positions past each row's end (the wp - wo extra columns) and past the image are computed and
 dropped. Channels past C are zero weights; the padding holds the zero point, so the usual correction
@@ -19,6 +19,7 @@ Used for groups == 1, stride 1, at least 4 input channels, when the CPU has AVX-
 from __future__ import annotations
 
 import ctypes
+import functools
 import os
 import weakref
 
@@ -26,7 +27,7 @@ import numpy as np
 
 from .jit import njit, run_parts, slices
 
-NCO, NP, V = 12, 2, 16
+NCO, NP, V = 8, 3, 16
 PB = NP * V  # positions per tile
 SLACK = 4 * PB + 64  # bytes read past an image's last plane at most
 PAR_MIN_MACS = 1 << 22
@@ -178,9 +179,13 @@ def quads(w: np.ndarray) -> np.ndarray:
     return out
 
 
+@functools.lru_cache(maxsize=256)
 def _offsets(c4, kh, kw, dh, dw, hp, wp):
+    """Byte offsets of the (quad, i, j) steps from a tile's first position (read-only, cached per geometry)."""
     q, i, j = np.meshgrid(np.arange(c4), np.arange(kh), np.arange(kw), indexing="ij")
-    return ((q * hp * wp + i * dh * wp + j * dw) * 4).reshape(-1).astype(np.int64)
+    offs = ((q * hp * wp + i * dh * wp + j * dw) * 4).reshape(-1).astype(np.int64)
+    offs.flags.writeable = False
+    return offs
 
 
 @njit(fastmath=False)
