@@ -16,8 +16,9 @@ import numpy as np
 from numba import prange
 
 from ..backends.cpu import int8_conv as _qconv
-from ..backends.cpu import jit
 from ..backends.cpu import int8_kernels as _ik
+from ..backends.cpu import jit
+from ..backends.cpu.conv_tiled import requant_row
 from .registry import kernel, register_op
 
 _PACKED = {}  # id(weight array) -> (weakref to it, PackedWeight)
@@ -220,12 +221,4 @@ def _requant_planes(acc, bias, mult, zp, lo, hi, out):
     for t in prange(n_ * co_):
         i = t // co_
         c = t - i * co_
-        b, m = bias[c], mult[c]
-        src, dst = acc[i, c], out[i, c]
-        for j in range(hw):
-            r = np.rint(np.float32(np.float64(src[j]) + b) * m) + zp
-            if r < lo:
-                r = lo
-            if r > hi:
-                r = hi
-            dst[j] = np.uint8(r)
+        requant_row(acc[i, c], hw, bias[c], mult[c], zp, lo, hi, out[i, c])

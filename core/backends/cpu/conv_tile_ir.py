@@ -25,9 +25,10 @@ from __future__ import annotations
 import ctypes
 import os
 
+from .llvm_ir import POOL_SIG, compile_module, pool_ir
+
 _FWD_SIG = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64, ctypes.c_void_p,
                             ctypes.c_void_p, ctypes.c_int64)
-_POOL_SIG = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64, ctypes.c_int64, ctypes.c_void_p)
 _WG_SIG = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_int64, ctypes.c_void_p, ctypes.c_void_p,
                            ctypes.c_int64, ctypes.c_int64, ctypes.c_int64, ctypes.c_int64, ctypes.c_void_p,
                            ctypes.c_int64)
@@ -133,70 +134,11 @@ def wgrad_ir(s: Shape, name="wgrad") -> str:
     return "\n".join(lines)
 
 
-def _nanmax(out, a, b, n):
-    """IR lines: out = b where b > a or b is NaN, else a (NaN wins, as max_pool2d), on <n x float>."""
-    return (f"  %{out}g = fcmp ogt <{n} x float> %{b}, %{a}\n  %{out}u = fcmp uno <{n} x float> %{b}, %{b}\n"
-            f"  %{out}p = or <{n} x i1> %{out}g, %{out}u\n"
-            f"  %{out} = select <{n} x i1> %{out}p, <{n} x float> %{b}, <{n} x float> %{a}")
-
-
-# pool(src, wp, ho2, wo, dst): dst[y*(wo//2) + x] = the 2x2 max (NaN wins) at (2y, 2x) of the float rows src (row
-# stride wp), 16 columns per step: vertical max, then even/odd lanes. Reads up to 16 floats past a row's wo and
-# writes up to 8 past a row's wo//2 (the next row's store or the caller's slack takes them).
-POOL_IR = f"""
-define void @pool(float* %src, i64 %wp, i64 %ho2, i64 %wo, float* %dst) {{
-entry:
-  %wo2 = sdiv i64 %wo, 2
-  %rows = icmp sgt i64 %ho2, 0
-  %cols = icmp sgt i64 %wo, 1
-  %go = and i1 %rows, %cols
-  br i1 %go, label %row, label %done
-row:
-  %y = phi i64 [0, %entry], [%y1, %rowend]
-  %y2 = mul i64 %y, 2
-  %toff = mul i64 %y2, %wp
-  %boff = add i64 %toff, %wp
-  %doff = mul i64 %y, %wo2
-  br label %col
-col:
-  %x = phi i64 [0, %row], [%x1, %col]
-  %ta = add i64 %toff, %x
-  %tp = getelementptr float, float* %src, i64 %ta
-  %tq = bitcast float* %tp to <16 x float>*
-  %t = load <16 x float>, <16 x float>* %tq, align 4
-  %ba = add i64 %boff, %x
-  %bp = getelementptr float, float* %src, i64 %ba
-  %bq = bitcast float* %bp to <16 x float>*
-  %b = load <16 x float>, <16 x float>* %bq, align 4
-{_nanmax("v", "t", "b", 16)}
-  %ev = shufflevector <16 x float> %v, <16 x float> undef,
-                      <8 x i32> <i32 0, i32 2, i32 4, i32 6, i32 8, i32 10, i32 12, i32 14>
-  %od = shufflevector <16 x float> %v, <16 x float> undef,
-                      <8 x i32> <i32 1, i32 3, i32 5, i32 7, i32 9, i32 11, i32 13, i32 15>
-{_nanmax("m", "ev", "od", 8)}
-  %xh = sdiv i64 %x, 2
-  %da = add i64 %doff, %xh
-  %dp = getelementptr float, float* %dst, i64 %da
-  %dq = bitcast float* %dp to <8 x float>*
-  store <8 x float> %m, <8 x float>* %dq, align 4
-  %x1 = add i64 %x, 16
-  %more = icmp slt i64 %x1, %wo
-  br i1 %more, label %col, label %rowend
-rowend:
-  %y1 = add i64 %y, 1
-  %morey = icmp slt i64 %y1, %ho2
-  br i1 %morey, label %row, label %done
-done:
-  ret void
-}}
-"""
-
-
 def module_ir(shapes) -> str:
     v, vt = shapes[0].v, _vec(shapes[0].v)
     return "\n".join([f"declare {vt} @llvm.fma.v{v}f32({vt}, {vt}, {vt})",
                       f"declare float @llvm.vector.reduce.fadd.v{v}f32(float, {vt})",
-                      wgrad_ir(shapes[0]), POOL_IR] + [fwd_ir(s, f"fwd{i}") for i, s in enumerate(shapes)])
+                      wgrad_ir(shapes[0]), pool_ir("float")] + [fwd_ir(s, f"fwd{i}") for i, s in enumerate(shapes)])
 
 
 class Tiles:
@@ -206,7 +148,7 @@ class Tiles:
     def __init__(self, shapes, engine, fwd, wgrad, pool):
         self.shape, self._engine, self.fwd, self.wgrad = shapes[0], engine, list(zip(shapes, fwd)), wgrad
         self.v = shapes[0].v
-        self.pool = pool  # POOL_IR's function
+        self.pool = pool  # llvm_ir.pool_ir("float")
 
     def pick(self, channels, length):
         """The forward variant (Shape, pointer) that pads ``channels`` output rows and ``length``
@@ -238,22 +180,13 @@ def compile_tiles(shapes) -> Tiles | None:
     """The tiles of ``shapes`` compiled for the host CPU (once per process), or None if LLVM refuses."""
     key = tuple((s.v, s.np, s.nco, s.wco, s.wk) for s in shapes)
     if key not in _CACHE:
-        try:
-            import llvmlite.binding as llvm
-
-            llvm.initialize_native_target()
-            llvm.initialize_native_asmprinter()
-            mod = llvm.parse_assembly(module_ir(shapes))
-            mod.verify()
-            tm = llvm.Target.from_default_triple().create_target_machine(
-                cpu=llvm.get_host_cpu_name(), features=llvm.get_host_cpu_features().flatten(), opt=3)
-            engine = llvm.create_mcjit_compiler(mod, tm)
-            engine.finalize_object()
+        engine = compile_module(module_ir(shapes))
+        if engine is None:  # an LLVM without a native code generator: the BLAS path remains
+            _CACHE[key] = None
+        else:
             fwd = [_FWD_SIG(engine.get_function_address(f"fwd{i}")) for i in range(len(shapes))]
             _CACHE[key] = Tiles(shapes, engine, fwd, _WG_SIG(engine.get_function_address("wgrad")),
-                                _POOL_SIG(engine.get_function_address("pool")))
-        except Exception:  # an LLVM without a native code generator: the BLAS path remains
-            _CACHE[key] = None
+                                POOL_SIG(engine.get_function_address("pool")))
     return _CACHE[key]
 
 

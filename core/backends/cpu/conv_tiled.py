@@ -112,15 +112,20 @@ def _requant_image(buf, out, rows_per_group, cog, wp, ho, wo, pool, qep, stage, 
             for y in range(ho):
                 stage[k:k + wo] = row[y * wp:y * wp + wo]
                 k += wo
-        b, m = bias_i[ch], mult[ch]
-        flat = out[ch].reshape(k)
-        for j in range(k):
-            r = np.rint(np.float32(np.float64(stage[j]) + b) * m) + zp
-            if r < lo:
-                r = lo
-            if r > hi:
-                r = hi
-            flat[j] = np.uint8(r)
+        requant_row(stage, k, bias_i[ch], mult[ch], zp, lo, hi, out[ch].reshape(k))
+
+
+@njit(inline="always", fastmath=False)
+def requant_row(src, k, b, m, zp, lo, hi, dst):
+    """dst[j] = clip(rint(float32(src[j] + b) * m) + zp, lo, hi) for j < k, the sum taken in float64 (exact for
+    the integer sums of a quantized layer); the callers compile without fastmath."""
+    for j in range(k):
+        r = np.rint(np.float32(np.float64(src[j]) + b) * m) + zp
+        if r < lo:
+            r = lo
+        if r > hi:
+            r = hi
+        dst[j] = np.uint8(r)
 
 
 @njit
@@ -215,15 +220,19 @@ def _run_fwd(x, out, bias, hp, wp, ph, pw, offs, wk, tiles, pool, relu, qep=None
     return out
 
 
-def forward(x, w, bias, padding, dilation, groups, out_hw, pool=False, relu=False):
-    """conv2d of float32 NCHW x with stride 1 (``out_hw`` fixes the output size, so the bottom/right
-    padding may exceed the top/left one); ``pool`` / ``relu`` as conv_kernels.conv2d_forward."""
-    n = x.shape[0]
+def _geometry(x, w, padding, dilation, groups, out_hw):
+    """(n, Cout, ho, wo, hp, wp, ph, pw, tap table, weights as (groups, Cout/groups, K)) of a forward conv."""
     co, cg, kh, kw = w.shape
     (ph, pw), (dh, dw), (ho, wo) = padding, dilation, out_hw
     hp, wp = ho + dh * (kh - 1), wo + dw * (kw - 1)
-    offs = _offsets(cg, kh, kw, dh, dw, hp, wp)
     wk = np.ascontiguousarray(w, dtype=np.float32).reshape(groups, co // groups, cg * kh * kw)
+    return x.shape[0], co, ho, wo, hp, wp, ph, pw, _offsets(cg, kh, kw, dh, dw, hp, wp), wk
+
+
+def forward(x, w, bias, padding, dilation, groups, out_hw, pool=False, relu=False):
+    """conv2d of float32 NCHW x with stride 1 (``out_hw`` fixes the output size, so the bottom/right
+    padding may exceed the top/left one); ``pool`` / ``relu`` as conv_kernels.conv2d_forward."""
+    n, co, ho, wo, hp, wp, ph, pw, offs, wk = _geometry(x, w, padding, dilation, groups, out_hw)
     out = np.empty((n, co, ho // 2, wo // 2) if pool else (n, co, ho, wo), np.float32)
     b = np.zeros(co, np.float32) if bias is None else np.ascontiguousarray(bias, dtype=np.float32)
     return _run_fwd(x, out, b, hp, wp, ph, pw, offs, wk, host_tiles(), pool, relu)
@@ -233,12 +242,7 @@ def forward_requant(x, w, padding, dilation, groups, out_hw, pool, bias_i, mult,
     """The uint8 codes clip(rint(float32(conv + bias_i) * mult) + zp, lo, hi) per output channel of a stride-1
     float32 convolution whose sums are exact integers (quantized first layers: see ops/qlinear.py), pooled
     2x2 before the requantization with ``pool``."""
-    n = x.shape[0]
-    co, cg, kh, kw = w.shape
-    (ph, pw), (dh, dw), (ho, wo) = padding, dilation, out_hw
-    hp, wp = ho + dh * (kh - 1), wo + dw * (kw - 1)
-    offs = _offsets(cg, kh, kw, dh, dw, hp, wp)
-    wk = np.ascontiguousarray(w, dtype=np.float32).reshape(groups, co // groups, cg * kh * kw)
+    n, co, ho, wo, hp, wp, ph, pw, offs, wk = _geometry(x, w, padding, dilation, groups, out_hw)
     out = np.empty((n, co, ho // 2, wo // 2) if pool else (n, co, ho, wo), np.uint8)
     qep = (np.ascontiguousarray(bias_i, np.float64), np.ascontiguousarray(mult, np.float32), np.float32(zp),
            np.float32(lo), np.float32(hi))

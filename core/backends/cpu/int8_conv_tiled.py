@@ -26,6 +26,7 @@ import weakref
 import numpy as np
 
 from .jit import njit, run_parts, slices
+from .llvm_ir import POOL_SIG, compile_module, pool_ir
 
 NCO, NP, V = 8, 3, 16
 PB = NP * V  # positions per tile
@@ -67,85 +68,16 @@ def _ir() -> str:
     return "\n".join(lines)
 
 
-_POOL_SIG = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64, ctypes.c_int64, ctypes.c_void_p)
-
-# pool(src, wp, ho2, wo, dst): dst[y*(wo//2) + x] = max of the 2x2 block at (2y, 2x) of the int32 rows src (row
-# stride wp), 16 columns at a time: vertical max, then even/odd lanes. Reads up to 16 values past a row's wo and
-# writes up to 8 past a row's wo//2 (the next row's store, or the caller's slack, covers them).
-_POOL_IR = """
-define void @pool(i32* %src, i64 %wp, i64 %ho2, i64 %wo, i32* %dst) {
-entry:
-  %wo2 = sdiv i64 %wo, 2
-  %rows = icmp sgt i64 %ho2, 0
-  %cols = icmp sgt i64 %wo, 1
-  %go = and i1 %rows, %cols
-  br i1 %go, label %row, label %done
-row:
-  %y = phi i64 [0, %entry], [%y1, %rowend]
-  %y2 = mul i64 %y, 2
-  %toff = mul i64 %y2, %wp
-  %boff = add i64 %toff, %wp
-  %doff = mul i64 %y, %wo2
-  br label %col
-col:
-  %x = phi i64 [0, %row], [%x1, %col]
-  %ta = add i64 %toff, %x
-  %tp = getelementptr i32, i32* %src, i64 %ta
-  %tq = bitcast i32* %tp to <16 x i32>*
-  %t = load <16 x i32>, <16 x i32>* %tq, align 4
-  %ba = add i64 %boff, %x
-  %bp = getelementptr i32, i32* %src, i64 %ba
-  %bq = bitcast i32* %bp to <16 x i32>*
-  %b = load <16 x i32>, <16 x i32>* %bq, align 4
-  %gt = icmp sgt <16 x i32> %t, %b
-  %v = select <16 x i1> %gt, <16 x i32> %t, <16 x i32> %b
-  %ev = shufflevector <16 x i32> %v, <16 x i32> undef,
-                      <8 x i32> <i32 0, i32 2, i32 4, i32 6, i32 8, i32 10, i32 12, i32 14>
-  %od = shufflevector <16 x i32> %v, <16 x i32> undef,
-                      <8 x i32> <i32 1, i32 3, i32 5, i32 7, i32 9, i32 11, i32 13, i32 15>
-  %gt2 = icmp sgt <8 x i32> %ev, %od
-  %p = select <8 x i1> %gt2, <8 x i32> %ev, <8 x i32> %od
-  %xh = sdiv i64 %x, 2
-  %da = add i64 %doff, %xh
-  %dp = getelementptr i32, i32* %dst, i64 %da
-  %dq = bitcast i32* %dp to <8 x i32>*
-  store <8 x i32> %p, <8 x i32>* %dq, align 4
-  %x1 = add i64 %x, 16
-  %more = icmp slt i64 %x1, %wo
-  br i1 %more, label %col, label %rowend
-rowend:
-  %y1 = add i64 %y, 1
-  %morey = icmp slt i64 %y1, %ho2
-  br i1 %morey, label %row, label %done
-done:
-  ret void
-}
-"""
-
-
 def tile():
     """The compiled VNNI conv tile (a ctypes function pointer), or None where it cannot run."""
     if "tile" not in _STATE:
         _STATE["tile"] = None
         if os.environ.get("EMBER_INT8_VNNI", "1") != "0":
-            try:
-                import llvmlite.binding as llvm
-
-                llvm.initialize_native_target()
-                llvm.initialize_native_asmprinter()
-                f = llvm.get_host_cpu_features()
-                if f.get("avx512vnni", False) and f.get("avx512f", False) and f.get("avx512bw", False):
-                    mod = llvm.parse_assembly(_ir() + _POOL_IR)
-                    mod.verify()
-                    tm = llvm.Target.from_default_triple().create_target_machine(
-                        cpu=llvm.get_host_cpu_name(), features=f.flatten(), opt=3)
-                    engine = llvm.create_mcjit_compiler(mod, tm)
-                    engine.finalize_object()
-                    _STATE["engine"] = engine
-                    _STATE["tile"] = _SIG(engine.get_function_address("qfwd"))
-                    _STATE["pool"] = _POOL_SIG(engine.get_function_address("pool"))
-            except Exception:  # no native code generator: the im2row path remains
-                _STATE["tile"] = None
+            engine = compile_module(_ir() + pool_ir("i32"), require=("avx512vnni", "avx512f", "avx512bw"))
+            if engine is not None:
+                _STATE["engine"] = engine
+                _STATE["tile"] = _SIG(engine.get_function_address("qfwd"))
+                _STATE["pool"] = POOL_SIG(engine.get_function_address("pool"))
     return _STATE["tile"]
 
 

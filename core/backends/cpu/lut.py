@@ -13,6 +13,7 @@ import ctypes
 import numpy as np
 
 from .jit import njit
+from .llvm_ir import compile_module
 
 _SIG = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64, ctypes.c_void_p)
 _STATE: dict = {}
@@ -60,24 +61,9 @@ done:
 def _vbmi():
     """The compiled 64-byte lookup (ctypes function pointer), or None without AVX-512 VBMI."""
     if "fn" not in _STATE:
-        _STATE["fn"] = None
-        try:
-            import llvmlite.binding as llvm
-
-            llvm.initialize_native_target()
-            llvm.initialize_native_asmprinter()
-            f = llvm.get_host_cpu_features()
-            if f.get("avx512vbmi", False) and f.get("avx512bw", False):
-                mod = llvm.parse_assembly(_IR)
-                mod.verify()
-                tm = llvm.Target.from_default_triple().create_target_machine(
-                    cpu=llvm.get_host_cpu_name(), features=f.flatten(), opt=3)
-                engine = llvm.create_mcjit_compiler(mod, tm)
-                engine.finalize_object()
-                _STATE["engine"] = engine
-                _STATE["fn"] = _SIG(engine.get_function_address("lut"))
-        except Exception:  # no native code generator: the numba loop does it all
-            _STATE["fn"] = None
+        engine = compile_module(_IR, require=("avx512vbmi", "avx512bw"))
+        _STATE["engine"] = engine
+        _STATE["fn"] = None if engine is None else _SIG(engine.get_function_address("lut"))
     return _STATE["fn"]
 
 
