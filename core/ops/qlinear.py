@@ -21,24 +21,12 @@ from ..backends.cpu import jit
 from ..backends.cpu.conv_tiled import requant_row
 from .registry import kernel, register_op
 
-_PACKED = {}  # id(weight array) -> (weakref to it, PackedWeight)
-_PACK_LOCK = threading.Lock()
+_PACKED: dict = {}  # id(weight array) -> (weakref to it, PackedWeight)
 
 
 def packed(w: np.ndarray) -> _ik.PackedWeight:
     """The kernels' layout of int8 weight ``w``, packed once per array."""
-    key = id(w)
-    hit = _PACKED.get(key)
-    if hit is not None and hit[0]() is w:
-        return hit[1]
-    p = _ik.pack_weight(w)
-    with _PACK_LOCK:
-        try:
-            ref = weakref.ref(w, lambda _r, k=key: _PACKED.pop(k, None))
-        except TypeError:  # not weak-referenceable: pack per call
-            return p
-        _PACKED[key] = (ref, p)
-    return p
+    return _ik.cached_per_array(_PACKED, w, _ik.pack_weight)
 
 
 def _dql_rule(x, w, w_scale, bias=None, *, relu=False):
@@ -103,6 +91,7 @@ register_op("quantized_linear", attrs={"relu": False}, shape=_ql_rule,
 
 _REQUANT = {}  # ids of (x_scale, w_scale, y_scale, bias, w) -> (weakrefs to them, (bias_i32, multipliers))
 _REQUANT_MAX = 4096
+_REQUANT_LOCK = threading.Lock()
 
 
 def _none():  # the "weak reference" of an absent bias
@@ -122,7 +111,7 @@ def _requant(op, x, x_scale, x_zp, w, w_scale, y_scale, y_zp, bias):
         refs = tuple(_none if a is None else weakref.ref(a) for a in arrays)
     except TypeError:  # a Python scalar among them: not cached
         return res
-    with _PACK_LOCK:
+    with _REQUANT_LOCK:
         if len(_REQUANT) >= _REQUANT_MAX:
             _REQUANT.clear()
         _REQUANT[key] = (refs, res)
@@ -198,10 +187,11 @@ def _short_k_conv(x, x_zp, w, stride, padding, dilation, groups, bias_i32, mult,
     bias = np.zeros(co, np.float64) if bias_i32 is None else np.asarray(bias_i32, np.float64)
     lo = max(0, y_zp) if relu else 0
     mult = np.broadcast_to(np.asarray(mult, np.float32).reshape(-1), (co,))
-    if conv_tiled.usable(xf, w.astype(np.float32), tuple(stride)):  # requantized in the tiles' epilogue
-        return conv_tiled.forward_requant(xf, w.astype(np.float32), tuple(padding), tuple(dilation), groups, out_hw,
+    wf = w.astype(np.float32)
+    if conv_tiled.usable(xf, wf, tuple(stride)):  # requantized in the tiles' epilogue
+        return conv_tiled.forward_requant(xf, wf, tuple(padding), tuple(dilation), groups, out_hw,
                                           pool, bias, mult, y_zp, lo, 255)
-    acc = conv2d_forward(xf, w.astype(np.float32), None, tuple(stride), tuple(padding), tuple(dilation), groups,
+    acc = conv2d_forward(xf, wf, None, tuple(stride), tuple(padding), tuple(dilation), groups,
                          out_hw, pool=pool)
     # as float64: acc (an exact integer below 2**24) + bias is exact below 2**53, so rounding it to float32
     # equals the int8 kernels' float32(int64 sum); float64 adds vectorise where int64 conversions do not

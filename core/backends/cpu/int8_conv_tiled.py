@@ -21,10 +21,10 @@ from __future__ import annotations
 import ctypes
 import functools
 import os
-import weakref
 
 import numpy as np
 
+from .int8_kernels import cached_per_array
 from .jit import njit, run_parts, slices
 from .llvm_ir import POOL_SIG, compile_module, pool_ir
 
@@ -89,26 +89,21 @@ def usable(x, w_shape, stride, groups) -> bool:
 _QUADS: dict = {}  # id(weight array) -> (weakref to it, packed quads)
 
 
-def quads(w: np.ndarray) -> np.ndarray:
-    """int8 (Cout, C, kh, kw) -> int32 (ceil(Cout/NCO), ceil(C/4)*kh*kw, NCO): per block of NCO output channels
-    and (quad, i, j) step, each output channel's four weights of that quad's channels at tap (i, j), as the
-    little-endian bytes of one int32 (zeros past Cout and C). Cached per weight array."""
-    key = id(w)
-    hit = _QUADS.get(key)
-    if hit is not None and hit[0]() is w:
-        return hit[1]
+def _build_quads(w):
     co, c, kh, kw = w.shape
     c4, ncb = -(-c // 4), -(-co // NCO)
     wp = np.zeros((ncb * NCO, c4 * 4, kh, kw), np.int8)
     wp[:co, :c] = w
     # (block, r, quad, 4, i, j) -> (block, quad, i, j, r, 4)
     q = wp.reshape(ncb, NCO, c4, 4, kh, kw).transpose(0, 2, 4, 5, 1, 3)
-    out = np.ascontiguousarray(q).view(np.int32).reshape(ncb, c4 * kh * kw, NCO)
-    try:
-        _QUADS[key] = (weakref.ref(w, lambda _r, k=key: _QUADS.pop(k, None)), out)
-    except TypeError:
-        pass
-    return out
+    return np.ascontiguousarray(q).view(np.int32).reshape(ncb, c4 * kh * kw, NCO)
+
+
+def quads(w: np.ndarray) -> np.ndarray:
+    """int8 (Cout, C, kh, kw) -> int32 (ceil(Cout/NCO), ceil(C/4)*kh*kw, NCO): per block of NCO output channels
+    and (quad, i, j) step, each output channel's four weights of that quad's channels at tap (i, j), as the
+    little-endian bytes of one int32 (zeros past Cout and C). Cached per weight array."""
+    return cached_per_array(_QUADS, w, _build_quads)
 
 
 @functools.lru_cache(maxsize=256)

@@ -21,6 +21,8 @@ The GEMM tiles and the epilogue loops are in int8_gemm.py.
 from __future__ import annotations
 
 import math
+import threading
+import weakref
 from typing import NamedTuple
 
 import numpy as np
@@ -39,6 +41,26 @@ K_MAX = 65793
 K_BLOCK = 16
 _QRANGE = {"uint8": (0, 255), "int8": (-128, 127)}
 _EPS32 = np.finfo(np.float32).eps
+
+
+_CACHE_LOCK = threading.Lock()
+
+
+def cached_per_array(cache: dict, w: np.ndarray, build):
+    """``build(w)``, computed once per array object (weights of a loaded program are read-only constants that
+    live as long as it): ``cache`` maps id(w) to (weakref to w, result), and an entry goes with its array.
+    Arrays that cannot be weakly referenced are built per call."""
+    key = id(w)
+    hit = cache.get(key)
+    if hit is not None and hit[0]() is w:
+        return hit[1]
+    result = build(w)
+    with _CACHE_LOCK:
+        try:
+            cache[key] = (weakref.ref(w, lambda _r, k=key: cache.pop(k, None)), result)
+        except TypeError:
+            pass  # not weak-referenceable: nothing to key the cache on safely
+    return result
 
 
 class PackedWeight(NamedTuple):
