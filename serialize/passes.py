@@ -10,7 +10,8 @@ in place and returns how many rewrites it made:
 2. ``fold_constants``: nodes whose inputs are all constants run once with the registry kernels;
    symbolic attributes whose scalar became a constant turn into plain ints;
 3. ``fold_batch_norm``: conv2d (or 2-d linear) -> eval batch_norm folds into the weight and bias;
-4. ``fuse_activations``: linear/conv2d -> relu/gelu becomes ``linear_act`` / ``conv2d_act``;
+4. ``fuse_activations``: linear/conv2d -> relu/gelu becomes ``linear_act`` / ``conv2d_act``, and
+   dynamic_quantized_linear -> relu sets the former's ``relu`` attribute;
 5. ``fuse_pooling``: conv2d (+ relu) -> 2x2 / stride-2 max_pool2d whose indices are unused becomes
    ``conv2d_pool`` (the pooling happens as the conv result leaves its GEMM);
 6. ``fold_quantization`` (qpasses.py): a converted int8 model stays in uint8 between its int8 layers
@@ -243,7 +244,8 @@ def fold_batch_norm(g: Graph) -> int:
 
 # ---- 4. activation fusion ------------------------------------------------------------------------
 def fuse_activations(g: Graph) -> int:
-    """linear/conv2d whose output feeds only a relu/gelu: one fused op, activation applied in place."""
+    """linear/conv2d (dynamic_quantized_linear) whose output feeds only a relu/gelu (relu): one fused op, activation
+    applied in place (in its epilogue)."""
     users, prod = _users(g), _producers(g)
     drop, fused_n = set(), 0
     for act in g.nodes:
@@ -251,13 +253,16 @@ def fuse_activations(g: Graph) -> int:
             continue
         x = act.inputs[0]
         p = prod.get(x)
-        if p is None or p.op not in _FUSED or users.get(x) != [act]:
+        if p is None or users.get(x) != [act] or g.values[x].dtype not in ("float32", "float64"):
             continue
-        if g.values[x].dtype not in ("float32", "float64"):
+        if p.op == "dynamic_quantized_linear" and act.op == "relu":  # its dequantizing epilogue applies ReLU
+            p.attrs = dict(p.attrs, relu=True)
+        elif p.op in _FUSED:
+            p.op = _FUSED[p.op]
+            p.attrs = dict(p.attrs, act=_ACTS[act.op](act.attrs))
+            p.version = get_op(p.op).version
+        else:
             continue
-        p.op = _FUSED[p.op]
-        p.attrs = dict(p.attrs, act=_ACTS[act.op](act.attrs))
-        p.version = get_op(p.op).version
         p.outputs = [act.outputs[0]]
         del g.values[x]
         drop.add(id(act))

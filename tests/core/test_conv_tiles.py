@@ -127,13 +127,13 @@ def test_blas_matmul_equals_numpy_and_keeps_the_thread_count(shape):
 def test_run_parts_runs_every_part_and_raises_a_helpers_error():
     out = np.zeros(4)
 
-    def fill(i):
+    def fill(i, sync):  # a Python function: no post/finish (the helpers report it done themselves)
         out[i] = i + 1
 
     jit.run_parts(fill, [(0,), (1,), (2,), (3,)])
     np.testing.assert_array_equal(out, [1, 2, 3, 4])
 
-    def fail(i):
+    def fail(i, sync):
         if i == 1:
             raise ValueError("part 1 failed")
 
@@ -154,7 +154,7 @@ def test_run_parts_works_in_a_forked_child():
     """A DataLoader worker forked after the helpers started must not post to the parent's (absent) threads."""
     import multiprocessing as mp
 
-    jit.run_parts(lambda i: None, [(0,), (1,)])  # helpers exist in the parent
+    jit.run_parts(lambda i, sync: None, [(0,), (1,)])  # helpers exist in the parent
     ctx = mp.get_context("fork")
     q = ctx.Queue()
     p = ctx.Process(target=_child_run_parts, args=(q,))
@@ -169,7 +169,7 @@ def test_run_parts_works_in_a_forked_child():
 def _child_run_parts(q):
     out = [0, 0]
 
-    def fill(i):
+    def fill(i, sync):
         out[i] = i + 1
 
     jit.run_parts(fill, [(0,), (1,)])

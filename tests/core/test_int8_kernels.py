@@ -132,9 +132,13 @@ def test_qgemm_bit_exact(m, n, k, zp_i, signed, seed):
 
 
 def test_qgemm_parallel_rows_and_strided_input(monkeypatch):
-    monkeypatch.setattr(K._linear_kernel, "threshold", 0)  # M >= PAR_MIN_ROWS takes the prange copy
+    monkeypatch.setattr(K, "PAR_MIN_MACS", 0)  # M >= PAR_MIN_ROWS: rows split over the helper threads
     a = acts((41, 2 * 99))[:, ::2]  # non-contiguous
     w = weights((19, 99))
+    parts = K._row_parts(41, K.pack_weight(w))
+    assert parts[0][0] == 0 and parts[-1][1] == 41 and all(p[1] == q[0] for p, q in zip(parts, parts[1:]))
+    if numba.config.NUMBA_NUM_THREADS > 1:
+        assert len(parts) > 1
     np.testing.assert_array_equal(K.qgemm(a, 200, K.pack_weight(w)), ref_acc(a, 200, w))
     x = RNG.standard_normal((23, 99)).astype(np.float32)
     w_scale = np.full(19, 0.01, np.float32)
@@ -241,6 +245,24 @@ def test_dynamic_qparams_match_torch_minmax_observer(lo, span, n, seed):
     scale, zp = K.dynamic_qparams(x)
     assert scale.dtype == np.float32
     assert (scale, zp) == torch_qparams(x)
+
+
+@pytest.mark.parametrize("n", [1, 15, 16, 17, 50, 64 * 784])
+def test_range_kernel_matches_numpy_and_flags_nan_and_inf(n):
+    from ember.backends.cpu import range_ir
+
+    addr = range_ir.address()
+    if not addr:
+        pytest.skip("llvmlite cannot compile for this host")
+    x = (RNG.standard_normal(n) * 7).astype(np.float32)
+    assert range_ir.minmax(x, addr) == (x.min(), x.max(), True)
+    for pos in {0, n // 2, n - 1}:  # in the vector part and in the tail
+        for bad in (np.nan, np.inf, -np.inf):
+            y = x.copy()
+            y[pos] = bad
+            assert range_ir.minmax(y, addr)[2] is False
+    with pytest.raises(ValueError, match=r"dynamic_qparams: input holds NaN or Inf"):
+        K.dynamic_qparams(np.where(np.arange(n) == n - 1, np.inf, x).astype(np.float32))
 
 
 def test_dynamic_qparams_edges():

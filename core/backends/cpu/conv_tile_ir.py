@@ -25,7 +25,7 @@ from __future__ import annotations
 import ctypes
 import os
 
-from .llvm_ir import POOL_SIG, compile_module, pool_ir
+from .llvm_ir import POOL_SIG, address, compile_module, pool_ir
 
 _FWD_SIG = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64, ctypes.c_void_p,
                             ctypes.c_void_p, ctypes.c_int64)
@@ -142,13 +142,14 @@ def module_ir(shapes) -> str:
 
 
 class Tiles:
-    """Compiled tiles: ``fwd`` a list of (Shape, ctypes pointer) variants, ``wgrad`` the pointer of the
-    weight-gradient tile of ``shape`` (the first variant's)."""
+    """Compiled tiles: ``fwd`` a list of (Shape, address) variants, ``wgrad`` the address of the weight-gradient
+    tile of ``shape`` (the first variant's), ``pool`` the float pool kernel's (addresses for ``intrinsics.call``)."""
 
     def __init__(self, shapes, engine, fwd, wgrad, pool):
-        self.shape, self._engine, self.fwd, self.wgrad = shapes[0], engine, list(zip(shapes, fwd)), wgrad
+        self.shape, self._engine, self.wgrad = shapes[0], engine, address(wgrad)
+        self.fwd = [(s, address(f)) for s, f in zip(shapes, fwd)]
         self.v = shapes[0].v
-        self.pool = pool  # llvm_ir.pool_ir("float")
+        self.pool = address(pool)  # llvm_ir.pool_ir("float")
 
     def pick(self, channels, length):
         """The forward variant (Shape, pointer) that pads ``channels`` output rows and ``length``

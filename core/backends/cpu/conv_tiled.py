@@ -29,6 +29,8 @@ import numpy as np
 
 from .conv_direct import store_plane
 from .conv_tile_ir import host_tiles
+from .helpers import finish, post
+from .intrinsics import call
 from .jit import njit, run_parts, slices
 
 # Multiply-adds below which a convolution's tiles run on one thread (handing a slice of images to a
@@ -54,10 +56,11 @@ def _pad_into(x, i, xp, hp, wp, ph, pw):
 
 
 @njit
-def _fwd_slice(x, out, bias, hp, wp, ph, pw, offs, wpk, tile, pb, lpad, pool, relu, qep, pool_fn):
+def _fwd_slice(x, out, bias, hp, wp, ph, pw, offs, wpk, tile, pb, lpad, pool, relu, qep, pool_fn, sync):
     """out (n, Co, ...) = the tiled convolution of the images x (n, C, H, W) with packed weights wpk
     (groups, channel blocks, K, NCO) and tap table offs; the epilogue adds bias, and pools / ReLUs; or,
     with ``qep`` = (bias_i, multiplier, zero point, lo, hi), requantizes the (pooled) sums to uint8 codes."""
+    post(sync)
     n, c = x.shape[0], x.shape[1]
     groups, ncb, k, nco = wpk.shape
     co = out.shape[1]
@@ -77,13 +80,13 @@ def _fwd_slice(x, out, bias, hp, wp, ph, pw, offs, wpk, tile, pb, lpad, pool, re
             wptr = wpk[g, blk - g * ncb].ctypes.data
             ob = buf[blk * nco].ctypes.data
             for q in range(lpad // pb):
-                tile(xb + q * pb * 4, offs.ctypes.data, k, wptr, ob + q * pb * 4, lpad)
+                call(tile, (xb + q * pb * 4, offs.ctypes.data, k, wptr, ob + q * pb * 4, lpad))
         if qep is None:
             for ch in range(co):
                 g = ch // cog
                 row = buf[g * rows_per_group + ch - g * cog]
                 if pool:  # the pool kernel into stage, then bias and ReLU on the way out
-                    pool_fn(row.ctypes.data, wp, ho // 2, wo, stage.ctypes.data)
+                    call(pool_fn, (row.ctypes.data, wp, ho // 2, wo, stage.ctypes.data))
                     flat = out[i, ch].reshape(out.shape[2] * out.shape[3])
                     bv = bias[ch]
                     for j in range(flat.size):
@@ -93,6 +96,7 @@ def _fwd_slice(x, out, bias, hp, wp, ph, pw, offs, wpk, tile, pb, lpad, pool, re
                     store_plane(row, out[i, ch], bias[ch], wp, ho, wo, False, relu)
         else:
             _requant_image(buf, out[i], rows_per_group, cog, wp, ho, wo, pool, qep, stage, pool_fn)
+    finish(sync)
 
 
 @njit(fastmath=False)
@@ -106,7 +110,7 @@ def _requant_image(buf, out, rows_per_group, cog, wp, ho, wo, pool, qep, stage, 
         row = buf[g * rows_per_group + ch - g * cog]
         k = 0
         if pool:
-            pool_fn(row.ctypes.data, wp, ho // 2, wo, stage.ctypes.data)
+            call(pool_fn, (row.ctypes.data, wp, ho // 2, wo, stage.ctypes.data))
             k = (ho // 2) * (wo // 2)
         else:
             for y in range(ho):
@@ -129,10 +133,11 @@ def requant_row(src, k, b, m, zp, lo, hi, dst):
 
 
 @njit
-def _wgrad_slice(g, x, hp, wp, ph, pw, offs, part, gb, want_bias, tile, v, lpad, chunk, wco, wk):
+def _wgrad_slice(g, x, hp, wp, ph, pw, offs, part, gb, want_bias, tile, v, lpad, chunk, wco, wk, sync):
     """part (groups, rows, kpad) += the weight-gradient sums of the images of g / x, a chunk of images at a
     time: the chunk's output gradients moved to the extended layout (zeros in the dropped columns) and its
     inputs padded, then the wgrad tiles; gb[c] (float64) += the sum of g[:, c] when ``want_bias``."""
+    post(sync)
     n, co, ho, wo = g.shape
     groups, rows, kpad = part.shape
     cog = co // groups
@@ -166,8 +171,9 @@ def _wgrad_slice(g, x, hp, wp, ph, pw, offs, part, gb, want_bias, tile, v, lpad,
             for rb in range(0, rows, wco):
                 gptr = ge[0, grp * rows + rb].ctypes.data
                 for kb in range(0, kpad, wk):
-                    tile(gptr, lpad, xb, offs[kb:].ctypes.data, m, groups * rows * lpad, plane, lpad // v,
-                         part[grp, rb, kb:].ctypes.data, kpad)
+                    call(tile, (gptr, lpad, xb, offs[kb:].ctypes.data, m, groups * rows * lpad, plane, lpad // v,
+                                part[grp, rb, kb:].ctypes.data, kpad))
+    finish(sync)
 
 
 # ---- drivers ------------------------------------------------------------------------------------

@@ -25,8 +25,10 @@ import os
 import numpy as np
 
 from .int8_kernels import cached_per_array
+from .helpers import finish, post
+from .intrinsics import call
 from .jit import njit, run_parts, slices
-from .llvm_ir import POOL_SIG, compile_module, pool_ir
+from .llvm_ir import compile_module, pool_ir
 
 NCO, NP, V = 8, 3, 16
 PB = NP * V  # positions per tile
@@ -77,7 +79,8 @@ def tile():
             if engine is not None:
                 _STATE["engine"] = engine
                 _STATE["tile"] = _SIG(engine.get_function_address("qfwd"))
-                _STATE["pool"] = POOL_SIG(engine.get_function_address("pool"))
+                _STATE["tile_addr"] = engine.get_function_address("qfwd")
+                _STATE["pool"] = engine.get_function_address("pool")  # addresses for intrinsics.call
     return _STATE["tile"]
 
 
@@ -117,9 +120,10 @@ def _offsets(c4, kh, kw, dh, dw, hp, wp):
 
 @njit(fastmath=False)
 def _qfwd_slice(x, fill, flip, hp, wp, ph, pw, offs, wq, tile, lpad, a_zp, col_sums, bias_i, mult, out_zp, lo, hi,
-                out, pool, monotonic, pool_fn):
+                out, pool, monotonic, pool_fn, sync):
     """out (n, Cout, ...) = the requantized (and with ``pool`` 2x2 max-pooled) convolution of uint8 images x;
     ``monotonic`` (all multipliers >= 0) lets the pool run on the int32 sums before one requantization."""
+    post(sync)
     n, c, h, w_ = x.shape
     ncb, k4, nco = wq.shape
     co = out.shape[1]
@@ -153,8 +157,8 @@ def _qfwd_slice(x, fill, flip, hp, wp, ph, pw, offs, wq, tile, lpad, a_zp, col_s
         for cb in range(ncb):
             wptr = wq[cb].ctypes.data
             for q in range(lpad // PB):
-                tile(xq.ctypes.data + q * PB * 4, offs.ctypes.data, k4, wptr, buf[cb * nco].ctypes.data + q * PB * 4,
-                     lpad)
+                call(tile, (xq.ctypes.data + q * PB * 4, offs.ctypes.data, k4, wptr,
+                            buf[cb * nco].ctypes.data + q * PB * 4, lpad))
         if pool and not monotonic:  # a negative multiplier: requantize every sum, then pool the codes
             for oc in range(co):
                 row = buf[oc]
@@ -173,7 +177,7 @@ def _qfwd_slice(x, fill, flip, hp, wp, ph, pw, offs, wq, tile, lpad, a_zp, col_s
             row = buf[oc]
             st = stage[oc * per:(oc + 1) * per]
             if pool:
-                pool_fn(row.ctypes.data, wp, ho // 2, wo, st.ctypes.data)
+                call(pool_fn, (row.ctypes.data, wp, ho // 2, wo, st.ctypes.data))
             else:
                 for y in range(ho):
                     st[y * wo:(y + 1) * wo] = row[y * wp:y * wp + wo]
@@ -181,6 +185,7 @@ def _qfwd_slice(x, fill, flip, hp, wp, ph, pw, offs, wq, tile, lpad, a_zp, col_s
         for j in range(co * per):  # one vectorised requantization pass over the image's channels
             v = np.float32(np.int64(stage[j]) + corr_e[j]) * mult_e[j]
             flat[j] = int(min(max(np.rint(v) + out_zp, lo), hi))
+    finish(sync)
 
 
 def qconv2d(xu, fill, flip, w, padding, dilation, ep, out, pool=False):
@@ -198,7 +203,7 @@ def qconv2d(xu, fill, flip, w, padding, dilation, ep, out, pool=False):
     offs = _offsets(-(-c // 4), kh, kw, dh, dw, hp, wp)
     _, a_zp, col_sums, bias_i, mult, out_zp, lo, hi = ep[:8]
     work = n * wq.shape[0] * NCO * lpad * wq.shape[1] * 4
-    run_parts(_qfwd_slice, [(xu[a:b], fill, flip, hp, wp, ph, pw, offs, wq, tile(), lpad, np.int64(a_zp), col_sums,
+    run_parts(_qfwd_slice, [(xu[a:b], fill, flip, hp, wp, ph, pw, offs, wq, _STATE["tile_addr"], lpad, np.int64(a_zp), col_sums,
                              bias_i, mult, out_zp, lo, hi, out[a:b], pool, bool((mult >= 0).all()), _STATE["pool"])
                             for a, b in slices(n, work, PAR_MIN_MACS)])
     return out

@@ -22,13 +22,14 @@ import numpy as np
 from numba import prange
 
 from . import jit
+from .helpers import finish, post
+from .intrinsics import call
 from .jit import njit
 
-# prange over row blocks from this many rows and multiply-adds on. On the 2-core reference VM a
-# parallel call right after other work waits for numba's workqueue worker to wake: M = 64, 784 -> 512
-# (25.7M) took 535 us serial, 755 us parallel (median; 420 us when parallel calls run back to back).
-PAR_MIN_ROWS = 16
-PAR_MIN_MACS = 1 << 25
+# Linear layers split their rows over the helper threads (jit.run_parts) from this many rows and
+# multiply-adds on: a hand-off to a spinning helper costs a few microseconds, ~1M multiply-adds of the tile.
+PAR_MIN_ROWS = 8
+PAR_MIN_MACS = 1 << 22
 
 MODE_INT32, MODE_REQUANT, MODE_DEQUANT = 0, 1, 2
 
@@ -210,7 +211,7 @@ def gemm_rows(a, m0, nr, row_base, w, n0, n1, ep, outs, rows_per_image, scratch)
             a_ptr = a[m0 + 4 * t:].ctypes.data
             acc_t = acc[4 * t:]
             for nb in range(n0 // 32, (n1 + 31) // 32):
-                tile(a_ptr, lda, wv[nb].ctypes.data, kp, acc_t[:, nb * 32 - n0:].ctypes.data, acc.shape[1])
+                call(tile, (a_ptr, lda, wv[nb].ctypes.data, kp, acc_t[:, nb * 32 - n0:].ctypes.data, acc.shape[1]))
     elif nr >= 4:
         for t in range(nr // 4):
             acc_t = acc[4 * t:]
@@ -222,21 +223,22 @@ def gemm_rows(a, m0, nr, row_base, w, n0, n1, ep, outs, rows_per_image, scratch)
     _finish(acc, nr, n0, n1, img, pos, ep, outs, stage_q, stage_f)
 
 
-@exact_kernel(PAR_MIN_MACS)
-def _linear_kernel(a, w, ep, outs):
-    """outs[mode][m, n, 0] = epilogue(sum_k a[m, k] * w[n, k]) for all rows: blocks of BLOCK_ROWS rows, then
-    of 4, then the single rows; prange over the blocks."""
-    m_ = a.shape[0]
+@_inline
+def linear_rows(a, w, ep, outs, r0, r1):
+    """outs[mode][m, n, 0] = epilogue(sum_k a[m, k] * w[n, k]) for rows r0 .. r1: blocks of BLOCK_ROWS rows, then
+    of 4, then single rows."""
     n_ = w.shape[0]
-    big = m_ // BLOCK_ROWS
-    fours = (m_ - big * BLOCK_ROWS) // 4
-    start4 = big * BLOCK_ROWS
-    start1 = start4 + 4 * fours
-    for blk in prange(big + fours + m_ - start1):
-        scratch = new_scratch(n_, outs)
-        if blk < big:
-            gemm_rows(a, blk * BLOCK_ROWS, BLOCK_ROWS, 0, w, 0, n_, ep, outs, 1, scratch)
-        elif blk < big + fours:
-            gemm_rows(a, start4 + 4 * (blk - big), 4, 0, w, 0, n_, ep, outs, 1, scratch)
-        else:
-            gemm_rows(a, start1 + blk - big - fours, 1, 0, w, 0, n_, ep, outs, 1, scratch)
+    scratch = new_scratch(n_, outs)
+    m0 = r0
+    while m0 < r1:
+        nr = BLOCK_ROWS if r1 - m0 >= BLOCK_ROWS else (4 if r1 - m0 >= 4 else 1)
+        gemm_rows(a, m0, nr, 0, w, 0, n_, ep, outs, 1, scratch)
+        m0 += nr
+
+
+@njit(fastmath=False)
+def _linear_rows(a, w, ep, outs, r0, r1, sync):
+    """``linear_rows`` as a ``jit.run_parts`` kernel."""
+    post(sync)
+    linear_rows(a, w, ep, outs, r0, r1)
+    finish(sync)

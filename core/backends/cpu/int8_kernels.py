@@ -28,11 +28,14 @@ from typing import NamedTuple
 import numpy as np
 
 from . import jit
+from . import range_ir as _range_ir
 from . import vnni as _vnni
 from .int8_gemm import (  # noqa: F401 (gemm_rows, new_scratch, _inline, exact_kernel: for int8_conv and tests)
-    MODE_DEQUANT, MODE_INT32, MODE_REQUANT, PAR_MIN_MACS, PAR_MIN_ROWS, _inline, _linear_kernel, _tile4x4,
+    BLOCK_ROWS, MODE_DEQUANT, MODE_INT32, MODE_REQUANT, PAR_MIN_MACS, PAR_MIN_ROWS, _inline, _linear_rows, _tile4x4,
+    linear_rows,
     exact_kernel, gemm_rows, new_scratch,
 )
+from .helpers import finish, post
 from .jit import njit
 
 # Largest K with an exact int32 accumulator: 255 * 128 * K <= 2**31 - 1 (and >= -2**31).
@@ -121,21 +124,37 @@ def _qparams(lo, hi):
     return scale, min(max(-np.rint(lo / scale), np.float32(0)), np.float32(255))
 
 
+@_inline
+def _quantize_rows(x, scale, zpf, out, r0, r1):
+    """out[m] = clip(rint(x[m] / scale) + zp, 0, 255) (float32 division) for rows r0 .. r1, zero-padded past K."""
+    k_ = x.shape[1]
+    for m in range(r0, r1):
+        row = out[m]
+        src = x[m]
+        for k in range(k_):
+            row[k] = int(min(max(np.rint(src[k] / scale) + zpf, np.float32(0)), np.float32(255)))
+        for k in range(k_, out.shape[1]):
+            row[k] = 0
+
+
 @njit(fastmath=False)
 def _quantize_dynamic(x, lo, hi, kp):
     """(uint8 (M, kp) ``clip(rint(x / scale) + zp, 0, 255)`` (float32 division) zero-padded past K,
     scale, zp) for float32 x (M, K) with min lo and max hi."""
     scale, zpf = _qparams(lo, hi)
-    m_, k_ = x.shape
-    out = np.empty((m_, kp), np.uint8)
-    for m in range(m_):
-        row = out[m]
-        src = x[m]
-        for k in range(k_):
-            row[k] = int(min(max(np.rint(src[k] / scale) + zpf, np.float32(0)), np.float32(255)))
-        for k in range(k_, kp):
-            row[k] = 0
+    out = np.empty((x.shape[0], kp), np.uint8)
+    _quantize_rows(x, scale, zpf, out, 0, x.shape[0])
     return out, scale, int(zpf)
+
+
+@njit(fastmath=False)
+def _dynamic_rows(x, scale, zpf, au, w, ep, outs, r0, r1, sync):
+    """Rows r0 .. r1 of the dynamic linear layer: quantize them into au, then the GEMM and its dequantizing
+    epilogue (a ``jit.run_parts`` kernel: each part quantizes its own rows)."""
+    post(sync)
+    _quantize_rows(x, scale, zpf, au, r0, r1)
+    linear_rows(au, w, ep, outs, r0, r1)
+    finish(sync)
 
 
 # Stand-ins for the outputs and epilogue operands a call does not use.
@@ -151,10 +170,10 @@ def epilogue(mode, packed, a_zp, bias_i32=None, mult=_NO_VEC_F32, out_zp=_F0, lo
     """The epilogue tuple ``ep`` of the kernels (every field typed the same in every call, so each
     kernel compiles once per output dtype); a_zp is in the kernels' uint8 space."""
     bias = np.zeros(packed.n, np.int32) if bias_i32 is None else bias_i32
-    tile = _vnni.tile()
-    use = tile is not None and packed.vnni.shape[0] * _vnni.TILE_N >= packed.n
+    tile = _vnni.tile_address()
+    use = tile != 0 and packed.vnni.shape[0] * _vnni.TILE_N >= packed.n
     return (mode, a_zp, packed.col_sums, bias, mult, out_zp, lo, hi, a_scale, w_scale, bias_f, bool(relu),
-            packed.vnni, tile if use else _vnni.stand_in(), use)
+            packed.vnni, tile if use else 0, use)
 
 
 def zero_point_u8(dtype, a_zp, shape, op):
@@ -218,10 +237,18 @@ def requant_epilogue(packed, a_zp, bias_i32, multiplier, out_zp, relu, out_dtype
     return ep, np.dtype(name)
 
 
+def _row_parts(m, packed):
+    """[(lo, hi), ...]: the rows of an M-row product split over the helper threads (whole row blocks) from
+    PAR_MIN_ROWS rows and PAR_MIN_MACS multiply-adds on, else one part."""
+    work = m * packed.n * packed.data.shape[1] if m >= PAR_MIN_ROWS else 0
+    step = BLOCK_ROWS if m >= 2 * BLOCK_ROWS else 4
+    bounds = [(lo * step, min(m, hi * step)) for lo, hi in jit.slices(-(-m // step), work, PAR_MIN_MACS)]
+    return [(lo, hi) for lo, hi in bounds if lo < hi]
+
+
 def _run_linear(a, packed, ep, outs):
-    """``_linear_kernel`` on uint8 rows a: in parallel from PAR_MIN_ROWS rows and PAR_MIN_MACS on."""
-    m = a.shape[0]
-    _linear_kernel(m * packed.n * packed.data.shape[1] if m >= PAR_MIN_ROWS else 0, a, packed.data, ep, outs)
+    """``_linear_rows`` on uint8 rows a, split over the helper threads (``_row_parts``)."""
+    jit.run_parts(_linear_rows, [(a, packed.data, ep, outs, lo, hi) for lo, hi in _row_parts(a.shape[0], packed)])
 
 
 def _check_packed(packed, op):
@@ -272,14 +299,35 @@ def dynamic_qparams(x) -> tuple[np.float32, int]:
     (quint8, per tensor, reduce_range=False): the range is widened to include 0,
     ``scale = max((max - min) / 255, eps)`` and ``zero_point = clip(-rint(min / scale), 0, 255)``,
     all in float32."""
-    scale, zp = _qparams(*_finite_range(np.asarray(x, dtype=np.float32)))
-    return np.float32(scale), int(zp)
+    scale, zp = _dynamic_qparams(np.ascontiguousarray(x, dtype=np.float32).reshape(-1), "dynamic_qparams")
+    return scale, int(zp)
 
 
-def _finite_range(x):
+@njit(fastmath=False)
+def _range_qparams(x, addr):
+    """(scale, zero point, min, max, all finite) of float32 x through the IR min/max kernel at ``addr``."""
+    lo, hi, finite = _range_ir.minmax(x, addr)
+    scale, zpf = _qparams(lo, hi)
+    return scale, zpf, lo, hi, finite
+
+
+def _dynamic_qparams(x2, op="qlinear_dynamic"):
+    """float32 (scale, zero point) of ``dynamic_qparams`` for the C-contiguous float32 x2, in one pass where the
+    IR kernel compiles."""
+    addr = _range_ir.address()
+    if not addr:
+        scale, zpf = _qparams(*_finite_range(x2, op))
+        return np.float32(scale), np.float32(zpf)
+    scale, zpf, lo, hi, finite = _range_qparams(x2, addr)
+    if not finite:
+        raise ValueError(f"{op}: input holds NaN or Inf (finite values from {lo} to {hi}, shape {x2.shape})")
+    return np.float32(scale), np.float32(zpf)  # (numba returns Python floats: keep the float32 math)
+
+
+def _finite_range(x, op):
     lo, hi = x.min(), x.max()
     if not (math.isfinite(lo) and math.isfinite(hi)):
-        raise ValueError(f"qlinear_dynamic: input holds NaN or Inf (min {lo}, max {hi}, shape {x.shape})")
+        raise ValueError(f"{op}: input holds NaN or Inf (min {lo}, max {hi}, shape {x.shape})")
     return lo, hi
 
 
@@ -295,15 +343,48 @@ def qlinear_dynamic(x, packed, w_scale, bias=None, relu=False) -> np.ndarray:
     lead = x.shape[:-1]
     x2 = jit.f32c(x.reshape(-1, packed.k))
     m, n = x2.shape[0], packed.n
-    w_scale = per_channel(w_scale, n, np.float32, "w_scale", "qlinear_dynamic")
-    bias_f = np.zeros(n, np.float32) if bias is None else per_channel(bias, n, np.float32, "bias", "qlinear_dynamic")
+    head, tail = _dequant_parts(packed, w_scale, bias, bool(relu))
     out = np.empty((m, n), np.float32)
     if m == 0:
         return out.reshape(lead + (n,))
-    au, a_scale, zp = _quantize_dynamic(x2, *_finite_range(x2), packed.data.shape[1])
-    ep = epilogue(MODE_DEQUANT, packed, zp, a_scale=np.float32(a_scale), w_scale=w_scale, bias_f=bias_f, relu=relu)
-    _run_linear(au, packed, ep, (_NO_I32, _NO_U8, out.reshape(m, n, 1)))
+    a_scale, zpf = _dynamic_qparams(x2)
+    ep = (MODE_DEQUANT, int(zpf)) + head + (a_scale,) + tail
+    au = np.empty((m, packed.data.shape[1]), np.uint8)
+    outs = (_NO_I32, _NO_U8, out.reshape(m, n, 1))
+    jit.run_parts(_dynamic_rows, [(x2, a_scale, zpf, au, packed.data, ep, outs, lo, hi)
+                                  for lo, hi in _row_parts(m, packed)])
     return out.reshape(lead + (n,))
+
+
+_DQ_PARTS: dict = {}  # ids of (weight data, w_scale, bias), relu -> (weakrefs to the arrays, epilogue parts)
+
+
+def _none():  # the "weak reference" of an absent bias
+    return None
+
+
+def _dequant_parts(packed, w_scale, bias, relu):
+    """The fields of a dequantizing epilogue that do not change from call to call (all but the activations' zero
+    point and scale), around those two: computed once per (weight, w_scale, bias, relu)."""
+    arrays = (packed.data, w_scale, bias)
+    key = tuple(map(id, arrays)) + (relu,)
+    hit = _DQ_PARTS.get(key)
+    if hit is not None and all(r() is a for r, a in zip(hit[0], arrays)):
+        return hit[1]
+    n = packed.n
+    ws = per_channel(w_scale, n, np.float32, "w_scale", "qlinear_dynamic")
+    bf = np.zeros(n, np.float32) if bias is None else per_channel(bias, n, np.float32, "bias", "qlinear_dynamic")
+    ep = epilogue(MODE_DEQUANT, packed, 0, w_scale=ws, bias_f=bf, relu=relu)
+    parts = (ep[2:8], ep[9:])
+    try:
+        refs = tuple(_none if a is None else weakref.ref(a) for a in arrays)
+    except TypeError:  # a Python scalar among them: not cached
+        return parts
+    with _CACHE_LOCK:
+        if len(_DQ_PARTS) >= 4096:
+            _DQ_PARTS.clear()
+        _DQ_PARTS[key] = (refs, parts)
+    return parts
 
 
 def requant_params(a_scale, w_scale, out_scale, bias=None):

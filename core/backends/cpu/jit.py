@@ -7,12 +7,13 @@ it saves on small tensors.
 from __future__ import annotations
 
 import os
-import queue
 import threading
 import types
 
 import numba
 import numpy as np
+
+from .helpers import Helpers
 
 # The fastmath subset that keeps NaN/Inf semantics (no "nnan"/"ninf").
 FASTMATH = {"nsz", "arcp", "contract", "afn", "reassoc"}
@@ -67,62 +68,14 @@ class parallel_kernel:
         return self.serial(*args)
 
 
-class _Helpers:
-    """Persistent helper threads that run slices of a serial nogil kernel next to the calling thread.
-
-    numba's workqueue pool is slow to start a parallel region right after other work on the 2-core
-    machines (a 0.7 ms region took 1.4 ms, about the serial time, in some phases of a training step),
-    while a helper thread woken through a queue starts in ~20 us and the caller works on its own slice
-    meanwhile. Only one caller at a time uses the helpers; another one runs its slices itself."""
-
-    def __init__(self):
-        self.lock = threading.Lock()
-        self.tasks: list = []
-        self.done: queue.SimpleQueue = queue.SimpleQueue()
-
-    def _worker(self, tasks):
-        while True:
-            fn, args = tasks.get()
-            try:
-                fn(*args)
-                self.done.put(None)
-            except BaseException as e:  # handed to the caller, which raises it
-                self.done.put(e)
-
-    def run(self, fn, parts):
-        if len(parts) == 1 or not self.lock.acquire(blocking=False):
-            for args in parts:
-                fn(*args)
-            return
-        try:
-            while len(self.tasks) < len(parts) - 1:
-                q = queue.SimpleQueue()
-                threading.Thread(target=self._worker, args=(q,), daemon=True, name="ember-cpu-helper").start()
-                self.tasks.append(q)
-            for q, args in zip(self.tasks, parts[1:]):
-                q.put((fn, args))
-            error = None
-            try:
-                fn(*parts[0])
-            except BaseException as e:
-                error = e
-            for _ in parts[1:]:
-                e = self.done.get()
-                error = error or e
-            if error is not None:
-                raise error
-        finally:
-            self.lock.release()
-
-
-_HELPERS = _Helpers()
+_HELPERS = Helpers()
 if hasattr(os, "register_at_fork"):  # a forked child (DataLoader workers) has none of the parent's threads
     os.register_at_fork(after_in_child=_HELPERS.__init__)
 
 
 def run_parts(fn, parts) -> None:
-    """``fn(*args)`` for every tuple in ``parts``: the first on the calling thread, the others at the same
-    time on helper threads (fn must be a nogil kernel, and the parts must write disjoint outputs)."""
+    """``fn(*args)`` for every tuple in ``parts``, shared between the calling thread and helper threads (fn must be
+    a nogil kernel, and the parts must write disjoint outputs); see helpers.py."""
     _HELPERS.run(fn, list(parts))
 
 

@@ -1,14 +1,20 @@
 """Shared pieces of the LLVM-IR kernels (conv_tile_ir.py, int8_conv_tiled.py, lut.py): compiling a module for the
 host CPU with llvmlite, and the 2x2 max-pool kernel both convolution epilogues use.
 
-Kernels compiled here are called from numba through ctypes function pointers passed as arguments, which keeps
-the numba kernels cacheable on disk (the machine code itself is rebuilt once per process, in milliseconds).
+Kernels compiled here are called from numba by address (``intrinsics.call``; the address is an ordinary int64
+argument), which keeps the numba kernels cacheable on disk (the machine code itself is rebuilt once per process, in
+milliseconds).
 """
 from __future__ import annotations
 
 import ctypes
 
 POOL_SIG = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64, ctypes.c_int64, ctypes.c_void_p)
+
+
+def address(fn) -> int:
+    """The machine address of a ctypes function pointer (0 for None): what numba kernels take and ``call``."""
+    return 0 if fn is None else int(ctypes.cast(fn, ctypes.c_void_p).value or 0)
 
 
 def compile_module(ir: str, require=()):

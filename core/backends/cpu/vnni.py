@@ -18,6 +18,8 @@ import os
 
 import numpy as np
 
+from .llvm_ir import address
+
 TILE_N = 32  # output columns per tile call
 _SIG = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_int64, ctypes.c_void_p, ctypes.c_int64, ctypes.c_void_p,
                         ctypes.c_int64)
@@ -112,10 +114,12 @@ def tile():
     return _STATE["tile"]
 
 
-def stand_in():
-    """A function of the tile's type that does nothing (passed when the tile is not used)."""
-    tile()
-    return _STATE["noop"]
+def tile_address() -> int:
+    """The VNNI tile's machine address (for ``intrinsics.call``), or 0 where it does not run."""
+    addr = _STATE.get("addr")
+    if addr is None:
+        addr = _STATE["addr"] = address(tile())
+    return addr
 
 
 def pack(data: np.ndarray) -> np.ndarray:

@@ -1,0 +1,134 @@
+"""The helper threads of jit.run_parts (backends/cpu/helpers.py): every part runs exactly once whichever thread
+claims it, errors reach the caller, and the spinning, sleeping and queue variants agree."""
+import time
+
+import numba
+import numpy as np
+import pytest
+
+from ember.backends.cpu import helpers, intrinsics
+from ember.backends.cpu.helpers import finish, post
+
+
+@numba.njit(nogil=True, cache=True)
+def _fill(out, lo, hi, reps, sync):
+    post(sync)
+    for _ in range(reps):
+        for i in range(lo, hi):
+            out[i] += 1.0
+    finish(sync)
+
+
+@numba.njit(nogil=True, cache=True)
+def _fail_on(out, lo, hi, bad, sync):
+    post(sync)
+    if lo == bad:
+        raise ValueError("part failed")
+    for i in range(lo, hi):
+        out[i] += 1.0
+    finish(sync)
+
+
+def _parts(out, n_parts, reps=1):
+    step = out.size // n_parts
+    return [(out, i * step, (i + 1) * step, reps) for i in range(n_parts)]
+
+
+def _pools():
+    pools = [helpers.QueueHelpers()]
+    rate = helpers.ticks_per_us()
+    if rate > 0:
+        pools += [helpers.SpinHelpers(500, rate), helpers.SpinHelpers(0, rate)]  # spins / sleeps between tasks
+    return pools
+
+
+@pytest.mark.parametrize("n_parts", [2, 3, 5])
+def test_every_part_runs_once(n_parts):
+    for pool in _pools():
+        out = np.zeros(64 * n_parts)
+        for rep in range(30):
+            assert pool.run(_fill, _parts(out, n_parts, reps=1 + rep % 3))
+        np.testing.assert_array_equal(out, sum(1 + rep % 3 for rep in range(30)))
+
+
+def test_parts_no_helper_claims_run_on_the_caller():
+    rate = helpers.ticks_per_us()
+    if rate <= 0:
+        pytest.skip("no cycle counter: queue helpers only")
+    pool = helpers.SpinHelpers(500, rate)
+    out = np.zeros(128)
+    pool.run(_fill, _parts(out, 2))  # starts the helper
+    pool.lock.acquire()  # another caller holds the helpers: run() declines (jit.run_parts then runs serially)
+    try:
+        assert not pool.run(_fill, _parts(out, 2))
+    finally:
+        pool.lock.release()
+    fresh = helpers.SpinHelpers(500, rate)
+    fresh.threads = 1  # claims a helper that does not exist: the caller runs every part itself
+    fresh.start_ticks = int(20 * rate)
+    out2 = np.zeros(128)
+    t0 = time.perf_counter()
+    assert fresh.run(_fill, _parts(out2, 2))
+    assert time.perf_counter() - t0 < 5
+    np.testing.assert_array_equal(out2, 1.0)
+
+
+def test_an_error_in_any_part_reaches_the_caller_and_the_pool_still_works():
+    for pool in _pools():
+        out = np.zeros(128)
+        for bad in (0, 64):  # the caller's part, a helper's part
+            with pytest.raises(ValueError, match="part failed"):
+                pool.run(_fail_on, [(out, 0, 64, bad), (out, 64, 128, bad)])
+        out[:] = 0
+        assert pool.run(_fill, _parts(out, 2))
+        np.testing.assert_array_equal(out, 1.0)
+
+
+def test_python_functions_work_as_parts():
+    """A part that never calls post/finish (a Python function) is reported done by the helper loop."""
+    for pool in _pools():
+        seen = []
+        assert pool.run(lambda i, sync: seen.append(i), [(0,), (1,), (2,)])
+        assert sorted(seen) == [0, 1, 2]
+
+
+def test_intrinsics():
+    ctl = np.zeros(4, np.int64)
+
+    @numba.njit(cache=False)
+    def roundtrip(ctl):
+        intrinsics.store_release(ctl, 2, 41)
+        intrinsics.cpu_relax()
+        return intrinsics.load_acquire(ctl, 2) + 1
+
+    assert roundtrip(ctl) == 42 and ctl[2] == 41
+    assert intrinsics.spin_above_nogil(ctl, 2, 40, -1) == 41  # already above: returns at once
+    if helpers.ticks_per_us() > 0:
+        t0 = time.perf_counter()
+        assert intrinsics.spin_above_nogil(ctl, 2, 41, int(2000 * helpers.ticks_per_us())) == 41  # times out
+        assert 0.001 < time.perf_counter() - t0 < 1.0
+
+
+def test_more_helpers_than_parts_never_lose_a_done_mark():
+    """Regression: with idle helpers racing for parts, a helper's late report of an older task once overwrote a
+    newer task's done mark and the caller waited forever."""
+    import threading
+
+    rate = helpers.ticks_per_us()
+    if rate <= 0:
+        pytest.skip("no cycle counter: queue helpers only")
+    pool = helpers.SpinHelpers(500, rate)
+    out = np.zeros(256)
+    pool.run(_fill, _parts(out, 4))  # three helpers for two-part tasks
+    finished = []
+
+    def loop():
+        for i in range(3000):
+            pool.run(_fill, _parts(out, 2, reps=1 + i % 2))
+            pool.run(lambda j, sync: None, [(0,), (1,)])  # parts that report nothing themselves
+        finished.append(True)
+
+    t = threading.Thread(target=loop, daemon=True)
+    t.start()
+    t.join(60)
+    assert finished, "run() never returned: a done mark was lost"
