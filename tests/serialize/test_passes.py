@@ -131,6 +131,21 @@ def test_mlp_passes_fire():
     assert _ops(g)["batch_norm"] == 0 and _ops(g)["gelu"] == 0
 
 
+def test_dynamic_quantized_linear_takes_the_following_relu():
+    import ember.quantize as Q
+
+    ember.manual_seed(0)
+    model = Q.quantize_dynamic(nn.Sequential(nn.Linear(12, 16), nn.ReLU(), nn.Linear(16, 8), nn.ReLU(),
+                                             nn.Linear(8, 3)).eval())
+    graph = trace(model, ember.randn(2, 12)).graph
+    opt = optimize(graph)
+    assert _ops(graph)["relu"] == 2 and _ops(opt)["relu"] == 0
+    assert [n.attrs["relu"] for n in opt.nodes if n.op == "dynamic_quantized_linear"] == [True, True, False]
+    x = np.random.default_rng(3).standard_normal((37, 12)).astype(np.float32)
+    want, got = Executor(graph).run({graph.inputs[0]: x}), Executor(opt).run({graph.inputs[0]: x})
+    np.testing.assert_array_equal(got[0], want[0])  # same kernels, ReLU in the epilogue: bit-identical
+
+
 def test_residual_passes_fire():
     graph, _ = _traced("residual")
     ops, opt = _ops(graph), _ops(optimize(graph))
