@@ -141,6 +141,19 @@ def _dynamic_quantized_linear(g, n):
         g.op("Relu", [y], n.outputs)
 
 
+@lowers("dynamic_quantized_mlp")
+def _dynamic_quantized_mlp(g, n):
+    """The chain the runtime fuses on CPU, lowered one dynamic_quantized_linear at a time."""
+    x, params, relus = n.inputs[0], n.inputs[1:], n.attrs["relus"]
+    lead = tuple(g.shape(n.outputs[0])[:-1])
+    for i, relu in enumerate(relus):
+        w, w_scale, bias = params[3 * i:3 * i + 3]
+        last = i == len(relus) - 1
+        out = n.outputs if last else [_declare_float(g, g.fresh("chain"), lead + (g.shape(w)[0],))]
+        g.lower("dynamic_quantized_linear", [x, w, w_scale, bias], out, relu=bool(relu))
+        x = out[0]
+
+
 def _declare_float(g, name, shape):
     from ember.serialize.ir import Value
 

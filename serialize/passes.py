@@ -16,7 +16,9 @@ in place and returns how many rewrites it made:
    ``conv2d_pool`` (the pooling happens as the conv result leaves its GEMM);
 6. ``fold_quantization`` (qpasses.py): a converted int8 model stays in uint8 between its int8 layers
    (dequantize moved past max pooling and reshape, dequantize -> quantize pairs become a table);
-7. ``eliminate_dead_code``: nodes and constants no output depends on.
+7. ``fuse_dynamic_chains`` (qpasses.py, CPU only): dynamic_quantized_linear layers each feeding the next become
+   one ``dynamic_quantized_mlp`` node;
+8. ``eliminate_dead_code``: nodes and constants no output depends on.
 """
 from __future__ import annotations
 
@@ -49,8 +51,9 @@ def _well_formed(n) -> bool:
     return lo <= len(n.inputs) <= hi and len(n.outputs) == get_op(n.op).n_outputs
 
 
-def optimize(graph: Graph) -> Graph:
-    """A new, optimised graph computing the same outputs as ``graph`` (which is left unchanged)."""
+def optimize(graph: Graph, device: str = "cpu") -> Graph:
+    """A new, optimised graph computing the same outputs as ``graph`` (which is left unchanged), for ``device``
+    (some fused ops have CPU kernels only)."""
     if not all(_well_formed(n) for n in graph.nodes):
         return graph  # not ours to rewrite: run it as it is (its kernels report the problem)
     g = copy_graph(graph)
@@ -63,6 +66,10 @@ def optimize(graph: Graph) -> Graph:
     from .qpasses import fold_quantization  # (qpasses builds on this module's helpers)
 
     fold_quantization(g)
+    if device == "cpu":
+        from .qpasses import fuse_dynamic_chains
+
+        fuse_dynamic_chains(g)
     eliminate_dead_code(g)
     return g
 

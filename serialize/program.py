@@ -19,7 +19,7 @@ class Program:
         self.metadata = {str(k): str(v) for k, v in (metadata or {}).items()}
         self.device = as_device(device)
         self._optimize = optimize
-        self._executor = Executor(_optimize(graph) if optimize else graph, self.device.type)
+        self._executor = Executor(_optimize(graph, self.device.type) if optimize else graph, self.device.type)
         # per input: name, numpy dtype, IR shape (checked on every call, so computed once)
         self._specs = [(n, np.dtype(graph.values[n].dtype), tuple(graph.values[n].shape)) for n in graph.inputs]
 

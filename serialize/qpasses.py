@@ -113,3 +113,50 @@ def _fuse_pool(g, pool, users, prod):
     g.nodes.remove(pool)
     del g.values[x]
     return 1
+
+
+# ---- dynamic int8 chains (CPU) --------------------------------------------------------------------------------
+_MAX_CHAIN = 63  # backends/cpu/int8_chain.MAX_LAYERS
+
+
+def _chain_next(g, n, users):
+    """The dynamic_quantized_linear (with a bias) that alone reads n's output, or None."""
+    out = n.outputs[0]
+    nxt = users.get(out, [])
+    if out in g.outputs or len(nxt) != 1 or nxt[0] is None:
+        return None
+    m = nxt[0]
+    if m.op != "dynamic_quantized_linear" or len(m.inputs) != 4 or m.inputs[0] != out or out in m.inputs[1:]:
+        return None
+    return m
+
+
+def fuse_dynamic_chains(g: Graph) -> int:
+    """Runs of ``dynamic_quantized_linear`` nodes (with biases), each output read only by the next, become one
+    ``dynamic_quantized_mlp`` node (backends/cpu/int8_chain.py: one kernel call, rows split once for the whole
+    chain); returns how many chains were fused. CPU only: the CUDA backend has no kernel for it."""
+    users = _users(g)
+    heads = {id(m) for n in g.nodes if n.op == "dynamic_quantized_linear" and len(n.inputs) == 4
+             for m in [_chain_next(g, n, users)] if m is not None}
+    drop, fused = set(), 0
+    for n in list(g.nodes):
+        if n.op != "dynamic_quantized_linear" or len(n.inputs) != 4 or id(n) in heads:
+            continue
+        chain = [n]
+        while len(chain) < _MAX_CHAIN:
+            m = _chain_next(g, chain[-1], users)
+            if m is None:
+                break
+            chain.append(m)
+        if len(chain) < 2:
+            continue
+        relus = tuple(bool(m.attrs.get("relu", False)) for m in chain)
+        params = [name for m in chain for name in m.inputs[1:]]
+        for m in chain[:-1]:
+            del g.values[m.outputs[0]]
+        n.op, n.inputs, n.attrs = "dynamic_quantized_mlp", [n.inputs[0]] + params, {"relus": relus}
+        n.outputs, n.version = list(chain[-1].outputs), get_op("dynamic_quantized_mlp").version
+        drop.update(id(m) for m in chain[1:])
+        fused += 1
+    g.nodes = [m for m in g.nodes if id(m) not in drop]
+    return fused

@@ -15,6 +15,7 @@ import numpy as np
 
 from numba import prange
 
+from ..backends.cpu import int8_chain as _chain
 from ..backends.cpu import int8_conv as _qconv
 from ..backends.cpu import int8_kernels as _ik
 from ..backends.cpu import jit
@@ -56,6 +57,33 @@ def _dql_cpu(x, w, w_scale, bias=None, *, relu=False):
     if x.dtype != np.float32:
         raise TypeError(f"dynamic_quantized_linear: input must be float32, got {x.dtype}")
     return _ik.qlinear_dynamic(x, packed(w), w_scale, bias, relu=bool(relu))
+
+
+def _dqmlp_rule(x, *params, relus=()):
+    if not params or len(params) % 3 or len(relus) != len(params) // 3:
+        raise RuntimeError(f"dynamic_quantized_mlp: inputs are x then (weight, w_scale, bias) per layer with one "
+                           f"relus entry each; got {len(params)} parameter inputs and relus={tuple(relus)}")
+    for i in range(0, len(params), 3):
+        x = _dql_rule(x, *params[i:i + 3])
+    return x
+
+
+register_op("dynamic_quantized_mlp", attrs={"relus": ()}, shape=_dqmlp_rule,
+            doc="a chain of dynamic_quantized_linear layers, each feeding the next, in one kernel call (made by the "
+                "runtime's load-time passes on CPU, never saved); inputs (x, then weight, w_scale, bias per layer)")
+
+
+@kernel("dynamic_quantized_mlp")
+def _dqmlp_cpu(x, *params, relus=()):
+    layers = []
+    for i, relu in enumerate(relus):
+        w, w_scale, bias = params[3 * i:3 * i + 3]
+        if w.dtype != np.int8:
+            raise TypeError(f"dynamic_quantized_mlp: weight {i} must be int8 (symmetric), got {w.dtype}")
+        layers.append((packed(w), w_scale, bias, bool(relu)))
+    if x.dtype != np.float32:
+        raise TypeError(f"dynamic_quantized_mlp: input must be float32, got {x.dtype}")
+    return _chain.dynamic_chain(x, layers)
 
 
 # ---- static quantization: uint8 in, uint8 out ---------------------------------------------------------

@@ -126,6 +126,9 @@ def _extra_calls():
     # int8 layers: dynamic (float in / out) and static (uint8 in / out)
     w8 = ember.tensor(np.arange(-12, 12).reshape(4, 6).astype(np.int8))
     registry.apply("dynamic_quantized_linear", _x(3, 6), w8, ember.ones(4), ember.zeros(4), relu=True)
+    w8b = ember.tensor(np.arange(-4, 4).reshape(2, 4).astype(np.int8))
+    registry.apply("dynamic_quantized_mlp", _x(2, 3, 6), w8, ember.ones(4), ember.zeros(4), w8b, ember.ones(2),
+                   ember.zeros(2), relus=(True, False))
     u8 = lambda *shape: ember.tensor((np.arange(int(np.prod(shape))) % 251).reshape(shape).astype(np.uint8))  # noqa: E731
     qp = (ember.tensor(np.float32(0.1)), ember.tensor(np.uint8(3)))
     registry.apply("quantized_linear", u8(2, 3, 6), *qp, w8, ember.ones(4), *qp, ember.zeros(4), relu=False)

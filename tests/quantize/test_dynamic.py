@@ -147,3 +147,18 @@ def test_onnx_export_matches_the_int8_runtime(opset):
     ops = [n.op_type for n in model.graph.node]
     assert ops.count("MatMulInteger") == 3
     assert ("QuantizeLinear" in ops) == (opset <= 27)
+
+
+@pytest.mark.parametrize("opset", [OPSETS[0], OPSETS[-1]])
+def test_fused_chain_of_the_runtime_exports_too(opset):
+    """The CPU runtime fuses the three layers into one dynamic_quantized_mlp node; that graph exports layer by
+    layer and ONNX Runtime reproduces ember's outputs."""
+    from ember.serialize import Program, trace
+    from ember.serialize.passes import optimize
+
+    prog = trace(Q.quantize_dynamic(_mlp()), ember.randn(2, 20))
+    fused = Program(optimize(prog.graph), optimize=False)
+    assert [n.op for n in fused.graph.nodes] == ["dynamic_quantized_mlp"]
+    model = check_export(fused, [rng.standard_normal((4, 20)).astype(np.float32)], opset=opset, batches=(1, 9),
+                         atol=1e-6, rtol=1e-6)
+    assert [n.op_type for n in model.graph.node].count("MatMulInteger") == 3

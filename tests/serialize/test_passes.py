@@ -131,19 +131,43 @@ def test_mlp_passes_fire():
     assert _ops(g)["batch_norm"] == 0 and _ops(g)["gelu"] == 0
 
 
-def test_dynamic_quantized_linear_takes_the_following_relu():
+def test_dynamic_quantized_linear_takes_the_following_relu_and_chains_fuse():
     import ember.quantize as Q
 
     ember.manual_seed(0)
     model = Q.quantize_dynamic(nn.Sequential(nn.Linear(12, 16), nn.ReLU(), nn.Linear(16, 8), nn.ReLU(),
                                              nn.Linear(8, 3)).eval())
     graph = trace(model, ember.randn(2, 12)).graph
-    opt = optimize(graph)
-    assert _ops(graph)["relu"] == 2 and _ops(opt)["relu"] == 0
-    assert [n.attrs["relu"] for n in opt.nodes if n.op == "dynamic_quantized_linear"] == [True, True, False]
-    x = np.random.default_rng(3).standard_normal((37, 12)).astype(np.float32)
-    want, got = Executor(graph).run({graph.inputs[0]: x}), Executor(opt).run({graph.inputs[0]: x})
-    np.testing.assert_array_equal(got[0], want[0])  # same kernels, ReLU in the epilogue: bit-identical
+    g = copy_graph(graph)
+    assert fuse_activations(g) == 2 and _ops(g)["relu"] == 0
+    assert [n.attrs["relu"] for n in g.nodes if n.op == "dynamic_quantized_linear"] == [True, True, False]
+    cuda = optimize(graph, "cuda")  # no CUDA kernel for the fused chain: the layers stay apart there
+    assert _ops(cuda)["dynamic_quantized_linear"] == 3 and _ops(cuda)["dynamic_quantized_mlp"] == 0
+    opt = optimize(graph)  # on CPU the three layers become one dynamic_quantized_mlp node
+    assert [(n.op, n.attrs) for n in opt.nodes] == [("dynamic_quantized_mlp", {"relus": (True, True, False)})]
+    assert len(opt.nodes[0].inputs) == 1 + 3 * 3
+    for b in (1, 37, 64):
+        x = np.random.default_rng(b).standard_normal((b, 12)).astype(np.float32)
+        want = Executor(graph).run({graph.inputs[0]: x})
+        for fused in (g, opt):  # same arithmetic, ReLU in the epilogue, one kernel call: bit-identical
+            np.testing.assert_array_equal(Executor(fused).run({graph.inputs[0]: x})[0], want[0])
+
+
+def test_dynamic_chain_stops_at_shared_values_and_graph_outputs():
+    import ember.quantize as Q
+
+    class TwoHeads(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b, self.c = nn.Linear(8, 8), nn.Linear(8, 4), nn.Linear(8, 4)
+
+        def forward(self, x):
+            h = self.a(x)
+            return self.b(h), self.c(h)  # h has two readers: no chain through it
+
+    ember.manual_seed(0)
+    graph = trace(Q.quantize_dynamic(TwoHeads().eval()), ember.randn(2, 8)).graph
+    assert _ops(optimize(graph))["dynamic_quantized_mlp"] == 0
 
 
 def test_residual_passes_fire():

@@ -37,6 +37,12 @@ MAX_PARTS = 64
 # generation in which part i last started / finished.
 NONE, CALLER, HELPER = 0, 1, 2
 START, DONE = 8, 8 + MAX_PARTS
+# Slots for kernels that coordinate their parts themselves (int8_chain.py), 64 bytes apart: who joined the task,
+# a shared work counter, and per part its progress through a chain of layers.
+CLAIM = DONE + MAX_PARTS
+COUNTER = CLAIM + 8
+ARRIVE = COUNTER + 8
+CTL_SIZE = ARRIVE + 16
 
 
 def spin_microseconds() -> float:
@@ -103,7 +109,7 @@ class SpinHelpers:
         self.sleeping = 0
         self.threads = 0
         self.gen = 0
-        self.ctl = np.zeros(DONE + MAX_PARTS, np.int64)
+        self.ctl = np.zeros(CTL_SIZE, np.int64)
         self.slot = (0, None, (), [], [])
 
     def _worker(self):

@@ -372,8 +372,10 @@ def _dequant_parts(packed, w_scale, bias, relu):
     if hit is not None and all(r() is a for r, a in zip(hit[0], arrays)):
         return hit[1]
     n = packed.n
-    ws = per_channel(w_scale, n, np.float32, "w_scale", "qlinear_dynamic")
-    bf = np.zeros(n, np.float32) if bias is None else per_channel(bias, n, np.float32, "bias", "qlinear_dynamic")
+    # (copies: always writable, so every layer's tuple has one numba type whatever the arrays came from)
+    ws = np.array(per_channel(w_scale, n, np.float32, "w_scale", "qlinear_dynamic"))
+    bf = np.zeros(n, np.float32) if bias is None else np.array(per_channel(bias, n, np.float32, "bias",
+                                                                            "qlinear_dynamic"))
     ep = epilogue(MODE_DEQUANT, packed, 0, w_scale=ws, bias_f=bf, relu=relu)
     parts = (ep[2:8], ep[9:])
     try:

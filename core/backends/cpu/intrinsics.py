@@ -85,6 +85,22 @@ def store_release(typingctx, arr, idx, value):
 
 
 @intrinsic
+def compare_exchange(typingctx, arr, idx, expected, value):
+    """Atomically: if arr[idx] == expected, arr[idx] = value; returns the value arr[idx] held (== expected when
+    the exchange happened)."""
+    if not (_int64_vector(arr) and all(isinstance(t, types.Integer) for t in (idx, expected, value))):
+        return None
+
+    def codegen(context, builder, sig, args):
+        ptr = _element_pointer(context, builder, sig.args[0], args[0], args[1], sig.args[1])
+        old = context.cast(builder, args[2], sig.args[2], types.int64)
+        new = context.cast(builder, args[3], sig.args[3], types.int64)
+        res = builder.cmpxchg(ptr, old, new, "acq_rel", "acquire")
+        return builder.extract_value(res, 0)
+    return types.int64(arr, idx, expected, value), codegen
+
+
+@intrinsic
 def cpu_relax(typingctx):
     """The spin-wait hint (x86 ``pause``; nothing elsewhere)."""
     def codegen(context, builder, sig, args):

@@ -79,6 +79,11 @@ def run_parts(fn, parts) -> None:
     _HELPERS.run(fn, list(parts))
 
 
+def threads() -> int:
+    """The configured thread count (NUMBA_NUM_THREADS)."""
+    return numba.config.NUMBA_NUM_THREADS
+
+
 def slices(n: int, work: int, threshold: int = PARALLEL_THRESHOLD) -> list:
     """[(lo, hi), ...]: n items split evenly over the configured threads, or one slice when ``work`` is
     below ``threshold`` (or one thread is configured)."""
