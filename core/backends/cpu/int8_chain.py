@@ -74,10 +74,20 @@ def _rows_range(out, r0, r1, dst, addr):
 
 
 @njit(fastmath=False)
-def _chain(x, layers, ranges, addr, status, part, sync):
-    """Part ``part`` of the chain (see the module docstring). ``layers[l]`` = (int8 weight rows, epilogue fields
-    before a_scale, after it, uint8 activation buffer, float32 output); ranges (2, L + 1, 16) float32: per thread
-    the (min, max, non-finite) of its rows of each layer's input, preset to (inf, -inf, 0); 64 bytes apart."""
+def _layer_views(ws, offs, li, m, kp, n):
+    """Layer li's uint8 activation rows (m, kp) and float32 outputs (m, n) inside the workspace bytes ws."""
+    au = ws[offs[2 * li]:offs[2 * li] + m * kp].reshape((m, kp))
+    out = ws[offs[2 * li + 1]:offs[2 * li + 1] + 4 * m * n].view(np.float32).reshape((m, n))
+    return au, out
+
+
+@njit(fastmath=False)
+def _chain(x, layers, ws, offs, ranges, addr, status, part, sync):
+    """Part ``part`` of the chain (see the module docstring). ``layers[l]`` = (int8 weight rows, their VNNI
+    layout, column sums, w_scale and bias (float32, 2N), relu, VNNI tile address, whether it runs, Kp, N); the
+    layers' activations and outputs live in the workspace bytes ``ws`` at ``offs`` (few arguments: numba unboxes
+    each array of every call, ~0.2 us apiece, on both threads); ranges (2, L + 1, 16) float32: per thread the
+    (min, max, non-finite) of its rows of each layer's input, preset to (inf, -inf, 0); 64 bytes apart."""
     ctl, gen, role = sync[0], sync[1], sync[2]
     if role == HELPER:
         if part != 1 or not _join(ctl, gen, 1):
@@ -103,6 +113,7 @@ def _chain(x, layers, ranges, addr, status, part, sync):
             _at.cpu_relax()
         joined = True
     no_i32, no_u8 = np.zeros((1, 1, 1), np.int32), np.zeros((1, 1, 1), np.uint8)  # the outputs not written
+    no_bias, no_mult, f0 = np.zeros(1, np.int32), np.zeros(1, np.float32), np.float32(0)  # requantizing fields
     for li in range(len(layers)):
         if li == 1 and me == 0 and not alone:
             joined = not _join(ctl, gen, 0)  # close the join: from here on the helper is in or never comes
@@ -117,10 +128,12 @@ def _chain(x, layers, ranges, addr, status, part, sync):
             status[0] = li + 1  # layer li's input holds NaN or Inf
             break
         scale, zpf = _qparams(lo, hi)
-        w, head, tail, au, out = layers[li]
-        src = x if li == 0 else layers[li - 1][4]
-        ep = (MODE_DEQUANT, int(zpf)) + head + (scale,) + tail
-        outs = (no_i32, no_u8, out.reshape((m, out.shape[1], 1)))
+        w, vnni, col_sums, wsb, relu, tile, use, kp, n = layers[li]
+        au, out = _layer_views(ws, offs, li, m, kp, n)
+        src = x if li == 0 else _layer_views(ws, offs, li - 1, m, layers[li - 1][7], layers[li - 1][8])[1]
+        ep = (MODE_DEQUANT, int(zpf), col_sums, no_bias, no_mult, f0, f0, f0, scale, wsb[:n], wsb[n:], relu, vnni,
+              tile, use)
+        outs = (no_i32, no_u8, out.reshape((m, n, 1)))
         mine = ranges[me, li + 1]
         part_range = np.empty(3, np.float32)
         b = 0
@@ -151,14 +164,24 @@ def _none():  # the "weak reference" of an absent bias
 
 
 def _plan(layers):
-    """Per layer (int8 weight rows, epilogue fields before a_scale, after it, K padded, N), computed once per set
-    of arrays."""
-    arrays = tuple(a for p, s, b, _ in layers for a in (p.data, s, b))
+    """Per layer the kernel's constant fields (see ``_chain``), computed once per set of arrays."""
+    arrays = []
+    for p, s, b, _ in layers:
+        arrays += (p.data, s, b)
     key = tuple(map(id, arrays)) + tuple(bool(r) for *_, r in layers)
     hit = _PLANS.get(key)
-    if hit is not None and all(r() is a for r, a in zip(hit[0], arrays)):
-        return hit[1]
-    plan = tuple((p.data,) + _dequant_parts(p, s, b, bool(r)) + (p.data.shape[1], p.n) for p, s, b, r in layers)
+    if hit is not None:
+        for r, a in zip(hit[0], arrays):
+            if r() is not a:
+                break
+        else:
+            return hit[1]
+    plan = []
+    for p, s, b, relu in layers:
+        head, tail = _dequant_parts(p, s, b, bool(relu))
+        ws, bf, _, vnni, tile, use = tail
+        plan.append((p.data, vnni, head[0], np.concatenate([ws, bf]), bool(relu), tile, use, p.data.shape[1], p.n))
+    plan = tuple(plan)
     try:
         refs = tuple(_none if a is None else weakref.ref(a) for a in arrays)
     except TypeError:  # a Python scalar among them: not cached
@@ -201,15 +224,21 @@ def dynamic_chain(x, layers) -> np.ndarray:
     m = x2.shape[0]
     if m == 0:
         return np.empty(lead + (layers[-1][0].n,), np.float32)
-    work = tuple((w, head, tail, np.empty((m, kp), np.uint8), np.empty((m, n), np.float32))
-                 for w, head, tail, kp, n in _plan(layers))
+    plan = _plan(layers)
+    offs, size = [], 0
+    for *_, kp, n in plan:  # each layer's activations, then its outputs, 64-byte aligned
+        offs += (size, size + (-(-m * kp // 64) * 64))
+        size = offs[-1] + -(-4 * m * n // 64) * 64
+    ws = np.empty(size, np.uint8)
+    offs = np.array(offs, np.int64)
     ranges = _empty_ranges(len(layers))
     status = np.zeros(1, np.int64)
-    split = m >= PAR_MIN_ROWS and m * work[0][0].size >= PAR_MIN_MACS and jit.threads() > 1
-    args = (x2, work, ranges, _range_ir.address(), status)
+    split = m >= PAR_MIN_ROWS and m * plan[0][0].size >= PAR_MIN_MACS and jit.threads() > 1
+    args = (x2, plan, ws, offs, ranges, _range_ir.address(), status)
     jit.run_parts(_chain, [args + (0,), args + (1,)] if split else [args + (0,)])
     if status[0]:
         layer = int(status[0]) - 1
         raise ValueError(f"dynamic_quantized_linear: the input of layer {layer} of the chain holds NaN or Inf"
                          + (" (the model's input)" if layer == 0 else ""))
-    return work[-1][4].reshape(lead + (layers[-1][0].n,))
+    n_last = layers[-1][0].n
+    return ws[offs[-1]:offs[-1] + 4 * m * n_last].view(np.float32).reshape(lead + (n_last,))
