@@ -8,8 +8,6 @@ arrays (an int8 weight, scale or bias changed in place is not seen: assign a new
 """
 from __future__ import annotations
 
-import threading
-import weakref
 
 import numpy as np
 
@@ -117,33 +115,16 @@ register_op("quantized_linear", attrs={"relu": False}, shape=_ql_rule,
                 "optional ReLU); inputs (x, x_scale, x_zp, weight int8, w_scale, y_scale, y_zp, [bias])")
 
 
-_REQUANT = {}  # ids of (x_scale, w_scale, y_scale, bias, w) -> (weakrefs to them, (bias_i32, multipliers))
-_REQUANT_MAX = 4096
-_REQUANT_LOCK = threading.Lock()
-
-
-def _none():  # the "weak reference" of an absent bias
-    return None
+_REQUANT: dict = {}  # ids of (x_scale, w_scale, y_scale, bias, w) -> (weakrefs to them, (bias_i32, multipliers))
 
 
 def _requant(op, x, x_scale, x_zp, w, w_scale, y_scale, y_zp, bias):
-    """(bias_i32, multipliers) of a requantizing layer, computed once per set of arrays."""
-    arrays = (x_scale, w_scale, y_scale, bias, w)
-    key = tuple(map(id, arrays))
-    hit = _REQUANT.get(key)
-    if hit is not None and all(r() is a for r, a in zip(hit[0], arrays)) and x.dtype == np.uint8 \
-            and x_zp.dtype == np.uint8 and y_zp.dtype == np.uint8:
-        return hit[1]
-    res = _requant_checked(op, x, x_scale, x_zp, w, w_scale, y_scale, y_zp, bias)
-    try:
-        refs = tuple(_none if a is None else weakref.ref(a) for a in arrays)
-    except TypeError:  # a Python scalar among them: not cached
-        return res
-    with _REQUANT_LOCK:
-        if len(_REQUANT) >= _REQUANT_MAX:
-            _REQUANT.clear()
-        _REQUANT[key] = (refs, res)
-    return res
+    """(bias_i32, multipliers) of a requantizing layer, computed once per set of arrays (the dtypes are checked
+    on every call)."""
+    if x.dtype != np.uint8 or x_zp.dtype != np.uint8 or y_zp.dtype != np.uint8:
+        return _requant_checked(op, x, x_scale, x_zp, w, w_scale, y_scale, y_zp, bias)  # raises
+    return _ik.cached_per_arrays(_REQUANT, (x_scale, w_scale, y_scale, bias, w), None,
+                                 lambda: _requant_checked(op, x, x_scale, x_zp, w, w_scale, y_scale, y_zp, bias))
 
 
 def _requant_checked(op, x, x_scale, x_zp, w, w_scale, y_scale, y_zp, bias):

@@ -67,9 +67,7 @@ def test_parts_no_helper_claims_run_on_the_caller():
     fresh.threads = 1  # claims a helper that does not exist: the caller runs every part itself
     fresh.start_ticks = int(20 * rate)
     out2 = np.zeros(128)
-    t0 = time.perf_counter()
     assert fresh.run(_fill, _parts(out2, 2))
-    assert time.perf_counter() - t0 < 5
     np.testing.assert_array_equal(out2, 1.0)
 
 
@@ -106,7 +104,7 @@ def test_intrinsics():
     if helpers.ticks_per_us() > 0:
         t0 = time.perf_counter()
         assert intrinsics.spin_above_nogil(ctl, 2, 41, int(2000 * helpers.ticks_per_us())) == 41  # times out
-        assert 0.001 < time.perf_counter() - t0 < 1.0
+        assert time.perf_counter() - t0 > 0.001  # after spinning for its ~2 ms, not at once
 
 
 def test_more_helpers_than_parts_never_lose_a_done_mark():

@@ -25,7 +25,7 @@ from __future__ import annotations
 import ctypes
 import os
 
-from .llvm_ir import POOL_SIG, address, compile_module, pool_ir
+from .llvm_ir import POOL_SIG, address, compile_module, pool_ir, store_accumulators
 
 _FWD_SIG = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64, ctypes.c_void_p,
                             ctypes.c_void_p, ctypes.c_int64)
@@ -86,11 +86,7 @@ def fwd_ir(s: Shape, name="fwd") -> str:
                   for h in range(s.np)]
     lines += ["  %k1 = add i64 %k, 1", "  %more = icmp ult i64 %k1, %K",
               "  br i1 %more, label %loop, label %done", "done:"]
-    for r, h in acc:
-        lines += [f"  %oo{r}_{h} = mul i64 %ldo, {r}", f"  %oh{r}_{h} = add i64 %oo{r}_{h}, {h * v}",
-                  f"  %op{r}_{h} = getelementptr float, float* %out, i64 %oh{r}_{h}",
-                  f"  %oq{r}_{h} = bitcast float* %op{r}_{h} to {vt}*",
-                  f"  store {vt} %n{r}_{h}, {vt}* %oq{r}_{h}, align 4"]
+    lines += store_accumulators(acc, "float", vt, v)
     lines += ["  ret void", "}"]
     return "\n".join(lines)
 

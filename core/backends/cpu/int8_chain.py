@@ -17,9 +17,6 @@ caller goes on alone. Non-finite values in a layer's input stop both threads aft
 """
 from __future__ import annotations
 
-import threading
-import weakref
-
 import numpy as np
 
 from . import intrinsics as _at
@@ -27,7 +24,7 @@ from . import jit
 from . import range_ir as _range_ir
 from .helpers import ARRIVE, CALLER, CLAIM, COUNTER, HELPER, NONE, finish, post
 from .int8_gemm import BLOCK_ROWS, MODE_DEQUANT, PAR_MIN_MACS, PAR_MIN_ROWS, linear_rows
-from .int8_kernels import _dequant_parts, _qparams, _quantize_rows
+from .int8_kernels import _dequant_parts, _qparams, _quantize_rows, cached_per_arrays
 from .jit import njit
 
 MAX_LAYERS = 63  # progress marks are gen * 64 + layer
@@ -156,41 +153,20 @@ def _chain(x, layers, ws, offs, ranges, addr, status, part, sync):
 
 
 _PLANS: dict = {}  # ids of the layers' arrays and relus -> (weakrefs to the arrays, plan)
-_PLANS_LOCK = threading.Lock()
-
-
-def _none():  # the "weak reference" of an absent bias
-    return None
 
 
 def _plan(layers):
     """Per layer the kernel's constant fields (see ``_chain``), computed once per set of arrays."""
-    arrays = []
-    for p, s, b, _ in layers:
-        arrays += (p.data, s, b)
-    key = tuple(map(id, arrays)) + tuple(bool(r) for *_, r in layers)
-    hit = _PLANS.get(key)
-    if hit is not None:
-        for r, a in zip(hit[0], arrays):
-            if r() is not a:
-                break
-        else:
-            return hit[1]
-    plan = []
-    for p, s, b, relu in layers:
-        head, tail = _dequant_parts(p, s, b, bool(relu))
-        ws, bf, _, vnni, tile, use = tail
-        plan.append((p.data, vnni, head[0], np.concatenate([ws, bf]), bool(relu), tile, use, p.data.shape[1], p.n))
-    plan = tuple(plan)
-    try:
-        refs = tuple(_none if a is None else weakref.ref(a) for a in arrays)
-    except TypeError:  # a Python scalar among them: not cached
-        return plan
-    with _PLANS_LOCK:
-        if len(_PLANS) >= 1024:
-            _PLANS.clear()
-        _PLANS[key] = (refs, plan)
-    return plan
+    def build():
+        plan = []
+        for p, s, b, relu in layers:
+            head, tail = _dequant_parts(p, s, b, bool(relu))
+            ws, bf, _, vnni, tile, use = tail
+            plan.append((p.data, vnni, head[0], np.concatenate([ws, bf]), bool(relu), tile, use, p.data.shape[1],
+                         p.n))
+        return tuple(plan)
+    arrays = tuple(a for p, s, b, _ in layers for a in (p.data, s, b))
+    return cached_per_arrays(_PLANS, arrays, tuple(bool(r) for *_, r in layers), build, limit=1024)
 
 
 _RANGES: dict = {}

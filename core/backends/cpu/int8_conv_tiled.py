@@ -28,7 +28,7 @@ from .int8_kernels import cached_per_array
 from .helpers import finish, post
 from .intrinsics import call
 from .jit import njit, run_parts, slices
-from .llvm_ir import compile_module, pool_ir
+from .llvm_ir import compile_module, pool_ir, store_accumulators
 
 NCO, NP, V = 8, 3, 16
 PB = NP * V  # positions per tile
@@ -61,11 +61,7 @@ def _ir() -> str:
                   for h in range(NP)]
     lines += ["  %k1 = add i64 %k, 1", "  %more = icmp ult i64 %k1, %K", "  br i1 %more, label %loop, label %done",
               "done:"]
-    for r, h in acc:
-        lines += [f"  %oo{r}_{h} = mul i64 %ldo, {r}", f"  %oh{r}_{h} = add i64 %oo{r}_{h}, {16 * h}",
-                  f"  %ptr{r}_{h} = getelementptr i32, i32* %out, i64 %oh{r}_{h}",
-                  f"  %pq{r}_{h} = bitcast i32* %ptr{r}_{h} to {vt}*",
-                  f"  store {vt} %n{r}_{h}, {vt}* %pq{r}_{h}, align 4"]
+    lines += store_accumulators(acc, "i32", vt, 16)
     lines += ["  ret void", "}"]
     return "\n".join(lines)
 

@@ -19,7 +19,6 @@ on one thread).
 from __future__ import annotations
 
 import numpy as np
-from numba import prange
 
 from . import jit
 from .helpers import finish, post

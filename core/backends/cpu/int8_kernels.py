@@ -66,6 +66,35 @@ def cached_per_array(cache: dict, w: np.ndarray, build):
     return result
 
 
+def _none():  # the "weak reference" of an absent array
+    return None
+
+
+def cached_per_arrays(cache: dict, arrays: tuple, extra, build, limit: int = 4096):
+    """``build()``, computed once per tuple of array objects (None allowed) and hashable ``extra``: ``cache`` maps
+    their ids and ``extra`` to (weakrefs to them, result), a hit only while every one of them is still the same
+    object. A tuple holding something that cannot be weakly referenced (a Python scalar) is built per call; the
+    cache is emptied when it reaches ``limit`` entries."""
+    key = tuple(map(id, arrays)) + (extra,)
+    hit = cache.get(key)
+    if hit is not None:
+        for r, a in zip(hit[0], arrays):
+            if r() is not a:
+                break
+        else:
+            return hit[1]
+    result = build()
+    try:
+        refs = tuple(_none if a is None else weakref.ref(a) for a in arrays)
+    except TypeError:
+        return result
+    with _CACHE_LOCK:
+        if len(cache) >= limit:
+            cache.clear()
+        cache[key] = (refs, result)
+    return result
+
+
 class PackedWeight(NamedTuple):
     """A weight in the GEMM's layout: ``data`` (N, Kp) int8, each row zero-padded to Kp (a multiple
     of K_BLOCK); conv weights have K in (kh, kw, C/groups) order (im2row copies whole pixels).
@@ -359,34 +388,18 @@ def qlinear_dynamic(x, packed, w_scale, bias=None, relu=False) -> np.ndarray:
 _DQ_PARTS: dict = {}  # ids of (weight data, w_scale, bias), relu -> (weakrefs to the arrays, epilogue parts)
 
 
-def _none():  # the "weak reference" of an absent bias
-    return None
-
-
 def _dequant_parts(packed, w_scale, bias, relu):
     """The fields of a dequantizing epilogue that do not change from call to call (all but the activations' zero
     point and scale), around those two: computed once per (weight, w_scale, bias, relu)."""
-    arrays = (packed.data, w_scale, bias)
-    key = tuple(map(id, arrays)) + (relu,)
-    hit = _DQ_PARTS.get(key)
-    if hit is not None and all(r() is a for r, a in zip(hit[0], arrays)):
-        return hit[1]
-    n = packed.n
-    # (copies: always writable, so every layer's tuple has one numba type whatever the arrays came from)
-    ws = np.array(per_channel(w_scale, n, np.float32, "w_scale", "qlinear_dynamic"))
-    bf = np.zeros(n, np.float32) if bias is None else np.array(per_channel(bias, n, np.float32, "bias",
-                                                                            "qlinear_dynamic"))
-    ep = epilogue(MODE_DEQUANT, packed, 0, w_scale=ws, bias_f=bf, relu=relu)
-    parts = (ep[2:8], ep[9:])
-    try:
-        refs = tuple(_none if a is None else weakref.ref(a) for a in arrays)
-    except TypeError:  # a Python scalar among them: not cached
-        return parts
-    with _CACHE_LOCK:
-        if len(_DQ_PARTS) >= 4096:
-            _DQ_PARTS.clear()
-        _DQ_PARTS[key] = (refs, parts)
-    return parts
+    def build():
+        n = packed.n
+        # (copies: always writable, so every layer's tuple has one numba type whatever the arrays came from)
+        ws = np.array(per_channel(w_scale, n, np.float32, "w_scale", "qlinear_dynamic"))
+        bf = np.zeros(n, np.float32) if bias is None else np.array(per_channel(bias, n, np.float32, "bias",
+                                                                                "qlinear_dynamic"))
+        ep = epilogue(MODE_DEQUANT, packed, 0, w_scale=ws, bias_f=bf, relu=relu)
+        return ep[2:8], ep[9:]
+    return cached_per_arrays(_DQ_PARTS, (packed.data, w_scale, bias), relu, build)
 
 
 def requant_params(a_scale, w_scale, out_scale, bias=None):

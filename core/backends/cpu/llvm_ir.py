@@ -39,6 +39,18 @@ def compile_module(ir: str, require=()):
         return None
 
 
+def store_accumulators(acc, elem, vt, lanes):
+    """IR lines storing a tile's accumulator vectors ``%n{r}_{h}`` (for (r, h) in ``acc``) to ``%out`` (``elem``*):
+    row r at r * %ldo elements, vector h at h * ``lanes``."""
+    lines = []
+    for r, h in acc:
+        lines += [f"  %oo{r}_{h} = mul i64 %ldo, {r}", f"  %oh{r}_{h} = add i64 %oo{r}_{h}, {h * lanes}",
+                  f"  %op{r}_{h} = getelementptr {elem}, {elem}* %out, i64 %oh{r}_{h}",
+                  f"  %oq{r}_{h} = bitcast {elem}* %op{r}_{h} to {vt}*",
+                  f"  store {vt} %n{r}_{h}, {vt}* %oq{r}_{h}, align 4"]
+    return lines
+
+
 def _max(out, a, b, n, elem):
     """IR lines: out = the larger of a and b, lane-wise; for floats b also where it is NaN (NaN wins, as in
     max_pool2d)."""
