@@ -1,6 +1,7 @@
 """Executes a Graph on backend arrays through the core op registry's kernels (no autograd).
 
-The schedule (nodes in order, the last use of every value) is computed once per graph; each value
+The schedule (nodes in order, the last use of every value) is computed once per graph, with the ops that
+offer a prepared kernel (``registry.prepared_kernel``) specialised on their constant inputs; each value
 is dropped after its last use so activations do not pile up; ``{"sym": name}`` attributes are
 resolved from the scalar values computed earlier in the same run.
 """
@@ -38,16 +39,24 @@ class Executor:
         steps = []
         for i, n in enumerate(graph.nodes):
             op = get_op(n.op)
-            fn = _kernel_for(op, device)
+            fn, ins, attrs = _kernel_for(op, device), tuple(n.inputs), n.attrs
             frees = tuple(name for name in dict.fromkeys(list(n.inputs) + list(_sym_refs(n.attrs)))
                           if last_use.get(name) == i and name not in keep)
             has_sym = any(True for _ in _sym_refs(n.attrs))
-            steps.append((fn, tuple(n.inputs), n.attrs, has_sym, tuple(n.outputs), op.n_outputs > 1, frees))
+            prepare = op.prepared.get(device)
+            if prepare is not None and not has_sym and any(name in self.constants for name in ins):
+                bound = prepare([self.constants.get(name) for name in ins], dict(attrs))
+                if bound is not None:  # the op specialised on its constant inputs, once
+                    fn, ins, attrs = bound, tuple(name for name in ins if name not in self.constants), {}
+            steps.append((fn, ins, attrs, has_sym, tuple(n.outputs), op.n_outputs > 1, frees))
         self._steps = steps
+        used = {name for step in steps for name in step[1]} | set(graph.outputs) | {
+            r for n in graph.nodes for r in _sym_refs(n.attrs)}
+        self._env = {k: v for k, v in self.constants.items() if k in used}  # (not those prepared kernels hold)
 
     def run(self, inputs: dict) -> list:
         """``inputs``: graph input name -> array. Returns the output arrays in graph order."""
-        env = dict(self.constants)
+        env = dict(self._env)
         env.update(inputs)
         for fn, ins, attrs, has_sym, outs, multi, frees in self._steps:
             if has_sym:

@@ -18,7 +18,7 @@ from ..backends.cpu import int8_conv as _qconv
 from ..backends.cpu import int8_kernels as _ik
 from ..backends.cpu import jit
 from ..backends.cpu.conv_tiled import requant_row
-from .registry import kernel, register_op
+from .registry import kernel, prepared_kernel, register_op
 
 _PACKED: dict = {}  # id(weight array) -> (weakref to it, PackedWeight)
 
@@ -71,17 +71,35 @@ register_op("dynamic_quantized_mlp", attrs={"relus": ()}, shape=_dqmlp_rule,
                 "runtime's load-time passes on CPU, never saved); inputs (x, then weight, w_scale, bias per layer)")
 
 
-@kernel("dynamic_quantized_mlp")
-def _dqmlp_cpu(x, *params, relus=()):
+def _dqmlp_layers(params, relus):
     layers = []
     for i, relu in enumerate(relus):
         w, w_scale, bias = params[3 * i:3 * i + 3]
         if w.dtype != np.int8:
             raise TypeError(f"dynamic_quantized_mlp: weight {i} must be int8 (symmetric), got {w.dtype}")
         layers.append((packed(w), w_scale, bias, bool(relu)))
+    return _chain.plan(layers)
+
+
+def _dqmlp_input(x):
     if x.dtype != np.float32:
         raise TypeError(f"dynamic_quantized_mlp: input must be float32, got {x.dtype}")
-    return _chain.dynamic_chain(x, layers)
+    return x
+
+
+@kernel("dynamic_quantized_mlp")
+def _dqmlp_cpu(x, *params, relus=()):
+    plan = _dqmlp_layers(params, relus)
+    return _chain.run(_dqmlp_input(x), plan)
+
+
+@prepared_kernel("dynamic_quantized_mlp")
+def _dqmlp_prepare(inputs, attrs):
+    x, *params = inputs
+    if x is not None or any(p is None for p in params):
+        return None
+    plan = _dqmlp_layers(params, attrs.get("relus", ()))  # held here: no lookup per call
+    return lambda x: _chain.run(_dqmlp_input(x), plan)
 
 
 # ---- static quantization: uint8 in, uint8 out ---------------------------------------------------------

@@ -24,7 +24,7 @@ _ndarray = np.ndarray
 
 class OpDef:
     __slots__ = (
-        "name", "version", "attrs", "shape", "backward", "kernels", "n_outputs",
+        "name", "version", "attrs", "shape", "backward", "kernels", "prepared", "n_outputs",
         "save_inputs", "save_outputs", "doc", "_bw_name",
     )
 
@@ -36,6 +36,7 @@ class OpDef:
         self.shape = shape
         self.backward = None
         self.kernels = {}
+        self.prepared = {}  # device -> prepare(inputs, attrs): see ``prepared_kernel``
         self.n_outputs = n_outputs
         self.save_inputs = save_inputs
         self.save_outputs = save_outputs
@@ -67,6 +68,18 @@ def register_op(name, **kw) -> OpDef:
 def kernel(name, device="cpu"):
     def deco(fn):
         _REGISTRY[name].kernels[device] = fn
+        return fn
+
+    return deco
+
+
+def prepared_kernel(name, device="cpu"):
+    """Register ``prepare(inputs, attrs)`` for a runtime that calls the op many times with the same constant
+    inputs (weights): ``inputs`` lists the constant arrays and None for the values computed per call; it returns
+    a function of those per-call values alone (the constants' preprocessing done once, like ONNX Runtime's
+    weight prepacking), or None where it cannot specialise. It must compute what the kernel computes."""
+    def deco(fn):
+        _REGISTRY[name].prepared[device] = fn
         return fn
 
     return deco

@@ -130,3 +130,87 @@ def test_more_helpers_than_parts_never_lose_a_done_mark():
     t.start()
     t.join(60)
     assert finished, "run() never returned: a done mark was lost"
+
+
+# ---- native tasks (jit.run_native): a cfunc run by the caller and by helpers that never return to Python ----
+
+def _bump(arg, ctl_addr, gen, role, part):
+    """Part ``part`` adds 1 to bytes [64 * part, 64 * part + 64) of the output (table[1]). A part run by a helper
+    sets table[2] to 1; with table[2] == -1 the caller's part 0 waits up to table[3] cycles for that."""
+    t = numba.carray(intrinsics.voidptr(arg), 4, np.int64)
+    out = numba.carray(intrinsics.voidptr(t[1]), 64 * (part + 1), np.uint8)
+    for i in range(64 * part, 64 * part + 64):
+        out[i] += 1
+    if role == helpers.HELPER:
+        intrinsics.store_release(t, 2, 1)
+    elif role == helpers.CALLER and t[2] == -1:
+        t0 = intrinsics.cycles()
+        while intrinsics.load_acquire(t, 2) == -1 and intrinsics.cycles() - t0 < t[3]:
+            intrinsics.cpu_relax()
+
+
+_BUMP: list = []
+
+
+def _bump_address():
+    if not _BUMP:
+        fn = numba.cfunc("void(int64, int64, int64, int64, int64)", cache=True)(_bump)
+        _BUMP.append((fn, fn.address))
+    return _BUMP[0][1]
+
+
+def _native_pools():
+    rate = helpers.ticks_per_us()
+    if rate <= 0:
+        return {}
+    return {"spinning": helpers.SpinHelpers(500, rate), "sleeping": helpers.SpinHelpers(0, rate)}
+
+
+@pytest.mark.parametrize("n_parts", [1, 2, 3, 5])
+def test_every_part_of_a_native_task_runs_once(n_parts):
+    pools = _native_pools()
+    x = np.zeros((1, 1), np.float32)
+    for pool in list(pools.values()) + [None]:
+        out = np.zeros(64 * n_parts, np.uint8)
+        table = np.zeros(4, np.int64)
+        for _ in range(50):
+            if pool is None:  # no helpers: every part on this thread
+                helpers._native_serial(_bump_address(), n_parts, table, x, out)
+            else:
+                assert pool.run_native(_bump_address(), n_parts, table, x, out)
+        np.testing.assert_array_equal(out, 50)
+    if "spinning" in pools and n_parts > 1:  # the caller's part waits (up to 20 ms) for a helper to run one
+        pool, out = pools["spinning"], np.zeros(64 * n_parts, np.uint8)
+        table = np.array([0, 0, -1, int(20000 * helpers.ticks_per_us())], np.int64)
+        pool.run_native(_bump_address(), n_parts, table, x, out)
+        assert table[2] == 1, "no spinning helper ran a part of the native task"
+        np.testing.assert_array_equal(out, 1)
+
+
+def test_native_and_python_tasks_interleave_on_one_pool():
+    """A helper goes from a kernel's spin to the native loop and back; every part of both kinds runs once."""
+    pools = _native_pools()
+    if not pools:
+        pytest.skip("no cycle counter: queue helpers only")
+    x = np.zeros((1, 1), np.float32)
+    for pool in pools.values():
+        out, nat, table = np.zeros(192), np.zeros(192, np.uint8), np.zeros(4, np.int64)
+        for i in range(100):
+            assert pool.run(_fill, _parts(out, 3))
+            for _ in range(i % 3):
+                assert pool.run_native(_bump_address(), 3, table, x, nat)
+        np.testing.assert_array_equal(out, 100)
+        np.testing.assert_array_equal(nat, sum(i % 3 for i in range(100)))
+
+
+def test_run_native_declines_while_another_thread_holds_the_helpers():
+    pools = _native_pools()
+    if not pools:
+        pytest.skip("no cycle counter: queue helpers only")
+    pool = pools["spinning"]
+    pool.lock.acquire()
+    try:
+        assert not pool.run_native(_bump_address(), 2, np.zeros(4, np.int64), np.zeros((1, 1), np.float32),
+                                   np.zeros(128, np.uint8))
+    finally:
+        pool.lock.release()

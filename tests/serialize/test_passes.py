@@ -153,6 +153,30 @@ def test_dynamic_quantized_linear_takes_the_following_relu_and_chains_fuse():
             np.testing.assert_array_equal(Executor(fused).run({graph.inputs[0]: x})[0], want[0])
 
 
+def test_the_runtime_prepares_kernels_on_their_constant_inputs():
+    """The fused chain's prepared kernel (registry.prepared_kernel) holds its weights' plan and takes x alone;
+    it computes what the op's plain kernel computes from the same arrays."""
+    import ember.quantize as Q
+
+    ember.manual_seed(1)
+    model = Q.quantize_dynamic(nn.Sequential(nn.Linear(40, 24), nn.ReLU(), nn.Linear(24, 5)).eval())
+    opt = optimize(trace(model, ember.randn(2, 40)).graph)
+    node = opt.nodes[0]
+    ex = Executor(opt)
+    fn, ins, attrs = ex._steps[0][:3]
+    assert node.op == "dynamic_quantized_mlp" and ins == (node.inputs[0],) and attrs == {}
+    assert not ex._env  # the weights live in the prepared kernel, not in every run's environment
+    plain = get_op("dynamic_quantized_mlp").kernels["cpu"]
+    for b in (1, 9, 64):
+        x = np.random.default_rng(b).standard_normal((b, 40)).astype(np.float32)
+        want = plain(x, *[opt.constants[n] for n in node.inputs[1:]], **node.attrs)
+        np.testing.assert_array_equal(ex.run({opt.inputs[0]: x})[0], want)
+    with pytest.raises(TypeError, match="dynamic_quantized_mlp: input must be float32, got float64"):
+        fn(np.zeros((2, 40)))
+    with pytest.raises(ValueError, match="input has 39 features, the first layer expects 40"):
+        fn(np.zeros((2, 39), np.float32))
+
+
 def test_dynamic_chain_stops_at_shared_values_and_graph_outputs():
     import ember.quantize as Q
 

@@ -14,15 +14,22 @@ Here one call runs the whole chain on the calling thread and, when it joins in t
 A barrier needs both threads inside the kernel, so the helper *joins* (an atomic exchange on ``ctl[CLAIM]``) and
 the caller *closes* the join when it reaches the first barrier: a helper that comes later returns at once and the
 caller goes on alone. Non-finite values in a layer's input stop both threads after the barrier; the driver raises.
+
+The kernel is a *native task* (helpers.py, ``jit.run_native``): a numba ``cfunc`` whose one argument is an int64
+table of addresses and sizes, built once per set of weights and batch size (``_Plan``), so a call unboxes no
+arrays and a spinning helper starts it without Python.
 """
 from __future__ import annotations
 
+import threading
+
+import numba
 import numpy as np
 
 from . import intrinsics as _at
 from . import jit
 from . import range_ir as _range_ir
-from .helpers import ARRIVE, CALLER, CLAIM, COUNTER, HELPER, NONE, finish, post
+from .helpers import ARRIVE, CLAIM, COUNTER, CTL_SIZE, HELPER, NONE
 from .int8_gemm import BLOCK_ROWS, MODE_DEQUANT, PAR_MIN_MACS, PAR_MIN_ROWS, linear_rows
 from .int8_kernels import _dequant_parts, _qparams, _quantize_rows, cached_per_arrays
 from .jit import njit
@@ -70,38 +77,67 @@ def _rows_range(out, r0, r1, dst, addr):
     dst[0], dst[1], dst[2] = lo, hi, bad
 
 
-@njit(fastmath=False)
-def _layer_views(ws, offs, li, m, kp, n):
-    """Layer li's uint8 activation rows (m, kp) and float32 outputs (m, n) inside the workspace bytes ws."""
-    au = ws[offs[2 * li]:offs[2 * li] + m * kp].reshape((m, kp))
-    out = ws[offs[2 * li + 1]:offs[2 * li + 1] + 4 * m * n].view(np.float32).reshape((m, n))
-    return au, out
+# The task's int64 table: the input and workspace addresses (set per call by jit.run_native), the rows, the first
+# layer's K, the number of layers, the min/max IR kernel's address, the byte offsets in the workspace of the
+# per-thread ranges (2, L + 1, 16) float32 and of the status (int64), the workspace's size; then F fields per layer.
+X, WS, M, K0, NL, RANGE_FN, RANGES, STATUS, WS_SIZE = range(9)
+HEAD = 9
+# Per layer: the int8 weight rows (N, Kp), their VNNI layout (address, 4 dims), column sums (int32), w_scale and
+# bias (float32, 2N), relu, the VNNI tile's address, whether it runs, Kp, N, and the byte offsets in the workspace
+# of the layer's uint8 activations (M, Kp) and float32 outputs (M, N).
+W, VNNI, V0, V1, V2, V3, COLS, WSB, RELU, TILE, USE, KP, N, ACT, OUT = range(15)
+F = 15
+
+_inline = numba.njit(inline="always", fastmath=False, error_model="numpy")
 
 
-@njit(fastmath=False)
-def _chain(x, layers, ws, offs, ranges, addr, status, part, sync):
-    """Part ``part`` of the chain (see the module docstring). ``layers[l]`` = (int8 weight rows, their VNNI
-    layout, column sums, w_scale and bias (float32, 2N), relu, VNNI tile address, whether it runs, Kp, N); the
-    layers' activations and outputs live in the workspace bytes ``ws`` at ``offs`` (few arguments: numba unboxes
-    each array of every call, ~0.2 us apiece, on both threads); ranges (2, L + 1, 16) float32: per thread the
-    (min, max, non-finite) of its rows of each layer's input, preset to (inf, -inf, 0); 64 bytes apart."""
-    ctl, gen, role = sync[0], sync[1], sync[2]
+@_inline
+def _array(addr, shape, dtype):
+    return numba.carray(_at.voidptr(addr), shape, dtype)
+
+
+@_inline
+def _layer(t, li):
+    """Layer li's constant fields: (weight rows, VNNI layout, column sums, w_scale + bias, relu, tile, use, Kp, N)."""
+    b = HEAD + F * li
+    kp, n = t[b + KP], t[b + N]
+    return (_array(t[b + W], (n, kp), np.int8),
+            _array(t[b + VNNI], (t[b + V0], t[b + V1], t[b + V2], t[b + V3]), np.int8),
+            _array(t[b + COLS], n, np.int32), _array(t[b + WSB], 2 * n, np.float32), t[b + RELU] != 0, t[b + TILE],
+            t[b + USE] != 0, kp, n)
+
+
+@_inline
+def _views(t, ws, li, m):
+    """Layer li's uint8 activation rows (m, Kp) and float32 outputs (m, N) inside the workspace bytes ws."""
+    b = HEAD + F * li
+    kp, n, a, o = t[b + KP], t[b + N], t[b + ACT], t[b + OUT]
+    return ws[a:a + m * kp].reshape((m, kp)), ws[o:o + 4 * m * n].view(np.float32).reshape((m, n))
+
+
+@_inline
+def _chain(t, ctl, gen, role, part):
+    """Part ``part`` of the chain in table ``t`` (see the module docstring)."""
     if role == HELPER:
         if part != 1 or not _join(ctl, gen, 1):
-            finish(sync)
             return
         me = 1
     elif part != 0:  # run outside the helpers: part 0 does everything
         return
     else:
         me = 0
-    m = x.shape[0]
+    m, nl, addr = t[M], t[NL], t[RANGE_FN]
+    x = _array(t[X], (m, t[K0]), np.float32)
+    ws = _array(t[WS], t[WS_SIZE], np.uint8)
+    ranges = ws[t[RANGES]:t[RANGES] + 128 * (nl + 1)].view(np.float32).reshape((2, nl + 1, 16))
+    mine = ranges[me]
+    for li in range(nl + 1):  # each thread its own row; read by the other only after a barrier
+        mine[li, 0], mine[li, 1], mine[li, 2] = np.inf, -np.inf, 0
     nblk = (m + BLOCK - 1) // BLOCK
     alone = role == NONE
     joined = False
     if me == 0:  # the first layer's qparams, while the helper wakes up
-        if role == CALLER:
-            post(sync)
+        ws[t[STATUS]:t[STATUS] + 8].view(np.int64)[0] = 0
         _rows_range(x, 0, m, ranges[0, 0], addr)
         if not alone:
             _at.store_release(ctl, ARRIVE, gen * 64)
@@ -111,7 +147,8 @@ def _chain(x, layers, ws, offs, ranges, addr, status, part, sync):
         joined = True
     no_i32, no_u8 = np.zeros((1, 1, 1), np.int32), np.zeros((1, 1, 1), np.uint8)  # the outputs not written
     no_bias, no_mult, f0 = np.zeros(1, np.int32), np.zeros(1, np.float32), np.float32(0)  # requantizing fields
-    for li in range(len(layers)):
+    part_range = np.empty(3, np.float32)
+    for li in range(nl):
         if li == 1 and me == 0 and not alone:
             joined = not _join(ctl, gen, 0)  # close the join: from here on the helper is in or never comes
         if li > 0 and joined:  # meet the other thread: its range of the rows it produced
@@ -119,20 +156,22 @@ def _chain(x, layers, ws, offs, ranges, addr, status, part, sync):
             _at.store_release(ctl, ARRIVE + 8 * me, mark)
             while _at.load_acquire(ctl, ARRIVE + 8 * (1 - me)) < mark:
                 _at.cpu_relax()
-        lo = min(ranges[0, li, 0], ranges[1, li, 0])
-        hi = max(ranges[0, li, 1], ranges[1, li, 1])
-        if max(ranges[0, li, 2], ranges[1, li, 2]) != 0:
-            status[0] = li + 1  # layer li's input holds NaN or Inf
+        r = ranges[0, 0] if li == 0 else ranges[me, li]
+        lo, hi, bad = r[0], r[1], r[2]
+        if li > 0 and joined:
+            o = ranges[1 - me, li]
+            lo, hi, bad = min(lo, o[0]), max(hi, o[1]), max(bad, o[2])
+        if bad != 0:
+            ws[t[STATUS]:t[STATUS] + 8].view(np.int64)[0] = li + 1  # layer li's input holds NaN or Inf
             break
         scale, zpf = _qparams(lo, hi)
-        w, vnni, col_sums, wsb, relu, tile, use, kp, n = layers[li]
-        au, out = _layer_views(ws, offs, li, m, kp, n)
-        src = x if li == 0 else _layer_views(ws, offs, li - 1, m, layers[li - 1][7], layers[li - 1][8])[1]
+        w, vnni, col_sums, wsb, relu, tile, use, kp, n = _layer(t, li)
+        au, out = _views(t, ws, li, m)
+        src = x if li == 0 else _views(t, ws, li - 1, m)[1]
         ep = (MODE_DEQUANT, int(zpf), col_sums, no_bias, no_mult, f0, f0, f0, scale, wsb[:n], wsb[n:], relu, vnni,
               tile, use)
         outs = (no_i32, no_u8, out.reshape((m, n, 1)))
-        mine = ranges[me, li + 1]
-        part_range = np.empty(3, np.float32)
+        acc = mine[li + 1]
         b = 0
         while True:
             if not alone:
@@ -142,79 +181,115 @@ def _chain(x, layers, ws, offs, ranges, addr, status, part, sync):
             r0, r1 = b * BLOCK, min(m, b * BLOCK + BLOCK)
             _quantize_rows(src, scale, zpf, au, r0, r1)
             linear_rows(au, w, ep, outs, r0, r1)
-            if li + 1 < len(layers):
+            if li + 1 < nl:
                 _rows_range(out, r0, r1, part_range, addr)
-                mine[0], mine[1] = min(mine[0], part_range[0]), max(mine[1], part_range[1])
-                mine[2] = max(mine[2], part_range[2])
+                acc[0], acc[1] = min(acc[0], part_range[0]), max(acc[1], part_range[1])
+                acc[2] = max(acc[2], part_range[2])
             if alone:
                 b += 1
-    if role == HELPER:
-        finish(sync)
+
+
+def _task(arg, ctl_addr, gen, role, part):
+    """The native task: ``_chain`` on the table at address ``arg``."""
+    t = _array(arg, HEAD, np.int64)
+    t = _array(arg, HEAD + F * t[NL], np.int64)
+    _chain(t, _array(ctl_addr, CTL_SIZE, np.int64), gen, role, part)
+
+
+_TASK: list = []
+_TASK_LOCK = threading.Lock()
+
+
+def task_address() -> int:
+    """The address of the compiled ``_task`` (compiled, or loaded from numba's cache, on first use)."""
+    if not _TASK:
+        with _TASK_LOCK:
+            if not _TASK:
+                fn = numba.cfunc("void(int64, int64, int64, int64, int64)", cache=True, fastmath=False,
+                                 error_model="numpy")(_task)
+                _TASK.append((fn, fn.address))  # (the cfunc object keeps its code alive)
+    return _TASK[0][1]
+
+
+class _Plan:
+    """The task's table for one set of layers: the constant fields (per layer, see F) and, per batch size, the
+    workspace layout; holds the arrays the table points at."""
+
+    def __init__(self, layers):
+        self.keep, fields, self.dims = [], [], []
+        for p, s, b, relu in layers:
+            head, tail = _dequant_parts(p, s, b, bool(relu))
+            ws, bf, _, vnni, tile, use = tail
+            cols, wsb = np.ascontiguousarray(head[0], np.int32), np.concatenate([ws, bf]).astype(np.float32)
+            self.keep += [p.data, vnni, cols, wsb]
+            kp, n = p.data.shape[1], p.n
+            fields.append([p.data.ctypes.data, vnni.ctypes.data, *vnni.shape, cols.ctypes.data, wsb.ctypes.data,
+                           int(relu), int(tile), int(use), kp, n, 0, 0])
+            self.dims.append((kp, n))
+        self.fields = np.array(fields, np.int64)
+        self.k0 = layers[0][0].k
+        self.per_rows: dict = {}
+
+    def table(self, m):
+        """(a fresh table for m rows, the workspace's size in bytes)."""
+        hit = self.per_rows.get(m)
+        if hit is None:
+            fields, size = self.fields.copy(), 0
+            for li, (kp, n) in enumerate(self.dims):  # each layer's activations, then its outputs, 64-byte aligned
+                fields[li, ACT] = size
+                fields[li, OUT] = size = size + -(-m * kp // 64) * 64
+                size += -(-4 * m * n // 64) * 64
+            ranges, status = size, size + 128 * (len(self.dims) + 1)
+            size = status + 64
+            head = [0, 0, m, self.k0, len(self.dims), _range_ir.address(), ranges, status, size]
+            hit = (np.concatenate([np.array(head, np.int64), fields.ravel()]), size)
+            if len(self.per_rows) >= 64:
+                self.per_rows.clear()
+            self.per_rows[m] = hit
+        return hit[0].copy(), hit[1]
 
 
 _PLANS: dict = {}  # ids of the layers' arrays and relus -> (weakrefs to the arrays, plan)
 
 
-def _plan(layers):
-    """Per layer the kernel's constant fields (see ``_chain``), computed once per set of arrays."""
-    def build():
-        plan = []
-        for p, s, b, relu in layers:
-            head, tail = _dequant_parts(p, s, b, bool(relu))
-            ws, bf, _, vnni, tile, use = tail
-            plan.append((p.data, vnni, head[0], np.concatenate([ws, bf]), bool(relu), tile, use, p.data.shape[1],
-                         p.n))
-        return tuple(plan)
+def plan(layers) -> _Plan:
+    """The chain's plan for ``layers`` = [(PackedWeight, w_scale, bias or None, relu), ...], made once per set of
+    arrays (a ValueError when the layers do not chain)."""
+    if not layers or len(layers) > MAX_LAYERS:
+        raise ValueError(f"dynamic_chain: needs 1 to {MAX_LAYERS} layers, got {len(layers)}")
+    for i, (a, b) in enumerate(zip(layers, layers[1:])):
+        if b[0].k != a[0].n:
+            raise ValueError(f"dynamic_chain: layer {i} has {a[0].n} outputs, layer {i + 1} expects {b[0].k} inputs")
     arrays = tuple(a for p, s, b, _ in layers for a in (p.data, s, b))
-    return cached_per_arrays(_PLANS, arrays, tuple(bool(r) for *_, r in layers), build, limit=1024)
+    return cached_per_arrays(_PLANS, arrays, tuple(bool(r) for *_, r in layers), lambda: _Plan(layers), limit=1024)
 
 
-_RANGES: dict = {}
-
-
-def _empty_ranges(n_layers):
-    """A fresh (2, n_layers + 1, 16) float32 array of empty ranges (min inf, max -inf, finite)."""
-    t = _RANGES.get(n_layers)
-    if t is None:
-        t = np.zeros((2, n_layers + 1, 16), np.float32)
-        t[..., 0], t[..., 1] = np.inf, -np.inf
-        _RANGES[n_layers] = t
-    return t.copy()
+def run(x, plan_) -> np.ndarray:
+    """The chain of ``plan_`` on float32 x (..., K): what ``qlinear_dynamic`` one layer after the other returns."""
+    k0 = plan_.k0
+    if x.ndim < 1 or x.shape[-1] != k0:
+        raise ValueError(f"dynamic_chain: input has {x.shape[-1] if x.ndim else 0} features, the first layer "
+                         f"expects {k0} (input shape {x.shape})")
+    lead = x.shape[:-1]
+    x2 = jit.f32c(x.reshape(-1, k0))
+    m = x2.shape[0]
+    n_last = plan_.dims[-1][1]
+    if m == 0:
+        return np.empty(lead + (n_last,), np.float32)
+    table, size = plan_.table(m)
+    ws = np.empty(size, np.uint8)
+    kp0, n0 = plan_.dims[0]
+    split = m >= PAR_MIN_ROWS and m * kp0 * n0 >= PAR_MIN_MACS and jit.threads() > 1
+    jit.run_native(task_address(), 2 if split else 1, table, x2, ws)
+    status = int(ws[table[STATUS]:table[STATUS] + 8].view(np.int64)[0])
+    if status:
+        raise ValueError(f"dynamic_quantized_linear: the input of layer {status - 1} of the chain holds NaN or Inf"
+                         + (" (the model's input)" if status == 1 else ""))
+    out = table[HEAD + F * (len(plan_.dims) - 1) + OUT]
+    return ws[out:out + 4 * m * n_last].view(np.float32).reshape(lead + (n_last,))
 
 
 def dynamic_chain(x, layers) -> np.ndarray:
     """The dynamically quantized linear layers ``layers`` = [(PackedWeight, w_scale, bias or None, relu), ...]
     applied in turn to float32 x (..., K): what ``qlinear_dynamic`` one layer after the other returns."""
-    if not layers or len(layers) > MAX_LAYERS:
-        raise ValueError(f"dynamic_chain: needs 1 to {MAX_LAYERS} layers, got {len(layers)}")
-    x = np.asarray(x)
-    k0 = layers[0][0].k
-    if x.ndim < 1 or x.shape[-1] != k0:
-        raise ValueError(f"dynamic_chain: input has {x.shape[-1] if x.ndim else 0} features, the first layer "
-                         f"expects {k0} (input shape {x.shape})")
-    for i, (a, b) in enumerate(zip(layers, layers[1:])):
-        if b[0].k != a[0].n:
-            raise ValueError(f"dynamic_chain: layer {i} has {a[0].n} outputs, layer {i + 1} expects {b[0].k} inputs")
-    lead = x.shape[:-1]
-    x2 = jit.f32c(x.reshape(-1, k0))
-    m = x2.shape[0]
-    if m == 0:
-        return np.empty(lead + (layers[-1][0].n,), np.float32)
-    plan = _plan(layers)
-    offs, size = [], 0
-    for *_, kp, n in plan:  # each layer's activations, then its outputs, 64-byte aligned
-        offs += (size, size + (-(-m * kp // 64) * 64))
-        size = offs[-1] + -(-4 * m * n // 64) * 64
-    ws = np.empty(size, np.uint8)
-    offs = np.array(offs, np.int64)
-    ranges = _empty_ranges(len(layers))
-    status = np.zeros(1, np.int64)
-    split = m >= PAR_MIN_ROWS and m * plan[0][0].size >= PAR_MIN_MACS and jit.threads() > 1
-    args = (x2, plan, ws, offs, ranges, _range_ir.address(), status)
-    jit.run_parts(_chain, [args + (0,), args + (1,)] if split else [args + (0,)])
-    if status[0]:
-        layer = int(status[0]) - 1
-        raise ValueError(f"dynamic_quantized_linear: the input of layer {layer} of the chain holds NaN or Inf"
-                         + (" (the model's input)" if layer == 0 else ""))
-    n_last = layers[-1][0].n
-    return ws[offs[-1]:offs[-1] + 4 * m * n_last].view(np.float32).reshape(lead + (n_last,))
+    return run(np.asarray(x), plan(layers))

@@ -59,6 +59,17 @@ def call(typingctx, addr, args):
 
 
 @intrinsic
+def voidptr(typingctx, addr):
+    """The int64 address ``addr`` as a ``void*`` (for ``numba.carray(voidptr(addr), shape, dtype)``)."""
+    if not isinstance(addr, types.Integer):
+        return None
+
+    def codegen(context, builder, sig, args):
+        return builder.inttoptr(context.cast(builder, args[0], sig.args[0], types.int64), cgutils.voidptr_t)
+    return types.voidptr(addr), codegen
+
+
+@intrinsic
 def load_acquire(typingctx, arr, idx):
     """arr[idx] as an atomic acquire load (arr: C-contiguous 1-d int64)."""
     if not (_int64_vector(arr) and isinstance(idx, types.Integer)):

@@ -79,6 +79,13 @@ def run_parts(fn, parts) -> None:
     _HELPERS.run(fn, list(parts))
 
 
+def run_native(fn, n, table, x, out) -> None:
+    """The native task ``fn`` (the address of ``fn(arg, ctl address, gen, role, part)``) in n parts on the calling
+    thread and the helpers, its argument the int64 ``table``, whose slots 0 and 1 get the addresses of ``x`` and
+    ``out``; see helpers.py."""
+    _HELPERS.run_native(fn, n, table, x, out)
+
+
 def threads() -> int:
     """The configured thread count (NUMBA_NUM_THREADS)."""
     return numba.config.NUMBA_NUM_THREADS
