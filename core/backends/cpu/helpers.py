@@ -102,6 +102,48 @@ def finish(sync):
 _NO_SYNC = (np.zeros(1, np.int64), 0, NONE, 0, 0)
 
 
+# ---- tools of native tasks that coordinate their threads themselves (int8_chain.py, f32_chain.py) ----
+
+@numba.njit(inline="always", nogil=True)
+def array_at(addr, shape, dtype):
+    """The array of ``shape`` and ``dtype`` at int64 address ``addr`` (a view: the owner keeps it alive)."""
+    return numba.carray(_at.voidptr(addr), shape, dtype)
+
+
+@numba.njit(inline="always", nogil=True)
+def join(ctl, gen, owner):
+    """Set ctl[CLAIM] to 2 * gen + owner unless task ``gen`` already has one (helper: join; caller: close): True
+    when this call set it."""
+    while True:
+        old = _at.load_acquire(ctl, CLAIM)
+        if old >= 2 * gen:
+            return False
+        if _at.compare_exchange(ctl, CLAIM, old, 2 * gen + owner) == old:
+            return True
+
+
+@numba.njit(inline="always", nogil=True)
+def take(ctl, key, n):
+    """The next of n blocks of the step ``key`` (ctl[COUNTER] = key << 16 | blocks taken), or -1 when none is left."""
+    while True:
+        old = _at.load_acquire(ctl, COUNTER)
+        taken = old & 0xFFFF if old >> 16 == key else 0
+        if taken >= n:
+            return -1
+        if _at.compare_exchange(ctl, COUNTER, old, (key << 16) | (taken + 1)) == old:
+            return taken
+
+
+@numba.njit(inline="always", nogil=True)
+def barrier(ctl, gen, me, step):
+    """Threads 0 and 1 of task ``gen`` meet: each marks ``step`` done (ctl[ARRIVE + 8 * me]) and waits for the
+    other's mark (steps 1 .. 63)."""
+    mark = gen * 64 + step
+    _at.store_release(ctl, ARRIVE + 8 * me, mark)
+    while _at.load_acquire(ctl, ARRIVE + 8 * (1 - me)) < mark:
+        _at.cpu_relax()
+
+
 @numba.njit(inline="always", nogil=True)
 def _claim(ctl, gen, n):
     """The next unclaimed part of native task ``gen`` (n parts), or -1."""

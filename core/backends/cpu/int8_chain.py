@@ -29,36 +29,13 @@ import numpy as np
 from . import intrinsics as _at
 from . import jit
 from . import range_ir as _range_ir
-from .helpers import ARRIVE, CLAIM, COUNTER, CTL_SIZE, HELPER, NONE
+from .helpers import ARRIVE, CTL_SIZE, HELPER, NONE, array_at as _array, barrier, join as _join, take as _take
 from .int8_gemm import BLOCK_ROWS, MODE_DEQUANT, PAR_MIN_MACS, PAR_MIN_ROWS, linear_rows
 from .int8_kernels import _dequant_parts, _qparams, _quantize_rows, cached_per_arrays
 from .jit import njit
 
 MAX_LAYERS = 63  # progress marks are gen * 64 + layer
 BLOCK = BLOCK_ROWS  # rows per claimed block: the GEMM's largest row block (8 and 4 rows measured slower)
-
-
-@njit(fastmath=False)
-def _join(ctl, gen, owner):
-    """Set ctl[CLAIM] to 2 * gen + owner unless task ``gen`` already has one (helper: join; caller: close)."""
-    while True:
-        old = _at.load_acquire(ctl, CLAIM)
-        if old >= 2 * gen:
-            return False
-        if _at.compare_exchange(ctl, CLAIM, old, 2 * gen + owner) == old:
-            return True
-
-
-@njit(fastmath=False)
-def _take(ctl, key, n):
-    """The next of n blocks of the step ``key`` (ctl[COUNTER] = key << 16 | blocks taken), or -1 when none is left."""
-    while True:
-        old = _at.load_acquire(ctl, COUNTER)
-        taken = old & 0xFFFF if old >> 16 == key else 0
-        if taken >= n:
-            return -1
-        if _at.compare_exchange(ctl, COUNTER, old, (key << 16) | (taken + 1)) == old:
-            return taken
 
 
 @njit(fastmath=False)
@@ -89,11 +66,6 @@ W, VNNI, V0, V1, V2, V3, COLS, WSB, RELU, TILE, USE, KP, N, ACT, OUT = range(15)
 F = 15
 
 _inline = numba.njit(inline="always", fastmath=False, error_model="numpy")
-
-
-@_inline
-def _array(addr, shape, dtype):
-    return numba.carray(_at.voidptr(addr), shape, dtype)
 
 
 @_inline
@@ -152,10 +124,7 @@ def _chain(t, ctl, gen, role, part):
         if li == 1 and me == 0 and not alone:
             joined = not _join(ctl, gen, 0)  # close the join: from here on the helper is in or never comes
         if li > 0 and joined:  # meet the other thread: its range of the rows it produced
-            mark = gen * 64 + li
-            _at.store_release(ctl, ARRIVE + 8 * me, mark)
-            while _at.load_acquire(ctl, ARRIVE + 8 * (1 - me)) < mark:
-                _at.cpu_relax()
+            barrier(ctl, gen, me, li)
         r = ranges[0, 0] if li == 0 else ranges[me, li]
         lo, hi, bad = r[0], r[1], r[2]
         if li > 0 and joined:
