@@ -35,6 +35,25 @@ def _linear_act(g, n):
     _activation(g, n.attrs["act"], y, n.outputs)
 
 
+@lowers("linear_mlp")
+def _linear_mlp(g, n):
+    """The chain the runtime fuses on CPU, lowered one linear (+ relu) layer at a time."""
+    from ember.serialize.ir import Value
+
+    x, params, relus = n.inputs[0], n.inputs[1:], n.attrs["relus"]
+    lead = tuple(g.shape(n.outputs[0])[:-1])
+    for i, relu in enumerate(relus):
+        w, b = params[2 * i:2 * i + 2]
+        if i == len(relus) - 1:
+            out = n.outputs
+        else:
+            name = g.fresh("chain")
+            g.values[name] = Value(name, "float32", lead + (g.shape(w)[0],))
+            out = [name]
+        g.lower("linear_act" if relu else "linear", [x, w, b], out, **({"act": "relu"} if relu else {}))
+        x = out[0]
+
+
 def _activation(g, act, x, outputs):
     if act == "relu":
         g.lower("relu", [x], outputs)

@@ -16,8 +16,9 @@ in place and returns how many rewrites it made:
    ``conv2d_pool`` (the pooling happens as the conv result leaves its GEMM);
 6. ``fold_quantization`` (qpasses.py): a converted int8 model stays in uint8 between its int8 layers
    (dequantize moved past max pooling and reshape, dequantize -> quantize pairs become a table);
-7. ``fuse_dynamic_chains`` (qpasses.py, CPU only): dynamic_quantized_linear layers each feeding the next become
-   one ``dynamic_quantized_mlp`` node;
+7. ``fuse_dynamic_chains`` and ``fuse_linear_chains`` (chains.py, CPU only): dynamic_quantized_linear layers,
+   and float32 linear (+ relu) layers with constant weights, each feeding the next, become one
+   ``dynamic_quantized_mlp`` / ``linear_mlp`` node (one native task for the whole chain);
 8. ``eliminate_dead_code``: nodes and constants no output depends on.
 """
 from __future__ import annotations
@@ -67,9 +68,10 @@ def optimize(graph: Graph, device: str = "cpu") -> Graph:
 
     fold_quantization(g)
     if device == "cpu":
-        from .qpasses import fuse_dynamic_chains
+        from .chains import fuse_dynamic_chains, fuse_linear_chains
 
         fuse_dynamic_chains(g)
+        fuse_linear_chains(g)
     eliminate_dead_code(g)
     return g
 

@@ -1,5 +1,5 @@
-"""Fused inference ops the serialize runtime's load-time passes emit: ``linear_act``, ``conv2d_act``
-and ``conv2d_pool``.
+"""Fused inference ops the serialize runtime's load-time passes emit: ``linear_act``, ``conv2d_act``,
+``conv2d_pool`` and ``linear_mlp``.
 
 ``linear_act`` / ``conv2d_act`` run the existing linear / conv2d kernel, then apply the activation
 (``act``: "relu", "gelu" or "gelu_tanh") in place on the fresh output, saving one pass over memory and
@@ -16,10 +16,12 @@ from numba import prange
 
 from ..backends.cpu import conv_kernels as _ck
 from ..backends.cpu import elementwise_kernels as _ek
+from ..backends.cpu import f32_chain as _f32_chain
+from ..backends.cpu.int8_kernels import cached_per_arrays
 from ..backends.cpu.jit import prange_kernel
 from .conv import _conv2d_cpu, _conv2d_rule
 from .linalg import _linear_cpu, _linear_rule
-from .registry import get_op, kernel, register_op
+from .registry import get_op, kernel, prepared_kernel, register_op
 
 ACTIVATIONS = ("relu", "gelu", "gelu_tanh")
 
@@ -127,3 +129,63 @@ def _conv2d_pool_cpu(x, w, b=None, *, stride, padding, dilation, groups, padding
                                 dilation=dilation, groups=groups, padding_extra=padding_extra)
     out = _ck.conv2d_forward(x, w, b, stride, padding, dilation, groups, (h, w_), pool=True, relu=act == "relu")
     return out.astype(x.dtype, copy=False)
+
+
+# ---- linear_mlp: a chain of linear (+ relu) layers in one kernel call (backends/cpu/f32_chain.py) ----------
+def _linear_mlp_rule(x, *params, relus=()):
+    if not params or len(params) != 2 * len(relus):
+        raise RuntimeError(f"linear_mlp: inputs are x then (weight, bias) per layer with one relus entry each; got "
+                           f"{len(params)} parameter inputs and relus={tuple(relus)}")
+    for i in range(0, len(params), 2):
+        x = _linear_rule(x, params[i], params[i + 1])
+    return x
+
+
+register_op("linear_mlp", attrs={"relus": ()}, shape=_linear_mlp_rule,
+            doc="a chain of linear layers (each optionally followed by relu), each feeding the next, in one kernel "
+                "call (made by the runtime's load-time passes on CPU, never saved); inputs (x, then weight, bias per "
+                "layer)")
+
+_MLP_PLANS: dict = {}
+
+
+def _mlp_plan(params, relus):
+    """The f32_chain plan of the layers, or None where the chain cannot run them (no tiles, not float32)."""
+    if not _f32_chain.available() or not all(p.dtype == np.float32 and p.ndim == 2 - i % 2 for i, p in enumerate(params)):
+        return None
+    layers = [(params[2 * i], params[2 * i + 1], bool(r)) for i, r in enumerate(relus)]
+    return cached_per_arrays(_MLP_PLANS, tuple(params), tuple(bool(r) for r in relus),
+                             lambda: _f32_chain.plan(layers), limit=256)
+
+
+def _layer_by_layer(x, params, relus):
+    for i, relu in enumerate(relus):
+        x = _linear_cpu(x, params[2 * i], params[2 * i + 1])
+        if relu:
+            x = _activate_(np.ascontiguousarray(x), "relu")
+    return x
+
+
+def _mlp_input(x):
+    if x.dtype != np.float32:
+        raise TypeError(f"linear_mlp: input must be float32, got {x.dtype} (shape {x.shape})")
+    return x
+
+
+@kernel("linear_mlp")
+def _linear_mlp_cpu(x, *params, relus=()):
+    plan = _mlp_plan(params, relus)
+    if plan is None or x.dtype != np.float32:
+        return _layer_by_layer(x, params, relus)
+    return _f32_chain.run(x, plan)
+
+
+@prepared_kernel("linear_mlp")
+def _linear_mlp_prepare(inputs, attrs):
+    x, *params = inputs
+    if x is not None or any(p is None for p in params):
+        return None
+    plan = _mlp_plan(params, attrs.get("relus", ()))  # the packed weights, held here: no lookup per call
+    if plan is None:
+        return None
+    return lambda x: _f32_chain.run(_mlp_input(x), plan)

@@ -123,6 +123,7 @@ def _extra_calls():
                    groups=1, padding_extra=(0, 0), act="gelu_tanh")
     registry.apply("conv2d_pool", _x(2, 3, 9, 8), _x(4, 3, 3, 3), _x(4), stride=(1, 1), padding=(1, 0), dilation=(1, 1),
                    groups=1, padding_extra=(0, 0), act="relu")
+    registry.apply("linear_mlp", _x(2, 3, 4), _x(5, 4), _x(5), _x(2, 5), _x(2), relus=(True, False))
     # int8 layers: dynamic (float in / out) and static (uint8 in / out)
     w8 = ember.tensor(np.arange(-12, 12).reshape(4, 6).astype(np.int8))
     registry.apply("dynamic_quantized_linear", _x(3, 6), w8, ember.ones(4), ember.zeros(4), relu=True)

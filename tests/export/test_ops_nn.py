@@ -189,3 +189,16 @@ def test_fused_ops_of_the_runtime(opset):
         fused = Program(optimize(prog.graph), optimize=False)
         assert any(n.op.endswith(("_act", "_pool")) for n in fused.graph.nodes), fused.code
         check_export(fused, [_x(*shape)], opset=opset, batches=(1, 5))
+
+
+@pytest.mark.parametrize("opset", [OPSETS[0], OPSETS[-1]])
+def test_fused_linear_chain_of_the_runtime_exports_layer_by_layer(opset):
+    """The CPU runtime fuses linear -> relu -> linear -> linear into one linear_mlp node; that graph exports one
+    layer at a time and ONNX Runtime reproduces ember's outputs."""
+    ember.manual_seed(0)
+    model = nn.Sequential(nn.Linear(20, 16), nn.ReLU(), nn.Linear(16, 12), nn.Linear(12, 3)).eval()
+    fused = Program(optimize(trace(model, ember.randn(2, 20)).graph), optimize=False)
+    assert [n.op for n in fused.graph.nodes] == ["linear_mlp"]
+    x = np.random.default_rng(0).standard_normal((4, 20)).astype(np.float32)
+    onnx_model = check_export(fused, [x], opset=opset, batches=(1, 9))
+    assert onnx_op_types(onnx_model).count("Gemm") == 3 and onnx_op_types(onnx_model).count("Relu") == 1

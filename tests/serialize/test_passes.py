@@ -116,8 +116,8 @@ def test_cnn_passes_fire():
     ops, opt = _ops(graph), _ops(optimize(graph))
     assert ops["batch_norm"] == 1 and ops["conv2d"] == 1 and ops["relu"] == 2 and ops["linear"] == 2
     assert opt["batch_norm"] == 0 and opt["relu"] == 0 and opt["conv2d"] == 0
-    # conv -> bn -> relu -> 2x2 max pool: one conv2d_pool; the last linear has no act
-    assert opt["conv2d_pool"] == 1 and opt["max_pool2d"] == 0 and opt["linear_act"] == 1 and opt["linear"] == 1
+    # conv -> bn -> relu -> 2x2 max pool: one conv2d_pool; linear -> relu -> linear: one linear_mlp
+    assert opt["conv2d_pool"] == 1 and opt["max_pool2d"] == 0 and opt["linear_mlp"] == 1 and opt["linear"] == 0
     assert "dropout" not in ops  # nn.Dropout records nothing in eval mode
 
 
@@ -192,6 +192,40 @@ def test_dynamic_chain_stops_at_shared_values_and_graph_outputs():
     ember.manual_seed(0)
     graph = trace(Q.quantize_dynamic(TwoHeads().eval()), ember.randn(2, 8)).graph
     assert _ops(optimize(graph))["dynamic_quantized_mlp"] == 0
+    assert _ops(optimize(trace(TwoHeads().eval(), ember.randn(2, 8)).graph))["linear_mlp"] == 0
+
+
+def test_float32_linear_chains_fuse_into_linear_mlp():
+    from ember.backends.cpu import f32_chain
+
+    ember.manual_seed(0)
+    model = nn.Sequential(nn.Linear(12, 16), nn.ReLU(), nn.Linear(16, 8), nn.Linear(8, 3)).eval()
+    graph = trace(model, ember.randn(2, 12)).graph
+    opt = optimize(graph)
+    assert [(n.op, n.attrs) for n in opt.nodes] == [("linear_mlp", {"relus": (True, False, False)})]
+    assert _ops(optimize(graph, "cuda"))["linear_mlp"] == 0  # no CUDA kernel for the fused chain
+    for b in (1, 9, 64):  # the chain's tiles sum in another order than BLAS: float32 rounding apart
+        x = np.random.default_rng(b).standard_normal((b, 12)).astype(np.float32)
+        want = Executor(graph).run({graph.inputs[0]: x})[0]
+        np.testing.assert_allclose(Executor(opt).run({graph.inputs[0]: x})[0], want, rtol=1e-5, atol=1e-6)
+    ex = Executor(opt)
+    if f32_chain.available():  # the prepared kernel holds the packed weights
+        assert ex._steps[0][1] == (graph.inputs[0],) and not ex._env
+    # not fused: a gelu between the layers, float64 layers, a layer whose weight is a graph input
+    gelu = nn.Sequential(nn.Linear(12, 16), nn.GELU(), nn.Linear(16, 3)).eval()
+    assert _ops(optimize(trace(gelu, ember.randn(2, 12)).graph))["linear_mlp"] == 0
+    double = nn.Sequential(nn.Linear(12, 16), nn.Linear(16, 3)).eval().to(ember.float64)
+    assert _ops(optimize(trace(double, ember.randn(2, 12, dtype=ember.float64)).graph))["linear_mlp"] == 0
+
+    class Given(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a = nn.Linear(6, 6)
+
+        def forward(self, x, w):
+            return F.linear(self.a(x), w, self.a.bias)
+
+    assert _ops(optimize(trace(Given().eval(), (ember.randn(2, 6), ember.randn(6, 6))).graph))["linear_mlp"] == 0
 
 
 def test_residual_passes_fire():

@@ -188,6 +188,26 @@ def compile_tiles(shapes) -> Tiles | None:
 
 
 _HOST: list = []
+_ROW: list = []
+ROW_VECTORS = (8, 1)  # vectors per call of the one-row tiles: wide layers, narrow ones (e.g. 10 classes)
+
+
+def row_tiles():
+    """[(columns per call, address)] of the one-row forward tiles (NCO = 1: ``out[q] = sum_k w[k] * x[offs[k] + q]``
+    for q < ROW_VECTORS vectors: a GEMV's block of columns, f32_chain.py), compiled once per process; None where
+    the tiles are off or cannot be compiled."""
+    if not _ROW:
+        shapes, res = host_shapes(), None
+        if shapes is not None:
+            v, vt = shapes[0].v, _vec(shapes[0].v)
+            rows = [Shape(v, n, 1, 0, 0) for n in ROW_VECTORS]
+            engine = compile_module("\n".join([f"declare {vt} @llvm.fma.v{v}f32({vt}, {vt}, {vt})"]
+                                              + [fwd_ir(s, f"row{i}") for i, s in enumerate(rows)]))
+            if engine is not None:
+                fns = [_FWD_SIG(engine.get_function_address(f"row{i}")) for i in range(len(rows))]
+                res = ([(s.pb, address(f)) for s, f in zip(rows, fns)], engine, fns)  # (engine, fns: keep the code)
+        _ROW.append(res)
+    return None if _ROW[0] is None else _ROW[0][0]
 
 
 def host_tiles() -> Tiles | None:

@@ -135,6 +135,24 @@ def take(ctl, key, n):
 
 
 @numba.njit(inline="always", nogil=True)
+def take_end(ctl, key, n, me):
+    """Like ``take``, thread 0 taking blocks from the front and thread 1 from the back (ctl[COUNTER] = key << 32 |
+    front << 16 | back, key taken modulo 2**31): with both threads at work each gets the same blocks call after
+    call, and so finds their weights still in its own cache."""
+    key = key & 0x7FFFFFFF
+    while True:
+        old = _at.load_acquire(ctl, COUNTER)
+        front, back = (old >> 16) & 0xFFFF, old & 0xFFFF
+        if old >> 32 != key:
+            front, back = 0, 0
+        if front + back >= n:
+            return -1
+        new = (key << 32) | ((front + 1) << 16 | back if me == 0 else front << 16 | (back + 1))
+        if _at.compare_exchange(ctl, COUNTER, old, new) == old:
+            return front if me == 0 else n - 1 - back
+
+
+@numba.njit(inline="always", nogil=True)
 def barrier(ctl, gen, me, step):
     """Threads 0 and 1 of task ``gen`` meet: each marks ``step`` done (ctl[ARRIVE + 8 * me]) and waits for the
     other's mark (steps 1 .. 63)."""
