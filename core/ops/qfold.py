@@ -21,13 +21,12 @@ import threading
 
 import numpy as np
 
-from ..backends.cpu import int8_conv_tiled as _qconv_tiled
 from ..backends.cpu import lut as _lut
 from ..backends.cpu.jit import njit
 from ..backends.cpu.quant_kernels import _dequantize, _quantize
 from .pool import _window_rule
 from .quantized import QRANGES, _check_qparams
-from .registry import kernel, register_op
+from .registry import kernel, prepared_kernel, register_op
 
 _TABLES = {}  # (q dtype, s1, z1, s2, z2, dtype) -> 256-entry table
 _TABLES_LOCK = threading.Lock()
@@ -73,10 +72,29 @@ register_op("requantize", attrs={"dtype": "uint8"}, shape=_requantize_rule,
 @kernel("requantize")
 def _requantize_cpu(q, s1, z1, s2, z2, dtype="uint8"):
     _check_codes("requantize", q)
-    table = requantize_table(q.dtype, s1, z1, s2, z2, dtype)
+    return _lookup(q, requantize_table(q.dtype, s1, z1, s2, z2, dtype))
+
+
+def _lookup(q, table):
     out = np.empty(q.shape, table.dtype)
     _lut.lookup(np.ascontiguousarray(q).reshape(-1).view(np.uint8), table, out.reshape(-1))
     return out
+
+
+@prepared_kernel("requantize")
+def _requantize_prepare(inputs, attrs):
+    q, *qparams = inputs
+    if q is not None or any(v is None for v in qparams):
+        return None
+    dtype, tables = attrs.get("dtype", "uint8"), {}
+
+    def run(q):
+        table = tables.get(q.dtype)
+        if table is None:  # (checked and built once per input dtype)
+            _check_codes("requantize", q)
+            table = tables[q.dtype] = requantize_table(q.dtype, *qparams, dtype)
+        return _lookup(q, table)
+    return run
 
 
 def _qpool_rule(x_shape, *, kernel_size, stride, padding, dilation, ceil_mode):
@@ -148,13 +166,12 @@ def _qconv_pool_cpu(x, x_scale, x_zp, w, w_scale, y_scale, y_zp, bias=None, *, s
                     relu=False):
     from . import qlinear as ql
 
-    if ql.short_k(x, w, groups):
-        bias_i32, mult = ql._requant("quantized_conv2d_pool", x, x_scale, x_zp, w, w_scale, y_scale, y_zp, bias)
-        return ql._short_k_conv(x, int(x_zp), w, stride, padding, dilation, groups, bias_i32, mult, int(y_zp), relu,
-                                pool=True)
-    if _qconv_tiled.usable(x, w.shape, stride, groups):  # the VNNI conv tile pools in its epilogue
-        return ql._qc_cpu(x, x_scale, x_zp, w, w_scale, y_scale, y_zp, bias, stride=stride, padding=padding,
-                          dilation=dilation, groups=groups, relu=relu, pool=True)
-    y = ql._qc_cpu(x, x_scale, x_zp, w, w_scale, y_scale, y_zp, bias, stride=stride, padding=padding,
-                   dilation=dilation, groups=groups, relu=relu)
-    return _qmax_pool_cpu(y, **_POOL_2X2)
+    return ql._qc_cpu(x, x_scale, x_zp, w, w_scale, y_scale, y_zp, bias, stride=stride, padding=padding,
+                      dilation=dilation, groups=groups, relu=relu, pool=True)
+
+
+@prepared_kernel("quantized_conv2d_pool")
+def _qconv_pool_prepare(inputs, attrs):
+    from . import qlinear as ql
+
+    return ql.qconv_prepare("quantized_conv2d_pool", inputs, attrs, True)

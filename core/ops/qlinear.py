@@ -15,6 +15,7 @@ from numba import prange
 
 from ..backends.cpu import int8_chain as _chain
 from ..backends.cpu import int8_conv as _qconv
+from ..backends.cpu import int8_conv_tiled as _qconv_tiled
 from ..backends.cpu import int8_kernels as _ik
 from ..backends.cpu import jit
 from ..backends.cpu.conv_tiled import requant_row
@@ -155,10 +156,40 @@ def _requant_checked(op, x, x_scale, x_zp, w, w_scale, y_scale, y_zp, bias):
     return _ik.requant_params(x_scale, w_scale, y_scale, bias)
 
 
+def _fixed_requant(op, inputs):
+    """For a prepared kernel: (x_zp, weight, its packed layout, bias_i32, multipliers, y_zp) of a layer whose inputs
+    past x are constants, or None (then the plain kernel runs, and raises what it raises)."""
+    x, x_scale, x_zp, w, w_scale, y_scale, y_zp, *rest = inputs
+    if x is not None or any(v is None for v in inputs[1:7]) or (rest and rest[0] is None):
+        return None
+    try:
+        bias_i32, mult = _requant_checked(op, np.zeros(0, np.uint8), x_scale, x_zp, w, w_scale, y_scale, y_zp,
+                                          rest[0] if rest else None)
+    except (TypeError, ValueError, RuntimeError):
+        return None
+    return int(x_zp), w, packed(w), bias_i32, mult, int(y_zp)
+
+
+def _uint8_input(op, x):
+    if x.dtype != np.uint8:
+        raise TypeError(f"{op}: activations must be uint8, got x {x.dtype} (shape {x.shape})")
+    return x
+
+
 @kernel("quantized_linear")
 def _ql_cpu(x, x_scale, x_zp, w, w_scale, y_scale, y_zp, bias=None, *, relu=False):
     bias_i32, mult = _requant("quantized_linear", x, x_scale, x_zp, w, w_scale, y_scale, y_zp, bias)
     return _ik.qlinear(x, int(x_zp), packed(w), bias_i32, mult, int(y_zp), relu=bool(relu))
+
+
+@prepared_kernel("quantized_linear")
+def _ql_prepare(inputs, attrs):
+    fixed = _fixed_requant("quantized_linear", inputs)
+    if fixed is None:
+        return None
+    xz, _, pw, bias_i32, mult, yz = fixed
+    relu = bool(attrs.get("relu", False))
+    return lambda x: _ik.qlinear(_uint8_input("quantized_linear", x), xz, pw, bias_i32, mult, yz, relu=relu)
 
 
 def _qc_rule(x, x_scale, x_zp, w, w_scale, y_scale, y_zp, bias=None, *, stride, padding, dilation, groups, relu=False):
@@ -180,11 +211,38 @@ def _qc_cpu(x, x_scale, x_zp, w, w_scale, y_scale, y_zp, bias=None, *, stride, p
             pool=False):
     """``pool``: followed by 2x2 / stride-2 max pooling of the codes (quantized_conv2d_pool)."""
     bias_i32, mult = _requant("quantized_conv2d", x, x_scale, x_zp, w, w_scale, y_scale, y_zp, bias)
+    return qconv_apply(x, int(x_zp), w, packed(w), bias_i32, mult, int(y_zp), stride, padding, dilation, groups, relu,
+                       pool)
+
+
+def qconv_apply(x, xz, w, pw, bias_i32, mult, yz, stride, padding, dilation, groups, relu, pool):
+    """quantized_conv2d (pooled 2x2 when ``pool``) of uint8 x with the layer's fixed fields."""
     if short_k(x, w, groups):
-        return _short_k_conv(x, int(x_zp), w, stride, padding, dilation, groups, bias_i32, mult, int(y_zp), relu,
-                             pool=pool)
-    return _qconv.qconv2d(x, int(x_zp), packed(w), stride, padding, dilation, groups, bias_i32, mult, int(y_zp),
-                          relu=bool(relu), pool=pool, weight=w)
+        return _short_k_conv(x, xz, w, stride, padding, dilation, groups, bias_i32, mult, yz, relu, pool=pool)
+    if pool and not _qconv_tiled.usable(x, w.shape, stride, groups):  # pooled after, not in the tile's epilogue
+        from .qfold import _POOL_2X2, _qmax_pool_cpu
+
+        y = _qconv.qconv2d(x, xz, pw, stride, padding, dilation, groups, bias_i32, mult, yz, relu=bool(relu),
+                           weight=w)
+        return _qmax_pool_cpu(y, **_POOL_2X2)
+    return _qconv.qconv2d(x, xz, pw, stride, padding, dilation, groups, bias_i32, mult, yz, relu=bool(relu),
+                          pool=pool, weight=w)
+
+
+def qconv_prepare(op, inputs, attrs, pool):
+    """The prepared kernel of quantized_conv2d (pool False) and quantized_conv2d_pool."""
+    fixed = _fixed_requant(op, inputs)
+    if fixed is None:
+        return None
+    xz, w, pw, bias_i32, mult, yz = fixed
+    geometry = tuple(attrs[k] for k in ("stride", "padding", "dilation", "groups"))
+    relu = bool(attrs.get("relu", False))
+    return lambda x: qconv_apply(_uint8_input(op, x), xz, w, pw, bias_i32, mult, yz, *geometry, relu, pool)
+
+
+@prepared_kernel("quantized_conv2d")
+def _qc_prepare(inputs, attrs):
+    return qconv_prepare("quantized_conv2d", inputs, attrs, False)
 
 
 # A first layer (one or two input channels) has a reduction of K <= 16 taps: too short for the int8 GEMM's

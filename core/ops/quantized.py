@@ -17,7 +17,7 @@ from ..backends.cpu.quant_kernels import (  # noqa: F401 (the kernels and numpy 
     fake_quantize_np, quantize_np,
 )
 from ..tensor import Tensor
-from .registry import apply, backward, kernel, register_op
+from .registry import apply, backward, kernel, prepared_kernel, register_op
 from .util import norm_dim
 
 _ALIASES = {"quint8": "uint8", "qint8": "int8"}  # torch's names of the same dtypes
@@ -95,6 +95,23 @@ def _qpt_cpu(x, scale, zp, dtype="uint8"):
     return _quantize(x, scale, zp, None, dtype)
 
 
+@prepared_kernel("quantize_per_tensor")
+def _qpt_prepare(inputs, attrs):
+    x, scale, zp = inputs
+    dtype = attrs.get("dtype", "uint8")
+    if x is not None or scale is None or zp is None or dtype not in QRANGES:
+        return None
+    try:  # (checked once; where they fail the plain kernel raises on every call)
+        _check_qparams("quantize_per_tensor", scale, zp, np.dtype(dtype), *QRANGES[dtype])
+    except RuntimeError:
+        return None
+
+    def run(x):
+        _check_float("quantize_per_tensor", x)
+        return _quantize(x, scale, zp, None, dtype)
+    return run
+
+
 @kernel("quantize_per_channel")
 def _qpc_cpu(x, scale, zp, axis=0, dtype="uint8"):
     _check_float("quantize_per_channel", x)
@@ -117,6 +134,21 @@ def _deq_cpu(q, scale, zp, axis=None):
         raise RuntimeError(f"dequantize: input must be a uint8 or int8 tensor, got {q.dtype} (shape {q.shape})")
     _check_qparams("dequantize", scale, zp, q.dtype, *QRANGES[q.dtype.name])
     return _dequantize(q, scale, zp, axis)
+
+
+@prepared_kernel("dequantize")
+def _deq_prepare(inputs, attrs):
+    q, scale, zp = inputs
+    if q is not None or scale is None or zp is None:
+        return None
+    axis, checked = attrs.get("axis"), set()
+
+    def run(q):
+        if q.dtype not in checked:  # (the checks depend on q's dtype only: once per dtype)
+            _deq_cpu(q[:0], scale, zp, axis)
+            checked.add(q.dtype)
+        return _dequantize(q, scale, zp, axis)
+    return run
 
 
 def _fq_rule(x, scale, zp, quant_min=0, quant_max=255, axis=None):
