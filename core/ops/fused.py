@@ -15,6 +15,7 @@ import numpy as np
 from numba import prange
 
 from ..backends.cpu import conv_kernels as _ck
+from ..backends.cpu import conv_tiled as _ct
 from ..backends.cpu import elementwise_kernels as _ek
 from ..backends.cpu import f32_chain as _f32_chain
 from ..backends.cpu.int8_kernels import cached_per_arrays
@@ -129,6 +130,43 @@ def _conv2d_pool_cpu(x, w, b=None, *, stride, padding, dilation, groups, padding
                                 dilation=dilation, groups=groups, padding_extra=padding_extra)
     out = _ck.conv2d_forward(x, w, b, stride, padding, dilation, groups, (h, w_), pool=True, relu=act == "relu")
     return out.astype(x.dtype, copy=False)
+
+
+def _prepared_conv(op, inputs, attrs, pool, act):
+    """The prepared kernel of a float32 stride-1 convolution on the tiles (conv_tiled.PreparedForward: weights
+    packed once, geometry once per input shape); other inputs go to the plain kernel."""
+    x, w, *rest = inputs
+    b = rest[0] if rest else None
+    if x is not None or w is None or (rest and b is None) or w.dtype != np.float32 or w.ndim != 4:
+        return None
+    if tuple(attrs["stride"]) != (1, 1) or _ct.host_tiles() is None or act not in ("none", "relu"):
+        return None
+    fwd = _ct.PreparedForward(w, b, attrs["padding"], attrs["dilation"], attrs["groups"], pool, act == "relu")
+    plain, out_hw = get_op(op).kernels["cpu"], {}
+
+    def run(x):
+        hw = out_hw.get(x.shape) if x.dtype == np.float32 else None
+        if hw is None:
+            if x.dtype != np.float32:  # (the plain kernel computes other dtypes, or says what is wrong)
+                return plain(x, *inputs[1:], **attrs)
+            n, c, h, w_ = _conv2d_rule(x.shape, w.shape, None if b is None else b.shape, stride=attrs["stride"],
+                                       padding=attrs["padding"], dilation=attrs["dilation"], groups=attrs["groups"],
+                                       padding_extra=attrs.get("padding_extra", (0, 0)))
+            if pool and (h < 2 or w_ < 2):
+                return plain(x, *inputs[1:], **attrs)  # (raises: smaller than the pooling window)
+            hw = out_hw[x.shape] = (h, w_)
+        return fwd(x, hw)
+    return run
+
+
+@prepared_kernel("conv2d_pool")
+def _conv2d_pool_prepare(inputs, attrs):
+    return _prepared_conv("conv2d_pool", inputs, attrs, True, attrs.get("act", "none"))
+
+
+@prepared_kernel("conv2d_act")
+def _conv2d_act_prepare(inputs, attrs):
+    return _prepared_conv("conv2d_act", inputs, attrs, False, attrs.get("act", "relu"))
 
 
 # ---- linear_mlp: a chain of linear (+ relu) layers in one kernel call (backends/cpu/f32_chain.py) ----------

@@ -75,3 +75,34 @@ def test_ops_with_computed_qparams_keep_the_plain_kernel():
     ex = Executor(graph)
     for node, (fn, ins, *_) in zip(graph.nodes, ex._steps):
         assert ins == tuple(node.inputs) and fn is get_op(node.op).kernels["cpu"]
+
+
+def test_prepared_float_convolutions_match_the_plain_kernels():
+    """conv2d_pool / conv2d_act prepared on their weights (packed once, geometry per input shape) give the plain
+    kernels' bits, for each batch and image size; other dtypes and bad sizes go to the plain kernel."""
+    ember.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+                          nn.Conv2d(8, 12, 3, padding=(0, 1)), nn.ReLU()).eval()
+    graph = optimize(trace(model, ember.randn(2, 3, 10, 9)).graph)
+    ex = Executor(graph)
+    steps = {node.op: (node, step) for node, step in zip(graph.nodes, ex._steps)}
+    assert {"conv2d_pool", "conv2d_act"} <= set(steps)
+    rng = np.random.default_rng(0)
+    for op, (node, (fn, ins, attrs, *_)) in steps.items():
+        if op not in ("conv2d_pool", "conv2d_act"):
+            continue
+        assert ins == (node.inputs[0],)
+        plain = get_op(op).kernels["cpu"]
+        c = graph.constants[node.inputs[1]].shape[1]
+        for shape in [(1, c, 10, 9), (5, c, 10, 9), (2, c, 7, 12), (1, c, 5, 5)]:
+            x = rng.standard_normal(shape).astype(np.float32)
+            want = plain(x, *[graph.constants[n] for n in node.inputs[1:]], **node.attrs)
+            np.testing.assert_array_equal(fn(x), want)
+        x64 = rng.standard_normal((2, c, 6, 6))
+        np.testing.assert_array_equal(fn(x64), plain(x64, *[graph.constants[n] for n in node.inputs[1:]],
+                                                     **node.attrs))
+    node, (pool_fn, *_) = steps["conv2d_pool"]
+    tiny = np.ones((1, 3, 1, 1), np.float32)  # a conv output smaller than the pooling window: as the plain kernel
+    want = get_op("conv2d_pool").kernels["cpu"](tiny, *[graph.constants[n] for n in node.inputs[1:]], **node.attrs)
+    got = pool_fn(tiny)
+    assert got.shape == want.shape == (1, 8, 0, 0)

@@ -235,6 +235,40 @@ def _geometry(x, w, padding, dilation, groups, out_hw):
     return x.shape[0], co, ho, wo, hp, wp, ph, pw, _offsets(cg, kh, kw, dh, dw, hp, wp), wk
 
 
+class PreparedForward:
+    """``forward`` of one float32 weight (and bias, geometry, epilogue) with the weights packed and the geometry
+    worked out once per input shape: the runtime's prepared conv2d kernels call it with each input."""
+
+    def __init__(self, w, bias, padding, dilation, groups, pool=False, relu=False):
+        self.w = np.ascontiguousarray(w, dtype=np.float32)
+        co = self.w.shape[0]
+        self.bias = np.zeros(co, np.float32) if bias is None else np.ascontiguousarray(bias, dtype=np.float32)
+        self.padding, self.dilation, self.groups = tuple(padding), tuple(dilation), groups
+        self.pool, self.relu = bool(pool), bool(relu)
+        self.per_shape: dict = {}
+
+    def __call__(self, x, out_hw):
+        x = np.ascontiguousarray(x, dtype=np.float32)
+        key = (x.shape, tuple(out_hw))
+        hit = self.per_shape.get(key)
+        if hit is None:
+            n, co, ho, wo, hp, wp, ph, pw, offs, wk = _geometry(x, self.w, self.padding, self.dilation, self.groups,
+                                                                out_hw)
+            le = (ho - 1) * wp + wo
+            fwd, pb, wpk, lpad = _packed(wk, host_tiles(), le)
+            shape = (n, co, ho // 2, wo // 2) if self.pool else (n, co, ho, wo)
+            work = n * wpk.shape[0] * wpk.shape[1] * wpk.shape[3] * lpad * wpk.shape[2]
+            hit = (shape, (hp, wp, ph, pw, offs, wpk, fwd, pb, lpad), slices(n, work, PAR_MIN_MACS))
+            if len(self.per_shape) >= 16:
+                self.per_shape.clear()
+            self.per_shape[key] = hit
+        shape, fields, parts = hit
+        out = np.empty(shape, np.float32)
+        tail = (self.pool, self.relu, None, host_tiles().pool)
+        run_parts(_fwd_slice, [(x[lo:hi], out[lo:hi], self.bias) + fields + tail for lo, hi in parts])
+        return out
+
+
 def forward(x, w, bias, padding, dilation, groups, out_hw, pool=False, relu=False):
     """conv2d of float32 NCHW x with stride 1 (``out_hw`` fixes the output size, so the bottom/right
     padding may exceed the top/left one); ``pool`` / ``relu`` as conv_kernels.conv2d_forward."""
