@@ -23,6 +23,7 @@ from ..backends.cpu.jit import prange_kernel
 from .conv import _conv2d_cpu, _conv2d_rule
 from .linalg import _linear_cpu, _linear_rule
 from .registry import get_op, kernel, prepared_kernel, register_op
+from .util import float32_input
 
 ACTIVATIONS = ("relu", "gelu", "gelu_tanh")
 
@@ -204,12 +205,6 @@ def _layer_by_layer(x, params, relus):
     return x
 
 
-def _mlp_input(x):
-    if x.dtype != np.float32:
-        raise TypeError(f"linear_mlp: input must be float32, got {x.dtype} (shape {x.shape})")
-    return x
-
-
 @kernel("linear_mlp")
 def _linear_mlp_cpu(x, *params, relus=()):
     plan = _mlp_plan(params, relus)
@@ -226,4 +221,4 @@ def _linear_mlp_prepare(inputs, attrs):
     plan = _mlp_plan(params, attrs.get("relus", ()))  # the packed weights, held here: no lookup per call
     if plan is None:
         return None
-    return lambda x: _f32_chain.run(_mlp_input(x), plan)
+    return lambda x: _f32_chain.run(float32_input("linear_mlp", x), plan)

@@ -20,6 +20,7 @@ from ..backends.cpu import int8_kernels as _ik
 from ..backends.cpu import jit
 from ..backends.cpu.conv_tiled import requant_row
 from .registry import kernel, prepared_kernel, register_op
+from .util import float32_input
 
 _PACKED: dict = {}  # id(weight array) -> (weakref to it, PackedWeight)
 
@@ -82,16 +83,10 @@ def _dqmlp_layers(params, relus):
     return _chain.plan(layers)
 
 
-def _dqmlp_input(x):
-    if x.dtype != np.float32:
-        raise TypeError(f"dynamic_quantized_mlp: input must be float32, got {x.dtype}")
-    return x
-
-
 @kernel("dynamic_quantized_mlp")
 def _dqmlp_cpu(x, *params, relus=()):
     plan = _dqmlp_layers(params, relus)
-    return _chain.run(_dqmlp_input(x), plan)
+    return _chain.run(float32_input("dynamic_quantized_mlp", x), plan)
 
 
 @prepared_kernel("dynamic_quantized_mlp")
@@ -100,7 +95,7 @@ def _dqmlp_prepare(inputs, attrs):
     if x is not None or any(p is None for p in params):
         return None
     plan = _dqmlp_layers(params, attrs.get("relus", ()))  # held here: no lookup per call
-    return lambda x: _chain.run(_dqmlp_input(x), plan)
+    return lambda x: _chain.run(float32_input("dynamic_quantized_mlp", x), plan)
 
 
 # ---- static quantization: uint8 in, uint8 out ---------------------------------------------------------

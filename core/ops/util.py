@@ -129,3 +129,10 @@ def as_size(s):
     if isinstance(s, int) and not isinstance(s, bool):
         return s
     return operator.index(s)
+
+
+def float32_input(op, x):
+    """x, or a TypeError naming ``op`` when x is not float32 (the fused kernels that compute in float32 only)."""
+    if x.dtype != np.float32:
+        raise TypeError(f"{op}: input must be float32, got {x.dtype} (shape {x.shape})")
+    return x

@@ -21,15 +21,13 @@ generator) ``available()`` is False and the op runs its layers one by one.
 """
 from __future__ import annotations
 
-import threading
-
 import numba
 import numpy as np
 
 from . import intrinsics as _at
 from . import jit
 from .conv_tile_ir import host_tiles, row_tiles
-from .helpers import CTL_SIZE, HELPER, NONE, array_at as _array, barrier, join, take_end
+from .helpers import CTL_SIZE, HELPER, NONE, NativeTask, array_at as _array, barrier, join, take_end
 
 MAX_LAYERS = 62  # steps: the transposition, then one per layer (progress marks are gen * 64 + step)
 GEMM_MIN_ROWS = 8  # from here on the transposed GEMM path (its tile computes 32 rows at once with AVX-512)
@@ -173,19 +171,12 @@ def _task(arg, ctl_addr, gen, role, part):
         _units(t, ctl, gen, me, step, t[HEAD + F * li + LUNITS], alone, li, li == nl - 1, gemm)
 
 
-_TASK: list = []
-_TASK_LOCK = threading.Lock()
+_TASK = NativeTask(_task)
 
 
 def task_address() -> int:
     """The address of the compiled ``_task`` (compiled, or loaded from numba's cache, on first use)."""
-    if not _TASK:
-        with _TASK_LOCK:
-            if not _TASK:
-                fn = numba.cfunc("void(int64, int64, int64, int64, int64)", cache=True, fastmath=False,
-                                 error_model="numpy")(_task)
-                _TASK.append((fn, fn.address))  # (the cfunc object keeps its code alive)
-    return _TASK[0][1]
+    return _TASK.address()
 
 
 def available() -> bool:

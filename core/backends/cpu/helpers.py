@@ -212,6 +212,25 @@ def _drive(ctl, gen, n, table, x, out):
     _at.wait_all(ctl, DONE + 1, n - 1, gen, -1)
 
 
+class NativeTask:
+    """A native task's function ``fn(arg, ctl address, gen, role, part)`` (a plain Python function written for
+    nopython mode), compiled as a numba ``cfunc`` on first use, or loaded from numba's on-disk cache;
+    ``address()`` is what ``jit.run_native`` takes."""
+
+    SIGNATURE = "void(int64, int64, int64, int64, int64)"
+
+    def __init__(self, fn):
+        self.fn, self._compiled, self._lock = fn, None, threading.Lock()
+
+    def address(self) -> int:
+        if self._compiled is None:
+            with self._lock:
+                if self._compiled is None:
+                    cf = numba.cfunc(self.SIGNATURE, cache=True, fastmath=False, error_model="numpy")(self.fn)
+                    self._compiled = (cf, cf.address)  # (the cfunc object keeps its code alive)
+        return self._compiled[1]
+
+
 def _native_serial(fn, n, table, x, out):
     """Native task fn with every part run on this thread."""
     ctl = np.zeros(CTL_SIZE, np.int64)

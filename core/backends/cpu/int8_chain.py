@@ -21,15 +21,14 @@ arrays and a spinning helper starts it without Python.
 """
 from __future__ import annotations
 
-import threading
-
 import numba
 import numpy as np
 
 from . import intrinsics as _at
 from . import jit
 from . import range_ir as _range_ir
-from .helpers import ARRIVE, CTL_SIZE, HELPER, NONE, array_at as _array, barrier, join as _join, take as _take
+from .helpers import (ARRIVE, CTL_SIZE, HELPER, NONE, NativeTask, array_at as _array, barrier, join as _join,
+                      take as _take)
 from .int8_gemm import BLOCK_ROWS, MODE_DEQUANT, PAR_MIN_MACS, PAR_MIN_ROWS, linear_rows
 from .int8_kernels import _dequant_parts, _qparams, _quantize_rows, cached_per_arrays
 from .jit import njit
@@ -165,19 +164,12 @@ def _task(arg, ctl_addr, gen, role, part):
     _chain(t, _array(ctl_addr, CTL_SIZE, np.int64), gen, role, part)
 
 
-_TASK: list = []
-_TASK_LOCK = threading.Lock()
+_TASK = NativeTask(_task)
 
 
 def task_address() -> int:
     """The address of the compiled ``_task`` (compiled, or loaded from numba's cache, on first use)."""
-    if not _TASK:
-        with _TASK_LOCK:
-            if not _TASK:
-                fn = numba.cfunc("void(int64, int64, int64, int64, int64)", cache=True, fastmath=False,
-                                 error_model="numpy")(_task)
-                _TASK.append((fn, fn.address))  # (the cfunc object keeps its code alive)
-    return _TASK[0][1]
+    return _TASK.address()
 
 
 class _Plan:
