@@ -27,7 +27,7 @@ import numpy as np
 from . import intrinsics as _at
 from . import jit
 from .conv_tile_ir import host_tiles, row_tiles
-from .helpers import CTL_SIZE, HELPER, NONE, NativeTask, array_at as _array, barrier, join, take_end
+from .helpers import CTL_SIZE, NONE, NativeTask, array_at as _array, barrier, join, take_end, thread_of
 
 MAX_LAYERS = 62  # steps: the transposition, then one per layer (progress marks are gen * 64 + step)
 GEMM_MIN_ROWS = 8  # from here on the transposed GEMM path (its tile computes 32 rows at once with AVX-512)
@@ -145,14 +145,9 @@ def _task(arg, ctl_addr, gen, role, part):
     """The native task: part ``part`` of the chain in the table at ``arg`` (see the module docstring; the join
     protocol is int8_chain.py's)."""
     ctl = _array(ctl_addr, CTL_SIZE, np.int64)
-    if role == HELPER:
-        if part != 1 or not join(ctl, gen, 1):
-            return
-        me = 1
-    elif part != 0:  # run outside the helpers: part 0 does everything
+    me = thread_of(ctl, gen, role, part)
+    if me < 0:
         return
-    else:
-        me = 0
     t = _array(arg, HEAD, np.int64)
     t = _array(arg, HEAD + F * t[NL], np.int64)
     alone = role == NONE

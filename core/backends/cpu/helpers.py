@@ -123,6 +123,16 @@ def join(ctl, gen, owner):
 
 
 @numba.njit(inline="always", nogil=True)
+def thread_of(ctl, gen, role, part):
+    """Which thread of a two-thread native task this call is: 0 (the caller's part 0; everything when it runs
+    alone), 1 (a helper that joined with part 1), -1 (nothing to do: a helper that came too late, or part 1 run by
+    the caller after part 0 did everything)."""
+    if role == HELPER:
+        return 1 if part == 1 and join(ctl, gen, 1) else -1
+    return 0 if part == 0 else -1
+
+
+@numba.njit(inline="always", nogil=True)
 def take(ctl, key, n):
     """The next of n blocks of the step ``key`` (ctl[COUNTER] = key << 16 | blocks taken), or -1 when none is left."""
     while True:

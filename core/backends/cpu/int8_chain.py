@@ -27,8 +27,8 @@ import numpy as np
 from . import intrinsics as _at
 from . import jit
 from . import range_ir as _range_ir
-from .helpers import (ARRIVE, CTL_SIZE, HELPER, NONE, NativeTask, array_at as _array, barrier, join as _join,
-                      take as _take)
+from .helpers import (ARRIVE, CTL_SIZE, NONE, NativeTask, array_at as _array, barrier, join as _join,
+                      take as _take, thread_of)
 from .int8_gemm import BLOCK_ROWS, MODE_DEQUANT, PAR_MIN_MACS, PAR_MIN_ROWS, linear_rows
 from .int8_kernels import _dequant_parts, _qparams, _quantize_rows, cached_per_arrays
 from .jit import njit
@@ -89,14 +89,9 @@ def _views(t, ws, li, m):
 @_inline
 def _chain(t, ctl, gen, role, part):
     """Part ``part`` of the chain in table ``t`` (see the module docstring)."""
-    if role == HELPER:
-        if part != 1 or not _join(ctl, gen, 1):
-            return
-        me = 1
-    elif part != 0:  # run outside the helpers: part 0 does everything
+    me = thread_of(ctl, gen, role, part)
+    if me < 0:
         return
-    else:
-        me = 0
     m, nl, addr = t[M], t[NL], t[RANGE_FN]
     x = _array(t[X], (m, t[K0]), np.float32)
     ws = _array(t[WS], t[WS_SIZE], np.uint8)
