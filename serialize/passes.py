@@ -19,7 +19,9 @@ in place and returns how many rewrites it made:
 7. ``fuse_dynamic_chains`` and ``fuse_linear_chains`` (chains.py, CPU only): dynamic_quantized_linear layers,
    and float32 linear (+ relu) layers with constant weights, each feeding the next, become one
    ``dynamic_quantized_mlp`` / ``linear_mlp`` node (one native task for the whole chain);
-8. ``eliminate_dead_code``: nodes and constants no output depends on.
+8. ``simplify_batch_reshapes`` (CPU only): a reshape to (batch, n1, ...) whose batch size is its input's own
+   dim 0 becomes a reshape to (-1, n1, ...), without a symbol to resolve per call;
+9. ``eliminate_dead_code``: nodes and constants no output depends on.
 """
 from __future__ import annotations
 
@@ -72,6 +74,7 @@ def optimize(graph: Graph, device: str = "cpu") -> Graph:
 
         fuse_dynamic_chains(g)
         fuse_linear_chains(g)
+        simplify_batch_reshapes(g)
     eliminate_dead_code(g)
     return g
 
@@ -163,6 +166,33 @@ def remove_identities(g: Graph) -> int:
             kept.append(n)
     g.nodes = kept
     return removed
+
+
+def simplify_batch_reshapes(g: Graph) -> int:
+    """``reshape(x, (int(s), n1, ...))`` whose symbol ``s = sym_size(y, d)`` is x's own dim 0 (one symbol in the
+    signature) and whose other sizes are positive ints becomes ``reshape(x, (-1, n1, ...))``: the same shape,
+    with no symbol to resolve per call (the ``flatten`` of a traced cnn: ``x.reshape(x.shape[0], -1)``); the
+    sym_size node goes when nothing else reads it. CPU only (numpy's -1)."""
+    prod, done = _producers(g), 0
+    for n in g.nodes:
+        shape = n.attrs.get("shape") if n.op == "reshape" else None
+        if not isinstance(shape, (tuple, list)) or not shape:
+            continue
+        refs, rest = list(_sym_refs(shape[0])), tuple(shape[1:])
+        if len(refs) != 1 or not isinstance(shape[0], dict) or not all(type(d) is int and d > 0 for d in rest):
+            continue
+        src = prod.get(refs[0])
+        if src is None or src.op != "sym_size":
+            continue
+        dims = g.values[src.inputs[0]].shape
+        d = src.attrs.get("dim", 0)
+        sym = dims[d] if -len(dims) <= d < len(dims) else None
+        xs = g.values[n.inputs[0]].shape
+        if not isinstance(sym, str) or not xs or xs[0] != sym:
+            continue
+        n.attrs = {**n.attrs, "shape": (-1,) + rest}
+        done += 1
+    return done
 
 
 # ---- 2. constant folding -------------------------------------------------------------------------

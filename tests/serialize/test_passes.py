@@ -355,3 +355,26 @@ def test_fused_shape_rules():
                  act="relu") == (2, 6, 8, 8)
     with pytest.raises(RuntimeError, match="conv2d_act: unknown activation"):
         crule((2, 4, 8, 8), (6, 4, 3, 3), stride=(1, 1), padding=(1, 1), dilation=(1, 1), groups=1, act="silu")
+
+
+def test_batch_reshapes_lose_their_symbol():
+    from ember.serialize.passes import simplify_batch_reshapes
+
+    class Flat(nn.Module):
+        def forward(self, x):
+            a = x.reshape(x.shape[0], -1)  # the flatten of a cnn: becomes (-1, 12)
+            b = x.reshape(x.shape[0] * 2, 6)  # sym_arith, not the input's own dim: stays
+            c = x.transpose(0, 1).reshape(x.shape[1], -1)  # a fixed first dim: stays
+            return a, b, c
+
+    graph = trace(Flat(), ember.randn(2, 3, 4)).graph
+    g = copy_graph(graph)
+    assert simplify_batch_reshapes(g) == 1
+    eliminate_dead_code(g)
+    shapes = [n.attrs["shape"] for n in g.nodes if n.op == "reshape"]
+    assert (-1, 12) in shapes and all(isinstance(s[0], dict) or s[0] != -1 for s in shapes if s != (-1, 12))
+    for b in (1, 5):
+        x = np.random.default_rng(b).standard_normal((b, 3, 4)).astype(np.float32)
+        for got, want in zip(Executor(g).run({graph.inputs[0]: x}), Executor(graph).run({graph.inputs[0]: x})):
+            np.testing.assert_array_equal(got, want)
+    assert "sym_size" not in {n.op for n in optimize(_traced("cnn")[0]).nodes}  # the cnn's flatten
