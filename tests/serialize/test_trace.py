@@ -207,6 +207,22 @@ def test_inputs_are_checked_against_the_signature():
         prog(ember.randn(3, 3))
 
 
+def test_single_input_checks_on_the_fast_path():
+    """One input with a symbolic batch (Program._bind's loop-free path): the same checks and messages."""
+    prog = trace(lambda a: a * 2, ember.randn(2, 3, 4))
+    x = np.arange(5 * 3 * 8, dtype=np.float32).reshape(5, 3, 8)[:, :, ::2]  # not contiguous: copied, not refused
+    np.testing.assert_array_equal(prog(x).numpy(), x * 2)
+    np.testing.assert_array_equal(prog(ember.from_numpy(np.ascontiguousarray(x))).numpy(), x * 2)
+    with pytest.raises(ValueError, match=r"input 'a': dim 2 must be 4"):
+        prog(ember.randn(5, 3, 5))
+    with pytest.raises(ValueError, match=r"expected 3 dims \(batch, 3, 4\), got shape \(3, 4\)"):
+        prog(ember.randn(3, 4))
+    with pytest.raises(TypeError, match="expected dtype float32, got float64"):
+        prog(ember.randn(2, 3, 4, dtype=ember.float64))
+    with pytest.raises(TypeError, match="expected an ember Tensor or a numpy array, got list"):
+        prog([[1.0]])
+
+
 def test_value_names_do_not_collide_with_user_names():
     def f(v1, v2):
         return (v1 * v2).relu() + 1, v1 - v2
