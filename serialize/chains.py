@@ -16,7 +16,7 @@ from ember.ops.registry import get_op
 from .ir import Graph
 from .passes import _users
 
-MAX_CHAIN = 62  # the fused kernels' layer limits (int8_chain.MAX_LAYERS 63, f32_chain.MAX_LAYERS 62)
+MAX_CHAIN = 63  # the fused kernels' layer limit (int8_chain.MAX_LAYERS, f32_chain.MAX_LAYERS)
 
 
 def _fuse_chains(g: Graph, link, relu_of, params_of, op: str) -> int:

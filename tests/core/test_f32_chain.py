@@ -1,6 +1,6 @@
 """The fused chain of float32 linear (+ ReLU) layers (backends/cpu/f32_chain.py, the runtime's ``linear_mlp``)
-against a float64 numpy reference and PyTorch, on both of its paths (row by row below GEMM_MIN_ROWS rows,
-transposed GEMM from there), and the same bits whichever threads run it."""
+against a float64 numpy reference and PyTorch, on both of its paths (row by row below GEMM_MIN_ROWS rows, the
+12-row GEMM tiles from there, with partial row blocks), and the same bits whichever threads run it."""
 from __future__ import annotations
 
 import numpy as np

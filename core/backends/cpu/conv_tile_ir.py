@@ -29,6 +29,8 @@ from .llvm_ir import POOL_SIG, address, compile_module, pool_ir, store_accumulat
 
 _FWD_SIG = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64, ctypes.c_void_p,
                             ctypes.c_void_p, ctypes.c_int64)
+_BLOCK_SIG = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_int64, ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64,
+                              ctypes.c_void_p, ctypes.c_int64)
 _WG_SIG = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_int64, ctypes.c_void_p, ctypes.c_void_p,
                            ctypes.c_int64, ctypes.c_int64, ctypes.c_int64, ctypes.c_int64, ctypes.c_void_p,
                            ctypes.c_int64)
@@ -190,24 +192,67 @@ def compile_tiles(shapes) -> Tiles | None:
 _HOST: list = []
 _ROW: list = []
 ROW_VECTORS = (8, 1)  # vectors per call of the one-row tiles: wide layers, narrow ones (e.g. 10 classes)
+BLOCK_ROWS, BLOCK_VECTORS = 12, 2  # the row-major GEMM tiles: up to 12 rows x 2 vectors (24 accumulators)
+
+
+def rows_ir(rows, nvec, v, name) -> str:
+    """``name(a, lda, w, ldw, K, out, ldo)``: out[r*ldo + q] = sum_k a[r*lda + k] * w[k*ldw + q] for r < rows and
+    q < nvec*v: a GEMM block with row-major A (its elements broadcast, one row pointer each) and row-major B
+    (whole vectors), neither packed (f32_chain.py's layers). Sums in k order with fused multiply-adds, as the
+    forward tile's."""
+    vt = _vec(v)
+    acc = [(r, h) for r in range(rows) for h in range(nvec)]
+    lines = [f"define void @{name}(float* %a, i64 %lda, float* %w, i64 %ldw, i64 %K, float* %out, i64 %ldo) {{",
+             "entry:"]
+    for r in range(rows):
+        lines += [f"  %ro{r} = mul i64 %lda, {r}", f"  %ar{r} = getelementptr float, float* %a, i64 %ro{r}"]
+    lines += ["  br label %loop", "loop:", "  %k = phi i64 [0, %entry], [%k1, %loop]"]
+    lines += [f"  %a{r}_{h} = phi {vt} [zeroinitializer, %entry], [%n{r}_{h}, %loop]" for r, h in acc]
+    lines += ["  %wo = mul i64 %k, %ldw", "  %wb = getelementptr float, float* %w, i64 %wo"]
+    lines += [_load(f"wv{h}", "%wb", h * v, v) for h in range(nvec)]
+    for r in range(rows):
+        lines += [f"  %xp{r} = getelementptr float, float* %ar{r}, i64 %k", f"  %xs{r} = load float, float* %xp{r}",
+                  _splat(f"xv{r}", f"%xs{r}", v)]
+        lines += [f"  %n{r}_{h} = call {vt} @llvm.fma.v{v}f32({vt} %wv{h}, {vt} %xv{r}, {vt} %a{r}_{h})"
+                  for h in range(nvec)]
+    lines += ["  %k1 = add i64 %k, 1", "  %more = icmp ult i64 %k1, %K",
+              "  br i1 %more, label %loop, label %done", "done:"]
+    lines += store_accumulators(acc, "float", vt, v)
+    lines += ["  ret void", "}"]
+    return "\n".join(lines)
 
 
 def row_tiles():
     """[(columns per call, address)] of the one-row forward tiles (NCO = 1: ``out[q] = sum_k w[k] * x[offs[k] + q]``
     for q < ROW_VECTORS vectors: a GEMV's block of columns, f32_chain.py), compiled once per process; None where
     the tiles are off or cannot be compiled."""
+    _compile_rows()
+    return None if _ROW[0] is None else _ROW[0][0]
+
+
+def block_tiles():
+    """(columns per call, [address of the rows_ir tile for r rows, r = 1 .. BLOCK_ROWS]), compiled with the row
+    tiles; None where the tiles are off or cannot be compiled."""
+    _compile_rows()
+    return None if _ROW[0] is None else _ROW[0][1]
+
+
+def _compile_rows():
     if not _ROW:
         shapes, res = host_shapes(), None
         if shapes is not None:
             v, vt = shapes[0].v, _vec(shapes[0].v)
             rows = [Shape(v, n, 1, 0, 0) for n in ROW_VECTORS]
             engine = compile_module("\n".join([f"declare {vt} @llvm.fma.v{v}f32({vt}, {vt}, {vt})"]
-                                              + [fwd_ir(s, f"row{i}") for i, s in enumerate(rows)]))
+                                              + [fwd_ir(s, f"row{i}") for i, s in enumerate(rows)]
+                                              + [rows_ir(r, BLOCK_VECTORS, v, f"block{r}")
+                                                 for r in range(1, BLOCK_ROWS + 1)]))
             if engine is not None:
                 fns = [_FWD_SIG(engine.get_function_address(f"row{i}")) for i in range(len(rows))]
-                res = ([(s.pb, address(f)) for s, f in zip(rows, fns)], engine, fns)  # (engine, fns: keep the code)
+                blocks = [_BLOCK_SIG(engine.get_function_address(f"block{r}")) for r in range(1, BLOCK_ROWS + 1)]
+                res = ([(s.pb, address(f)) for s, f in zip(rows, fns)],
+                       (BLOCK_VECTORS * v, [address(f) for f in blocks]), engine, fns, blocks)  # (keep the code)
         _ROW.append(res)
-    return None if _ROW[0] is None else _ROW[0][0]
 
 
 def host_tiles() -> Tiles | None:

@@ -3,18 +3,17 @@
 
 Run a layer at a time, an mlp paid per layer its Python glue, a BLAS call on one thread or a hand-off, and
 BLAS's packing of both operands. Here one native task (helpers.py) runs the whole chain on the calling thread
-and, when it joins in time, one helper: both claim units of each step from a shared counter and meet at a
-barrier between steps. The multiply-adds run in the LLVM-IR tiles of conv_tile_ir.py, with the weights packed
-once (``_Plan``, held by the runtime's prepared kernel):
+and, when it joins in time, one helper: both claim units of each layer from a shared counter, from opposite
+ends (so each finds its weights in its own cache call after call), and meet at a barrier between layers. The
+multiply-adds run in LLVM-IR tiles (conv_tile_ir.py) on row-major data, with each layer's weights transposed to
+(K, N padded) once (``_Plan``, held by the runtime's prepared kernel), so nothing is packed per call:
 
-- from GEMM_MIN_ROWS rows on, the activations are kept *transposed*, (features, rows padded to the tile's
-  positions). Step 0 transposes the input (units of TB features); in each layer a unit is a block of NCO output
-  features for all rows: the forward convolution tile with the rows as its positions and the NCO features'
-  weights (packed (N / NCO, K, NCO)) broadcast. The epilogue adds the bias, applies ReLU and, in the last
-  layer, writes the (rows, features) output.
-- below it, row by row: a unit is a block of the one-row tile's columns (128 with AVX-512) of every row, over
-  the transposed weights (K, N padded to the block), the input row broadcast.
+- from GEMM_MIN_ROWS rows on, a unit is a block of up to 12 rows x 32 output columns (AVX-512): the GEMM tile
+  broadcasts the rows' inputs and loads the weights' columns as vectors (24 accumulators in registers);
+- below it, row by row: a unit is a block of the one-row tile's columns (128 with AVX-512; 16 for narrow
+  layers) of every row.
 
+The epilogue adds the bias, applies ReLU and, in the last layer, writes the (rows, features) result.
 Every output is a sum over k in order with fused multiply-adds: results agree with other float32 GEMMs (BLAS,
 PyTorch) to float32 rounding, not bit for bit. Without the tiles (``EMBER_CONV_TILES=0``, no LLVM code
 generator) ``available()`` is False and the op runs its layers one by one.
@@ -26,23 +25,21 @@ import numpy as np
 
 from . import intrinsics as _at
 from . import jit
-from .conv_tile_ir import host_tiles, row_tiles
+from .conv_tile_ir import BLOCK_ROWS, block_tiles, row_tiles
 from .helpers import CTL_SIZE, NONE, NativeTask, array_at as _array, barrier, join, take_end, thread_of
 
-MAX_LAYERS = 62  # steps: the transposition, then one per layer (progress marks are gen * 64 + step)
-GEMM_MIN_ROWS = 8  # from here on the transposed GEMM path (its tile computes 32 rows at once with AVX-512)
-TB = 16  # input features per transposition unit
+MAX_LAYERS = 63  # one step per layer (progress marks are gen * 64 + step)
+GEMM_MIN_ROWS = 8  # from here on the GEMM tiles (up to 12 rows at once), below it the one-row tiles
 PAR_MIN_MACS = 1 << 18  # multiply-adds from which a chain is split with the helper (~5 us on one thread)
 
-# The task's int64 table: the input and workspace addresses (set per call by jit.run_native), rows, rows padded
-# (GEMM: to the tile's positions), GEMM (1) or row by row (0), layers, first K, the GEMM's offsets table
-# (k * padded rows), the workspace byte offsets of the transposed input and of the output, the GEMM tile's
-# address, positions and output features per call.
-X, WS, M, MP, GEMM, NL, K0, OFFS, XT, Y, TILE, PB, NCO = range(13)
-HEAD = 13
-# Per layer: K, N, units, weights' address (GEMM: (N / NCO, K, NCO); rows: (K, N padded)), bias (float32,
-# padded), relu, the workspace byte offset of its output and the output's row length (GEMM: transposed, rows
-# padded; rows: N padded), and for the row path its tile's offsets table (k * N padded), address and columns.
+# The task's int64 table: the input and workspace addresses (set per call by jit.run_native), rows, GEMM (1) or
+# row by row (0), layers, first K, the workspace byte offset of the output, the GEMM tiles' columns per call,
+# then the addresses of the GEMM tiles for 1 .. BLOCK_ROWS rows.
+X, WS, M, GEMM, NL, K0, Y, BCOLS, BT = range(9)
+HEAD = BT + BLOCK_ROWS
+# Per layer: K, N, units, the transposed weights' address ((K, N padded) float32), bias (float32, padded), relu,
+# the workspace byte offset of its output ((rows, N padded) float32) and its row length (N padded), and for the
+# row path its tile's offsets table (k * N padded), address and columns.
 LK, LN, LUNITS, LW, LBIAS, LRELU, LOUT, LLD, LOFFS, LTILE, LPB = range(11)
 F = 11
 
@@ -55,85 +52,71 @@ def _act(v, relu):
 
 
 @_inline
-def _transpose(x, xt, k0, k1, m, mp):
-    """xt[k, :m] = x[:, k] for k0 <= k < k1, zeros past m."""
-    for k in range(k0, k1):
-        row = xt[k]
-        for q in range(m):
-            row[q] = x[q, k]
-        for q in range(m, mp):
-            row[q] = 0
-
-
-@_inline
-def _gemm_unit(t, li, u, last):
-    """Unit u of layer li: output features j * NCO ... for the rows (positions) p * PB ... (transposed
-    activations)."""
-    b = HEAD + F * li
-    ws, m, mp, nco, pb = t[WS], t[M], t[MP], t[NCO], t[PB]
-    k, n, relu = t[b + LK], t[b + LN], t[b + LRELU] != 0
-    j, p0 = u // (mp // pb), (u % (mp // pb)) * pb
-    src = ws + (t[XT] if li == 0 else t[b - F + LOUT])
-    out = ws + t[b + LOUT] + 4 * j * nco * mp
-    _at.call(t[TILE], (src + 4 * p0, t[OFFS], k, t[b + LW] + 4 * j * k * nco, out + 4 * p0, mp))
-    o = _array(out, (nco, mp), np.float32)
-    bias = _array(t[b + LBIAS], (j + 1) * nco, np.float32)
-    if last:
-        y = _array(ws + t[Y], (m, n), np.float32)
-        for r in range(min(nco, n - j * nco)):
-            c = j * nco + r
-            for q in range(p0, min(m, p0 + pb)):
-                y[q, c] = _act(o[r, q] + bias[c], relu)
-    else:
-        for r in range(nco):
-            row, bv = o[r], bias[j * nco + r]
-            for q in range(p0, p0 + pb):
-                row[q] = _act(row[q] + bv, relu)
-
-
-@_inline
-def _row_unit(t, li, j, last):
-    """Output features j * PB ... of layer li, row by row."""
-    b = HEAD + F * li
-    ws, m, pb = t[WS], t[M], t[b + LPB]
-    k, n, ld, relu = t[b + LK], t[b + LN], t[b + LLD], t[b + LRELU] != 0
+def _source(t, li):
+    """(address, row length) of layer li's input rows: the chain's input, or the previous layer's output."""
     if li == 0:
-        src, sld = t[X], t[K0]
-    else:
-        src, sld = ws + t[b - F + LOUT], t[b - F + LLD]
-    out = ws + t[b + LOUT]
-    w = t[b + LW] + 4 * j * pb
-    for r in range(m):
-        _at.call(t[b + LTILE], (w, t[b + LOFFS], k, src + 4 * r * sld, out + 4 * (r * ld + j * pb), 0))
-    o = _array(out, (m, ld), np.float32)
+        return t[X], t[K0]
+    b = HEAD + F * (li - 1)
+    return t[WS] + t[b + LOUT], t[b + LLD]
+
+
+@_inline
+def _epilogue(t, li, r0, r1, c0, c1, last):
+    """Bias and ReLU on rows r0 .. r1, columns c0 .. c1 of layer li's output; the last layer's go to the result."""
+    b = HEAD + F * li
+    ws, m, n, ld, relu = t[WS], t[M], t[b + LN], t[b + LLD], t[b + LRELU] != 0
+    o = _array(ws + t[b + LOUT], (m, ld), np.float32)
     bias = _array(t[b + LBIAS], ld, np.float32)
-    c0 = j * pb
     if last:
         y = _array(ws + t[Y], (m, n), np.float32)
-        for r in range(m):
-            for c in range(c0, min(n, c0 + pb)):
+        for r in range(r0, r1):
+            for c in range(c0, min(n, c1)):
                 y[r, c] = _act(o[r, c] + bias[c], relu)
     else:
-        for r in range(m):
+        for r in range(r0, r1):
             row = o[r]
-            for c in range(c0, c0 + pb):
+            for c in range(c0, c1):
                 row[c] = _act(row[c] + bias[c], relu)
 
 
 @_inline
+def _gemm_unit(t, li, u, last):
+    """Unit u of layer li: rows rb * BLOCK_ROWS ... (up to BLOCK_ROWS) x output columns cb * BCOLS ... (the row-major
+    GEMM tile: the input rows broadcast, the transposed weights' columns as vectors)."""
+    b = HEAD + F * li
+    m, bc, ld = t[M], t[BCOLS], t[b + LLD]
+    nrb = (m + BLOCK_ROWS - 1) // BLOCK_ROWS
+    r0, c0 = (u % nrb) * BLOCK_ROWS, (u // nrb) * bc
+    rows = min(BLOCK_ROWS, m - r0)
+    src, sld = _source(t, li)
+    _at.call(t[BT + rows - 1], (src + 4 * r0 * sld, sld, t[b + LW] + 4 * c0, ld, t[b + LK],
+                                t[WS] + t[b + LOUT] + 4 * (r0 * ld + c0), ld))
+    _epilogue(t, li, r0, r0 + rows, c0, c0 + bc, last)
+
+
+@_inline
+def _row_unit(t, li, j, last):
+    """Output columns j * PB ... of layer li, row by row (the one-row tile)."""
+    b = HEAD + F * li
+    ld, pb = t[b + LLD], t[b + LPB]
+    src, sld = _source(t, li)
+    out = t[WS] + t[b + LOUT]
+    for r in range(t[M]):
+        _at.call(t[b + LTILE], (t[b + LW] + 4 * j * pb, t[b + LOFFS], t[b + LK], src + 4 * r * sld,
+                                out + 4 * (r * ld + j * pb), 0))
+    _epilogue(t, li, 0, t[M], j * pb, j * pb + pb, last)
+
+
+@_inline
 def _units(t, ctl, gen, me, step, n, alone, li, last, gemm):
-    """Claim and run units of ``step`` until none is left (li < 0: the transposition)."""
+    """Claim and run units of ``step`` (layer li) until none is left."""
     u = 0
     while True:
         if not alone:
             u = take_end(ctl, gen * 64 + step, n, me)
         if u < 0 or u >= n:
             return
-        if li < 0:
-            k0, mp = t[K0], t[MP]
-            _transpose(_array(t[X], (t[M], k0), np.float32), _array(t[WS] + t[XT], (k0, mp), np.float32),
-                       u * TB, min(k0, u * TB + TB), t[M], mp)
-        elif gemm:
+        if gemm:
             _gemm_unit(t, li, u, last)
         else:
             _row_unit(t, li, u, last)
@@ -153,11 +136,8 @@ def _task(arg, ctl_addr, gen, role, part):
     alone = role == NONE
     joined, closed = me == 1, alone or me == 1
     gemm, nl = t[GEMM] != 0, t[NL]
-    first = 1 if gemm else 0
-    if gemm:
-        _units(t, ctl, gen, me, 0, (t[K0] + TB - 1) // TB, alone, -1, False, gemm)
     for li in range(nl):
-        step = first + li
+        step = li
         if step > 0:
             if not closed:  # close the join: from here on the helper is in or never comes
                 joined, closed = not join(ctl, gen, 0), True
@@ -176,7 +156,7 @@ def task_address() -> int:
 
 def available() -> bool:
     """Whether the tiles the chain runs on exist on this host (else run the layers one by one)."""
-    return host_tiles() is not None and row_tiles() is not None
+    return row_tiles() is not None and block_tiles() is not None
 
 
 def _align(nbytes):
@@ -184,29 +164,26 @@ def _align(nbytes):
 
 
 class _Plan:
-    """The weights of a chain packed for both paths, and per batch size the task's table and workspace size."""
+    """The weights of a chain transposed and padded once, and per batch size the task's table and workspace
+    size."""
 
     def __init__(self, layers):
-        tiles, rows = host_tiles(), row_tiles()
-        shape, self.gemm_tile = tiles.fwd[0]
-        self.nco, self.pb = shape.nco, shape.pb
-        self.keep, self.dims = [], []
+        rows, (self.bcols, blocks) = row_tiles(), block_tiles()
+        self.blocks, self.keep, self.dims = list(blocks), [], []
         for w, b, relu in layers:
             n, k = w.shape
             rpb, rtile = rows[0] if n >= rows[0][0] else rows[-1]  # narrow layers: the narrow row tile
-            nb, np_ = -(-n // self.nco), -(-n // rpb) * rpb
-            wpad = np.zeros((nb * self.nco, k), np.float32)
-            wpad[:n] = w
-            blocked = np.ascontiguousarray(wpad.reshape(nb, self.nco, k).transpose(0, 2, 1))
+            step = max(rpb, self.bcols)
+            np_ = -(-n // step) * step
             wt = np.zeros((k, np_), np.float32)
             wt[:, :n] = w.T
-            bias = np.zeros(max(nb * self.nco, np_), np.float32)
+            bias = np.zeros(np_, np.float32)
             if b is not None:
                 bias[:n] = b
             offs = np.arange(k, dtype=np.int64) * np_
-            self.keep += [blocked, wt, bias, offs]
-            self.dims.append((k, n, nb, np_, blocked.ctypes.data, wt.ctypes.data, bias.ctypes.data,
-                              int(bool(relu)), offs.ctypes.data, rtile, rpb))
+            self.keep += [wt, bias, offs]
+            self.dims.append((k, n, np_, wt.ctypes.data, bias.ctypes.data, int(bool(relu)), offs.ctypes.data, rtile,
+                              rpb))
         self.k0 = layers[0][0].shape[1]
         self.macs = sum(k * n for k, n, *_ in self.dims)
         self.per_rows: dict = {}
@@ -223,22 +200,17 @@ class _Plan:
 
     def _table(self, m):
         gemm = m >= GEMM_MIN_ROWS
-        mp = -(-m // self.pb) * self.pb if gemm else m
-        size, fields = (_align(4 * self.k0 * mp) if gemm else 0), []
-        for k, n, nb, np_, blocked, wt, bias, relu, offs, rtile, rpb in self.dims:
-            if gemm:
-                fields.append([k, n, nb * (mp // self.pb), blocked, bias, relu, size, mp, 0, 0, 0])
-                size += _align(4 * nb * self.nco * mp)
-            else:
-                fields.append([k, n, np_ // rpb, wt, bias, relu, size, np_, offs, rtile, rpb])
-                size += _align(4 * m * np_)
+        size, fields = 0, []
+        nrb = -(-m // BLOCK_ROWS)
+        for k, n, np_, wt, bias, relu, offs, rtile, rpb in self.dims:
+            units = (np_ // self.bcols) * nrb if gemm else np_ // rpb
+            fields.append([k, n, units, wt, bias, relu, size, np_, offs, rtile, rpb])
+            size += _align(4 * m * np_)
         y = size
         size += _align(4 * m * self.dims[-1][1])
-        offs = np.arange(max(k for k, *_ in self.dims), dtype=np.int64) * mp
-        head = [0, 0, m, mp, int(gemm), len(self.dims), self.k0, offs.ctypes.data, 0, y, self.gemm_tile, self.pb,
-                self.nco]
+        head = [0, 0, m, int(gemm), len(self.dims), self.k0, y, self.bcols] + self.blocks
         table = np.concatenate([np.array(head, np.int64), np.array(fields, np.int64).ravel()])
-        return table, size, y, offs  # (offs: kept alive with the table)
+        return table, size, y
 
 
 def plan(layers) -> _Plan:
