@@ -190,7 +190,8 @@ _MLP_PLANS: dict = {}
 
 def _mlp_plan(params, relus):
     """The f32_chain plan of the layers, or None where the chain cannot run them (no tiles, not float32)."""
-    if not _f32_chain.available() or not all(p.dtype == np.float32 and p.ndim == 2 - i % 2 for i, p in enumerate(params)):
+    shapes_ok = all(p.dtype == np.float32 and p.ndim == 2 - i % 2 for i, p in enumerate(params))  # (w, b) pairs
+    if not shapes_ok or not _f32_chain.available():
         return None
     layers = [(params[2 * i], params[2 * i + 1], bool(r)) for i, r in enumerate(relus)]
     return cached_per_arrays(_MLP_PLANS, tuple(params), tuple(bool(r) for r in relus),

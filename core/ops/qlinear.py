@@ -8,7 +8,6 @@ arrays (an int8 weight, scale or bias changed in place is not seen: assign a new
 """
 from __future__ import annotations
 
-
 import numpy as np
 
 from numba import prange

@@ -214,16 +214,26 @@ def _packed(wk, tiles, length):
     return fwd, s.pb, wpk, -(-length // s.pb) * s.pb
 
 
-def _run_fwd(x, out, bias, hp, wp, ph, pw, offs, wk, tiles, pool, relu, qep=None):
-    n = x.shape[0]
-    le = (out.shape[2] * (2 if pool else 1) - 1) * wp + out.shape[3] * (2 if pool else 1)
+def _fwd_plan(n, out_hw, hp, wp, ph, pw, offs, wk, tiles):
+    """(the geometry and packed-weight fields of ``_fwd_slice``, the slices of n images over the threads) of a
+    forward convolution with conv output size out_hw."""
+    le = (out_hw[0] - 1) * wp + out_hw[1]
     fwd, pb, wpk, lpad = _packed(wk, tiles, le)
-    x = np.ascontiguousarray(x, dtype=np.float32)
     work = n * wpk.shape[0] * wpk.shape[1] * wpk.shape[3] * lpad * wpk.shape[2]
-    run_parts(_fwd_slice, [(x[lo:hi], out[lo:hi], bias, hp, wp, ph, pw, offs, wpk, fwd, pb, lpad, pool, relu, qep,
-                            tiles.pool)
-                           for lo, hi in slices(n, work, PAR_MIN_MACS)])
+    return (hp, wp, ph, pw, offs, wpk, fwd, pb, lpad), slices(n, work, PAR_MIN_MACS)
+
+
+def _fwd_launch(x, out, bias, fields, parts, pool, relu, qep, tiles):
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    tail = (pool, relu, qep, tiles.pool)
+    run_parts(_fwd_slice, [(x[lo:hi], out[lo:hi], bias) + fields + tail for lo, hi in parts])
     return out
+
+
+def _run_fwd(x, out, bias, hp, wp, ph, pw, offs, wk, tiles, pool, relu, qep=None):
+    k = 2 if pool else 1
+    fields, parts = _fwd_plan(x.shape[0], (out.shape[2] * k, out.shape[3] * k), hp, wp, ph, pw, offs, wk, tiles)
+    return _fwd_launch(x, out, bias, fields, parts, pool, relu, qep, tiles)
 
 
 def _geometry(x, w, padding, dilation, groups, out_hw):
@@ -248,25 +258,19 @@ class PreparedForward:
         self.per_shape: dict = {}
 
     def __call__(self, x, out_hw):
-        x = np.ascontiguousarray(x, dtype=np.float32)
         key = (x.shape, tuple(out_hw))
         hit = self.per_shape.get(key)
         if hit is None:
             n, co, ho, wo, hp, wp, ph, pw, offs, wk = _geometry(x, self.w, self.padding, self.dilation, self.groups,
                                                                 out_hw)
-            le = (ho - 1) * wp + wo
-            fwd, pb, wpk, lpad = _packed(wk, host_tiles(), le)
             shape = (n, co, ho // 2, wo // 2) if self.pool else (n, co, ho, wo)
-            work = n * wpk.shape[0] * wpk.shape[1] * wpk.shape[3] * lpad * wpk.shape[2]
-            hit = (shape, (hp, wp, ph, pw, offs, wpk, fwd, pb, lpad), slices(n, work, PAR_MIN_MACS))
+            hit = (shape,) + _fwd_plan(n, (ho, wo), hp, wp, ph, pw, offs, wk, host_tiles())
             if len(self.per_shape) >= 16:
                 self.per_shape.clear()
             self.per_shape[key] = hit
         shape, fields, parts = hit
-        out = np.empty(shape, np.float32)
-        tail = (self.pool, self.relu, None, host_tiles().pool)
-        run_parts(_fwd_slice, [(x[lo:hi], out[lo:hi], self.bias) + fields + tail for lo, hi in parts])
-        return out
+        return _fwd_launch(x, np.empty(shape, np.float32), self.bias, fields, parts, self.pool, self.relu, None,
+                           host_tiles())
 
 
 def forward(x, w, bias, padding, dilation, groups, out_hw, pool=False, relu=False):

@@ -26,7 +26,8 @@ import numpy as np
 from . import intrinsics as _at
 from . import jit
 from .conv_tile_ir import BLOCK_ROWS, block_tiles, row_tiles
-from .helpers import CTL_SIZE, NONE, NativeTask, array_at as _array, barrier, join, take_end, thread_of
+from .helpers import (CTL_SIZE, NONE, NativePlan, NativeTask, align64, array_at as _array, barrier, join,
+                      take_end, thread_of)
 
 MAX_LAYERS = 63  # one step per layer (progress marks are gen * 64 + step)
 GEMM_MIN_ROWS = 8  # from here on the GEMM tiles (up to 12 rows at once), below it the one-row tiles
@@ -159,11 +160,7 @@ def available() -> bool:
     return row_tiles() is not None and block_tiles() is not None
 
 
-def _align(nbytes):
-    return -(-nbytes // 64) * 64
-
-
-class _Plan:
+class _Plan(NativePlan):
     """The weights of a chain transposed and padded once, and per batch size the task's table and workspace
     size."""
 
@@ -186,28 +183,18 @@ class _Plan:
                               rpb))
         self.k0 = layers[0][0].shape[1]
         self.macs = sum(k * n for k, n, *_ in self.dims)
-        self.per_rows: dict = {}
-
-    def table(self, m):
-        """(a fresh table for m rows, the workspace's size in bytes, the output's byte offset in it)."""
-        hit = self.per_rows.get(m)
-        if hit is None:
-            hit = self._table(m)
-            if len(self.per_rows) >= 64:
-                self.per_rows.clear()
-            self.per_rows[m] = hit
-        return hit[0].copy(), hit[1], hit[2]
 
     def _table(self, m):
+        """(the table for m rows, the workspace's size in bytes, the output's byte offset in it)."""
         gemm = m >= GEMM_MIN_ROWS
         size, fields = 0, []
         nrb = -(-m // BLOCK_ROWS)
         for k, n, np_, wt, bias, relu, offs, rtile, rpb in self.dims:
             units = (np_ // self.bcols) * nrb if gemm else np_ // rpb
             fields.append([k, n, units, wt, bias, relu, size, np_, offs, rtile, rpb])
-            size += _align(4 * m * np_)
+            size += align64(4 * m * np_)
         y = size
-        size += _align(4 * m * self.dims[-1][1])
+        size += align64(4 * m * self.dims[-1][1])
         head = [0, 0, m, int(gemm), len(self.dims), self.k0, y, self.bcols] + self.blocks
         table = np.concatenate([np.array(head, np.int64), np.array(fields, np.int64).ravel()])
         return table, size, y

@@ -241,6 +241,31 @@ class NativeTask:
         return self._compiled[1]
 
 
+def align64(nbytes: int) -> int:
+    """nbytes rounded up to a multiple of 64 (a cache line: where a native task's workspace regions start)."""
+    return -(-nbytes // 64) * 64
+
+
+class NativePlan:
+    """Base of a native task's plan for one set of weights: ``_table(m)`` returns (the int64 table for m rows,
+    ...); ``table(m)`` builds it once per row count (the last 64 kept) and hands out a fresh copy of the table
+    (``jit.run_native`` writes the call's addresses into it) with the rest."""
+
+    _per_rows = None
+
+    def table(self, m):
+        if self._per_rows is None:
+            self._per_rows = {}
+        cache = self._per_rows
+        hit = cache.get(m)
+        if hit is None:
+            hit = self._table(m)
+            if len(cache) >= 64:
+                cache.clear()
+            cache[m] = hit
+        return (hit[0].copy(),) + tuple(hit[1:])
+
+
 def _native_serial(fn, n, table, x, out):
     """Native task fn with every part run on this thread."""
     ctl = np.zeros(CTL_SIZE, np.int64)
@@ -277,8 +302,12 @@ class SpinHelpers:
             if idle:  # nothing posted meanwhile: sleep until the next post
                 with self.cond:
                     self.sleeping += 1
+                    # A poster that looked before this helper counted as sleeping does not notify it, and posts
+                    # within microseconds: the first wait is short, so such a post is seen a millisecond later.
+                    timeout = 0.001
                     while int(ctl[0]) <= seen:
-                        self.cond.wait()
+                        self.cond.wait(timeout)
+                        timeout = None
                     self.sleeping -= 1
                 continue
             gen, fn, parts, pending, errors = self.slot

@@ -27,8 +27,8 @@ import numpy as np
 from . import intrinsics as _at
 from . import jit
 from . import range_ir as _range_ir
-from .helpers import (ARRIVE, CTL_SIZE, NONE, NativeTask, array_at as _array, barrier, join as _join,
-                      take as _take, thread_of)
+from .helpers import (ARRIVE, CTL_SIZE, NONE, NativePlan, NativeTask, align64, array_at as _array, barrier,
+                      join as _join, take as _take, thread_of)
 from .int8_gemm import BLOCK_ROWS, MODE_DEQUANT, PAR_MIN_MACS, PAR_MIN_ROWS, linear_rows
 from .int8_kernels import _dequant_parts, _qparams, _quantize_rows, cached_per_arrays
 from .jit import njit
@@ -167,7 +167,7 @@ def task_address() -> int:
     return _TASK.address()
 
 
-class _Plan:
+class _Plan(NativePlan):
     """The task's table for one set of layers: the constant fields (per layer, see F) and, per batch size, the
     workspace layout; holds the arrays the table points at."""
 
@@ -184,25 +184,18 @@ class _Plan:
             self.dims.append((kp, n))
         self.fields = np.array(fields, np.int64)
         self.k0 = layers[0][0].k
-        self.per_rows: dict = {}
 
-    def table(self, m):
-        """(a fresh table for m rows, the workspace's size in bytes)."""
-        hit = self.per_rows.get(m)
-        if hit is None:
-            fields, size = self.fields.copy(), 0
-            for li, (kp, n) in enumerate(self.dims):  # each layer's activations, then its outputs, 64-byte aligned
-                fields[li, ACT] = size
-                fields[li, OUT] = size = size + -(-m * kp // 64) * 64
-                size += -(-4 * m * n // 64) * 64
-            ranges, status = size, size + 128 * (len(self.dims) + 1)
-            size = status + 64
-            head = [0, 0, m, self.k0, len(self.dims), _range_ir.address(), ranges, status, size]
-            hit = (np.concatenate([np.array(head, np.int64), fields.ravel()]), size)
-            if len(self.per_rows) >= 64:
-                self.per_rows.clear()
-            self.per_rows[m] = hit
-        return hit[0].copy(), hit[1]
+    def _table(self, m):
+        """(the table for m rows, the workspace's size in bytes)."""
+        fields, size = self.fields.copy(), 0
+        for li, (kp, n) in enumerate(self.dims):  # each layer's activations, then its outputs, 64-byte aligned
+            fields[li, ACT] = size
+            fields[li, OUT] = size = size + align64(m * kp)
+            size += align64(4 * m * n)
+        ranges, status = size, size + 128 * (len(self.dims) + 1)
+        size = status + 64
+        head = [0, 0, m, self.k0, len(self.dims), _range_ir.address(), ranges, status, size]
+        return np.concatenate([np.array(head, np.int64), fields.ravel()]), size
 
 
 _PLANS: dict = {}  # ids of the layers' arrays and relus -> (weakrefs to the arrays, plan)
