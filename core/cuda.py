@@ -26,6 +26,10 @@ def _probe() -> str | None:
             reason = "the numba-cuda package is not installed; install the CUDA extra: pip install \"ember[cuda]\""
         else:
             try:
+                if not _sim():  # before numba creates its context: the context takes the manager it finds
+                    from .backends.cuda_memory import install
+
+                    install()
                 if not _ncuda.is_available():
                     reason = _why_unavailable(_ncuda)
             except Exception as e:  # driver errors surface here on some platforms
@@ -95,6 +99,16 @@ def synchronize(device=None) -> None:
     from numba import cuda as _ncuda
 
     _ncuda.synchronize()
+
+
+def empty_cache() -> None:
+    """Give the device memory that the caching allocator keeps for reuse back to the driver (as
+    ``torch.cuda.empty_cache``); tensors still alive keep theirs. ``EMBER_CUDA_ALLOCATOR=numba`` (set
+    before the first CUDA use) uses numba's own allocator instead of the cache."""
+    _require()
+    from .backends.cuda_memory import empty_cache as _empty
+
+    _empty()
 
 
 def is_simulator() -> bool:
