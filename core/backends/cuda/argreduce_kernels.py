@@ -12,6 +12,7 @@ from numba import cuda
 
 from ...ops.registry import kernel
 from .array import empty
+from .kernel import jit
 from .launch import TPB, device_fn
 from .reduce_launch import launch_rows, layout, out_shape, row_base
 
@@ -43,14 +44,14 @@ class _Arg:
                     bi = r
             return bv, bi
 
-        @cuda.jit
+        @jit
         def per_out(x, vals, idx, n_out, r_len, inner):
             t = cuda.grid(1)
             if t < n_out:
                 base = row_base(t, r_len, inner)
                 vals[t], idx[t] = scan(x, base, inner, 1, r_len, 1, x[base], 0)
 
-        @cuda.jit
+        @jit
         def per_block(x, vals, idx, r_len, inner):
             shv = cuda.shared.array(TPB, vals.dtype)
             shi = cuda.shared.array(TPB, idx.dtype)

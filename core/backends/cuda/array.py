@@ -11,8 +11,10 @@ with a clear message instead of copying behind the user's back.
 """
 from __future__ import annotations
 
+import threading
+
 import numpy as np
-from numba import cuda
+from numba import config, cuda
 
 from ...device import device as _device
 
@@ -139,7 +141,57 @@ def empty(shape, dtype) -> CudaArray:
     n = 1
     for s in shape:
         n *= s
-    return CudaArray(cuda.device_array(max(n, 1), dtype), tuple(shape), dtype)
+    n = max(n, 1)
+    if _SIM or cuda.device_array is not _numba_device_array():  # the simulator, or a test's stand-in
+        return CudaArray(_typed(cuda.device_array(n, dtype)), tuple(shape), dtype)
+    # numba's device_array looks the context up through the driver twice per call (its decorator and the
+    # array's constructor); this thread's context is looked up once and the buffer handed to the array
+    from numba.cuda.cudadrv.devicearray import DeviceNDArray
+
+    mem = _context().memalloc(n * dtype.itemsize)
+    return CudaArray(_typed(DeviceNDArray((n,), (dtype.itemsize,), dtype, gpu_data=mem)), tuple(shape), dtype)
+
+
+_TLS = threading.local()
+
+
+def _context():
+    """numba's CUDA context, made current in this thread by the first lookup (cached per thread)."""
+    ctx = getattr(_TLS, "ctx", None)
+    if ctx is None:
+        from numba.cuda.cudadrv import devices
+
+        ctx = _TLS.ctx = devices.get_context()
+    return ctx
+
+
+_API: list = []
+
+
+def _numba_device_array():
+    if not _API:
+        from numba.cuda import api
+
+        _API.append(api)
+    return _API[0].device_array
+
+
+_TYPES: dict = {}
+_SIM = bool(config.ENABLE_CUDASIM)
+
+
+def _typed(d):
+    """``d`` with numba's type of it filled in: a flat buffer is always a 1-D C-layout array, and numba
+    would otherwise work that out (flags, a new type object) on the first launch of every new array."""
+    if not _SIM:
+        t = _TYPES.get(d.dtype)
+        if t is None:
+            from numba.cuda.np.numpy_support import from_dtype
+            from numba.cuda.types import Array
+
+            t = _TYPES[d.dtype] = Array(from_dtype(d.dtype), 1, "C")
+        d.__dict__["_numba_type_"] = t  # the value of numba's cached property, stored where it caches it
+    return d
 
 
 def from_host(a) -> CudaArray:
@@ -152,7 +204,7 @@ def from_host(a) -> CudaArray:
     flat = np.ascontiguousarray(a).reshape(-1)
     if flat.size == 0:
         flat = np.zeros(1, a.dtype)
-    return CudaArray(cuda.to_device(flat), tuple(a.shape), a.dtype)
+    return CudaArray(_typed(cuda.to_device(flat)), tuple(a.shape), a.dtype)
 
 
 def copy_into(dst: CudaArray, src) -> None:

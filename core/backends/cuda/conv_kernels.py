@@ -25,6 +25,7 @@ from ...ops.conv import _out_hw
 from ...ops.registry import kernel
 from .array import empty
 from .index_math import unravel3
+from .kernel import jit
 from .launch import TPB, blocks, cast, full
 from .matmul_kernels import ACTS, _bias_array, gemm
 from .reduce_launch import block_sum
@@ -32,7 +33,7 @@ from .reduce_launch import block_sum
 CHUNK_ELEMS = 1 << 24  # column elements per chunk of images (64 MiB of float32)
 
 
-@cuda.jit
+@jit
 def _im2col(x, cols, total, c, h, w, kh, kw, sh, sw, ph, pw, dh, dw, ho, wo, csn, csk):
     """cols[n*csn + ((ch*kh + i)*kw + j)*csk + oh*wo + ow] = x[n, ch, oh*sh - ph + i*dh, ow*sw - pw + j*dw]
     (0 outside the image); one thread per column element, the output position fastest."""
@@ -50,7 +51,7 @@ def _im2col(x, cols, total, c, h, w, kh, kw, sh, sw, ph, pw, dh, dw, ho, wo, csn
             cols[nn * csn + p * csk + l] = 0
 
 
-@cuda.jit
+@jit
 def _col2im(cols, dx, total, c, h, w, kh, kw, sh, sw, ph, pw, dh, dw, ho, wo, csn, csk, zero):
     """The adjoint of ``_im2col`` in gather form: each thread owns one input pixel and sums the column
     entries that read it."""
@@ -77,7 +78,7 @@ def _col2im(cols, dx, total, c, h, w, kh, kw, sh, sw, ph, pw, dh, dw, ho, wo, cs
         dx[t] = s
 
 
-@cuda.jit
+@jit
 def _to_rows(g, rows, total, co, ll, nc):
     """rows[ch, n*ll + l] = g[n, ch, l]: a chunk's gradient as the (Cout, nc*L) GEMM operand."""
     t = cuda.grid(1)
@@ -86,7 +87,7 @@ def _to_rows(g, rows, total, co, ll, nc):
         rows[t] = g[(nn * co + ch) * ll + l]
 
 
-@cuda.jit
+@jit
 def _pool2(y, out, bias, total, co, ho, wo, hq, wq, has_bias, relu, zero):
     """out[n, ch, p, q] = relu?(max of y[n, ch, 2p:2p+2, 2q:2q+2] + bias[ch]) (floor mode, NaN wins)."""
     t = cuda.grid(1)
@@ -111,7 +112,7 @@ def _make_channel_sum(np_dtype):
     nbt = from_dtype(np_dtype)
     zero = np_dtype.type(0)
 
-    @cuda.jit
+    @jit
     def channel_sum(g, out, n, co, ll):
         """out[ch] = sum of g[:, ch] (block ch; each thread strides the planes, then a tree reduction)."""
         sh = cuda.shared.array(TPB, nbt)

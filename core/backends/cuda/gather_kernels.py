@@ -18,6 +18,7 @@ from .array import empty
 from .index_kernels import _dev, _narrow, _wide, _winners
 from .index_math import unravel3
 from .index_plan import check_nd
+from .kernel import jit
 from .launch import MAXD, TPB, blocks, full, pad_shape
 from .reduce_launch import dim_layout, row_base
 from .shape_kernels import _cstrides
@@ -39,7 +40,7 @@ def _along(i, idx, shape, xst, dpos, n):
     return p
 
 
-@cuda.jit
+@jit
 def _gather_k(x, idx, out, m, shape, xst, dpos, n):
     i = cuda.grid(1)
     if i < m:
@@ -47,7 +48,7 @@ def _gather_k(x, idx, out, m, shape, xst, dpos, n):
         out[i] = x[p] if p >= 0 else 0
 
 
-@cuda.jit
+@jit
 def _scatter_add_k(out, idx, src, sstep, m, shape, xst, dpos, n):
     i = cuda.grid(1)
     if i < m:
@@ -56,7 +57,7 @@ def _scatter_add_k(out, idx, src, sstep, m, shape, xst, dpos, n):
             cuda.atomic.add(out, p, src[i * sstep])
 
 
-@cuda.jit
+@jit
 def _scatter_claim_k(win, idx, m, shape, xst, dpos, n):
     i = cuda.grid(1)
     if i < m:
@@ -65,7 +66,7 @@ def _scatter_claim_k(win, idx, m, shape, xst, dpos, n):
             cuda.atomic.max(win, p, i)
 
 
-@cuda.jit
+@jit
 def _scatter_write_k(out, win, idx, src, sstep, m, shape, xst, dpos, n):
     i = cuda.grid(1)
     if i < m:
@@ -125,7 +126,7 @@ def _scatter(x, index, src, dim):
 # ---- index_select, index_add, index_select_backward, select_along_backward -----------------------
 # A tensor is read as (outer, n, inner) around ``dim``; the thread of element (o, j, i) of the
 # (outer, J, inner) side moves it to or from (o, idx[j], i).
-@cuda.jit
+@jit
 def _index_select_k(x, idx, out, m, nj, inner, n):
     t = cuda.grid(1)
     if t < m:
@@ -134,7 +135,7 @@ def _index_select_k(x, idx, out, m, nj, inner, n):
         out[t] = x[(o * n + v) * inner + i] if 0 <= v < n else 0
 
 
-@cuda.jit
+@jit
 def _index_add_k(out, idx, src, alpha, scale, m, nj, inner, n):
     t = cuda.grid(1)
     if t < m:
@@ -144,7 +145,7 @@ def _index_add_k(out, idx, src, alpha, scale, m, nj, inner, n):
             cuda.atomic.add(out, (o * n + v) * inner + i, src[t] * alpha if scale else src[t])
 
 
-@cuda.jit
+@jit
 def _put_along_k(out, idx, g, m, inner, n):
     t = cuda.grid(1)
     if t < m:
@@ -198,7 +199,7 @@ def _select_along_backward(g, idx, shape=(), dim=0, keepdim=False):
 
 
 # ---- embedding, one_hot ------------------------------------------------------------------------
-@cuda.jit
+@jit
 def _count_k(idx, counts, one, m, n):
     t = cuda.grid(1)
     if t < m:
@@ -207,7 +208,7 @@ def _count_k(idx, counts, one, m, n):
             cuda.atomic.add(counts, v, one)
 
 
-@cuda.jit
+@jit
 def _embedding_bw_k(out, idx, g, counts, scaled, m, dim, n, pad):
     t = cuda.grid(1)
     if t < m:
@@ -219,7 +220,7 @@ def _embedding_bw_k(out, idx, g, counts, scaled, m, dim, n, pad):
             cuda.atomic.add(out, v * dim + t % dim, gv)
 
 
-@cuda.jit
+@jit
 def _one_hot_k(x, out, m, c):
     t = cuda.grid(1)
     if t < m:
@@ -269,7 +270,7 @@ def _before(b, a, desc):
     return b < a or (a != a and b == b)
 
 
-@cuda.jit
+@jit
 def _sort_k(x, vals, idx, sa, sb, rows, n, inner, k, desc):
     r = cuda.grid(1)
     if r < rows:

@@ -17,6 +17,7 @@ from numba import cuda
 from ...ops.registry import kernel
 from .index_kernels import _ATOMIC
 from .index_plan import plan, plan_pos, pos_args
+from .kernel import jit
 from .launch import TPB, blocks, device_fn, full, strided_copy
 
 
@@ -24,7 +25,7 @@ def _scatter_kernel(store):
     """``store(out, p, g[i])`` at the x position of each selected element i."""
     store = device_fn(store)
 
-    @cuda.jit
+    @jit
     def k(g, out, n, shape, xs, ls, base, lin):
         i = cuda.grid(1)
         if i < n:

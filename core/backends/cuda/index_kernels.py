@@ -23,6 +23,7 @@ from ...ops.index_rules import TENSOR
 from ...ops.registry import kernel
 from .array import CudaArray, empty, from_host
 from .index_plan import check_nd, plan, plan_pos, pos_args
+from .kernel import jit
 from .launch import MAXD, TPB, blocks, bstrides, cast, full, pad_shape, strided_copy, strided_offset
 
 _ATOMIC = {np.dtype(t) for t in (np.float32, np.float64, np.int32, np.int64, np.uint32, np.uint64)}
@@ -62,7 +63,7 @@ def _block_scan(sh, t):
         off *= 2
 
 
-@cuda.jit
+@jit
 def _nz_count_k(x, n, counts):
     sh = cuda.shared.array(TPB, int32)
     t = cuda.threadIdx.x
@@ -74,7 +75,7 @@ def _nz_count_k(x, n, counts):
         counts[cuda.blockIdx.x] = sh[t]
 
 
-@cuda.jit
+@jit
 def _nz_offsets_k(counts, nb, offsets):
     sh = cuda.shared.array(TPB, int64)
     t = cuda.threadIdx.x
@@ -95,7 +96,7 @@ def _nz_offsets_k(counts, nb, offsets):
         offsets[nb] = sh[t]
 
 
-@cuda.jit
+@jit
 def _nz_write_k(x, n, offsets, out, shape, nd):
     sh = cuda.shared.array(TPB, int32)
     t = cuda.threadIdx.x
@@ -128,7 +129,7 @@ def _nonzero(x):
 
 
 # ---- index, index_put ----------------------------------------------------------------------------
-@cuda.jit
+@jit
 def _index_k(x, out, m, shape, xs, ls, base, lin):
     i = cuda.grid(1)
     if i < m:
@@ -136,7 +137,7 @@ def _index_k(x, out, m, shape, xs, ls, base, lin):
         out[i] = x[p] if p >= 0 else 0
 
 
-@cuda.jit
+@jit
 def _put_claim_k(win, m, shape, xs, ls, base, lin):
     i = cuda.grid(1)
     if i < m:
@@ -145,7 +146,7 @@ def _put_claim_k(win, m, shape, xs, ls, base, lin):
             cuda.atomic.max(win, p, i)
 
 
-@cuda.jit
+@jit
 def _put_k(out, val, m, shape, xs, ls, base, lin, vshape, vst, win, check):
     i = cuda.grid(1)
     if i < m:

@@ -16,6 +16,7 @@ from numba import cuda
 
 from ...ops.index_rules import ELLIPSIS, TENSOR
 from .array import CudaArray
+from .kernel import jit
 from .launch import MAXD, TPB, blocks, bstrides, device_fn, full, pad_shape, strided_offset
 from .shape_kernels import _cstrides, _padded
 
@@ -86,7 +87,7 @@ def plan(shape, items, arrays):
     return sel, [x for _, x in basic], ls, base, (bshape, tensors) if adv else None
 
 
-@cuda.jit
+@jit
 def _add_offsets_k(idx, lin, m, shape, st, xstride, n):
     i = cuda.grid(1)
     if i < m:

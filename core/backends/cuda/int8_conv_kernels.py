@@ -19,6 +19,7 @@ from ...ops.registry import kernel
 from ..cpu.conv_kernels import out_size
 from .array import empty
 from .int8_kernels import MODE_REQUANT, channel_params, dev, gemm
+from .kernel import jit
 from .launch import TPB, blocks
 
 
@@ -41,7 +42,7 @@ def _ql(x, x_scale, x_zp, w, w_scale, y_scale, y_zp, bias=None, *, relu=False):
     return gemm(x, k, dev(x_zp), w, m, n, k, 1, 1, MODE_REQUANT, out, bias_i, f1, None, dev(y_zp), relu)
 
 
-@cuda.jit
+@jit
 def _im2col_k(x, zp, cols, total, c_, h, w, kh, kw, sh, sw, ph, pw, dh, dw, ho, wo):
     e = cuda.grid(1)
     if e < total:
@@ -89,7 +90,7 @@ def _qc(x, x_scale, x_zp, w, w_scale, y_scale, y_zp, bias=None, *, stride, paddi
                   groups, relu)
 
 
-@cuda.jit
+@jit
 def _qmax_pool_k(x, out, total, h, w, ho, wo, kh, kw, sh, sw, ph, pw, dh, dw, lowest):
     e = cuda.grid(1)
     if e < total:

@@ -28,6 +28,7 @@ from ...ops.quantized import QRANGES, _check_qparams
 from ...ops.registry import kernel
 from ..cpu.int8_kernels import K_MAX
 from .array import CudaArray, empty, from_host
+from .kernel import jit
 from .launch import SIM, TPB, blocks, device_fn
 
 _F32 = np.dtype(np.float32)
@@ -97,7 +98,7 @@ def _code(v, lo, hi):
     return lo
 
 
-@cuda.jit
+@jit
 def _quantize_k(x, scale, zp, out, n, inner, nc, qmin, qmax):
     i = cuda.grid(1)
     if i < n:
@@ -108,7 +109,7 @@ def _quantize_k(x, scale, zp, out, n, inner, nc, qmin, qmax):
 
 def _make_fake_quantize(ft):
     """fake_quantize in float dtype ``ft``: the code times the scale, both in ``ft``."""
-    @cuda.jit
+    @jit
     def k(x, scale, zp, out, n, inner, nc, qmin, qmax):
         i = cuda.grid(1)
         if i < n:
@@ -124,7 +125,7 @@ _FAKE_QUANTIZE = {np.dtype(np.float32): _make_fake_quantize(np.float32),
                   np.dtype(np.float64): _make_fake_quantize(np.float64)}
 
 
-@cuda.jit
+@jit
 def _fake_quantize_bw_k(g, x, scale, zp, out, n, inner, nc, qmin, qmax):
     i = cuda.grid(1)
     if i < n:
@@ -142,7 +143,7 @@ def _dequant(q, s, z):
     return np.float32(np.int32(q) - np.int32(z)) * s
 
 
-@cuda.jit
+@jit
 def _dequantize_k(q, scale, zp, out, n, inner, nc, qmin, qmax):
     i = cuda.grid(1)
     if i < n:
@@ -150,7 +151,7 @@ def _dequantize_k(q, scale, zp, out, n, inner, nc, qmin, qmax):
         out[i] = _dequant(q[i], scale[c], zp[c])
 
 
-@cuda.jit
+@jit
 def _requantize_k(q, s1, z1, s2, z2, out, n, qmin, qmax):
     """quantize(dequantize(q)) per element: what the CPU's 256-entry table holds for each code."""
     i = cuda.grid(1)
@@ -225,7 +226,7 @@ def _requantize(q, s1, z1, s2, z2, dtype="uint8"):
 
 
 # ---- the int8 GEMM ------------------------------------------------------------------------------------
-@cuda.jit
+@jit
 def _gemm_k(a, lda, azp, w, m_, ng, k_, rows_per_img, ntot, mode, out_i, out_q, out_f, bias_i, f1, f2, yzp, relu):
     """Output row m, channel n = g * ng + j (g = blockIdx.z, the group) of acc = sum_k (a[m, g*k_ + k] - a_zp) *
     w[n, k], finished by epilogue ``mode`` and stored at [m // rows_per_img, n, m % rows_per_img] of an
@@ -328,7 +329,7 @@ def qgemm(a: CudaArray, a_zero_point, w: CudaArray) -> CudaArray:
 
 
 # ---- per-channel epilogue parameters ------------------------------------------------------------------
-@cuda.jit
+@jit
 def _channel_params_k(n_, mode, xs, ws, ws_pc, ys, bias, has_bias, bias_i, f1, f2):
     """Static (MODE_REQUANT): f1 = x_scale * w_scale / y_scale, bias_i = rint(bias / (x_scale * w_scale))
     clipped to int32 (requant_params on the CPU). Dynamic: f1 = a_scale * w_scale (xs holds a_scale),
@@ -385,7 +386,7 @@ def _block_minmax(lo, hi):
     return smin[0], smax[0]
 
 
-@cuda.jit
+@jit
 def _minmax_k(x, n, pmin, pmax):
     """Block b writes the min and max of its grid-stride share of x to pmin[b], pmax[b]."""
     lo, hi = np.float32(np.inf), np.float32(-np.inf)
@@ -396,7 +397,7 @@ def _minmax_k(x, n, pmin, pmax):
         pmin[cuda.blockIdx.x], pmax[cuda.blockIdx.x] = lo, hi
 
 
-@cuda.jit
+@jit
 def _qparams_k(pmin, pmax, nb, qs, qz):
     """One block: reduce the partial min/max, then torch's MinMaxObserver qparams (int8_kernels._qparams), in
     float32: scale = max((max(hi, 0) - min(lo, 0)) / 255, eps), zp = clip(-rint(lo / scale), 0, 255)."""
@@ -415,7 +416,7 @@ def _qparams_k(pmin, pmax, nb, qs, qz):
         qz[0] = _code(-(lo / scale), 0, 255)  # rint is odd, so -rint(v) = rint(-v)
 
 
-@cuda.jit
+@jit
 def _quantize_dynamic_k(x, qs, qz, out, n):
     i = cuda.grid(1)
     if i < n:

@@ -9,28 +9,27 @@ returns for those input dtypes (``result_dtype``), so both devices agree by cons
 """
 from __future__ import annotations
 
-import functools
 import math
+import os
 
 import numpy as np
 from numba import config, cuda
 
 from .array import CudaArray, empty
+from .kernel import jit  # noqa: F401  (kernels: ``@jit``; device functions: ``device_fn``)
 
 SIM = bool(config.ENABLE_CUDASIM)
+# numba-cuda warns on every launch of fewer than 128 blocks (building the message and going through
+# warnings.warn each time); ember launches small grids on purpose for small tensors. The environment
+# variable keeps the setting when numba reloads its config; a user's own setting wins.
+os.environ.setdefault("NUMBA_CUDA_LOW_OCCUPANCY_WARNINGS", "0")
+config.CUDA_LOW_OCCUPANCY_WARNINGS = int(os.environ["NUMBA_CUDA_LOW_OCCUPANCY_WARNINGS"])
 TPB = 64 if SIM else 256  # threads per block; the simulator runs one Python thread per CUDA thread
 MAXD = 6  # broadcasting kernels index up to this many dims
 
 
 def blocks(n: int, tpb: int = TPB) -> int:
     return max(1, (n + tpb - 1) // tpb)
-
-
-def jit(fn=None, **kw):
-    """``cuda.jit`` for kernels; device functions use ``device_fn``."""
-    if fn is None:
-        return functools.partial(jit, **kw)
-    return cuda.jit(fn, **kw)
 
 
 def device_fn(fn):
@@ -93,7 +92,7 @@ class Unary:
     """``out[i] = fn(x[i], p0, p1)`` for a device function of one value and two float parameters."""
 
     def __init__(self, fn):
-        @cuda.jit
+        @jit
         def k(x, out, n, p0, p1):
             i = cuda.grid(1)
             if i < n:
@@ -114,25 +113,25 @@ class Binary:
     ``p0``/``p1`` are float parameters (clamp bounds, a slope)."""
 
     def __init__(self, fn):
-        @cuda.jit
+        @jit
         def same(a, b, out, n, p0, p1):
             i = cuda.grid(1)
             if i < n:
                 out[i] = fn(a[i], b[i], p0, p1)
 
-        @cuda.jit
+        @jit
         def right(a, s, out, n, p0, p1):
             i = cuda.grid(1)
             if i < n:
                 out[i] = fn(a[i], s, p0, p1)
 
-        @cuda.jit
+        @jit
         def left(s, b, out, n, p0, p1):
             i = cuda.grid(1)
             if i < n:
                 out[i] = fn(s, b[i], p0, p1)
 
-        @cuda.jit
+        @jit
         def bcast(a, b, out, n, shape, sa, sb, p0, p1):
             i = cuda.grid(1)
             if i < n:
@@ -194,7 +193,7 @@ class Ternary:
     """``out = fn(a, b, c)`` with numpy broadcasting of three CUDA arrays (``where``, masked ops)."""
 
     def __init__(self, fn):
-        @cuda.jit
+        @jit
         def bcast(a, b, c, out, n, shape, sa, sb, sc):
             i = cuda.grid(1)
             if i < n:
@@ -239,7 +238,7 @@ _copy = Unary(_ident)
 _to_bool = Unary(_nonzero)
 
 
-@cuda.jit
+@jit
 def _fill_k(out, n, v):
     i = cuda.grid(1)
     if i < n:
@@ -259,7 +258,7 @@ def strided_offset(i, shape, st, base):
     return p
 
 
-@cuda.jit
+@jit
 def _gather_k(x, out, n, shape, sx):
     i = cuda.grid(1)
     if i < n:

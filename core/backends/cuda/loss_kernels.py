@@ -19,6 +19,7 @@ from numba import cuda
 
 from ...ops.registry import kernel
 from .array import CudaArray, empty, from_host
+from .kernel import jit
 from .launch import TPB, blocks, device_fn
 from .norm_kernels import block_max, block_sum, float_kernels, threads_for
 
@@ -40,7 +41,7 @@ def safe_div(a, b):
     return math.inf if a > 0 else -math.inf
 
 
-@cuda.jit
+@jit
 def total(vals, n, denom, out):
     """out[0] = sum(vals[:n]) / denom, in one block."""
     sh = cuda.shared.array(TPB, F64)
@@ -63,7 +64,7 @@ def _kept_weight(sh, t, w, has_w, ignore, nc, n):
     return block_sum(sh, ws)
 
 
-@cuda.jit
+@jit
 def _class_total(rows, t, w, has_w, ignore, nc, n, mean, out):
     sh = cuda.shared.array(TPB, F64)
     acc = 0.0
@@ -75,7 +76,7 @@ def _class_total(rows, t, w, has_w, ignore, nc, n, mean, out):
         out[0] = safe_div(acc, ws) if mean else acc
 
 
-@cuda.jit
+@jit
 def _weight_sum(t, w, has_w, ignore, nc, n, out):
     sh = cuda.shared.array(TPB, F64)
     ws = _kept_weight(sh, t, w, has_w, ignore, nc, n)
@@ -102,7 +103,7 @@ def _ce_kernels(T):
             se += math.exp(x[row + c] - mx)
         return mx, block_sum(sh, se)
 
-    @cuda.jit
+    @jit
     def ce_rows(x, t, w, has_w, ignore, smoothing, out, nc):
         i = cuda.blockIdx.x
         tid = cuda.threadIdx.x
@@ -125,7 +126,7 @@ def _ce_kernels(T):
         if tid == 0:
             out[i] = loss
 
-    @cuda.jit
+    @jit
     def ce_backward(x, t, w, has_w, ignore, smoothing, g, g_stride, mean, ws, gx, nc):
         i = cuda.blockIdx.x
         tid = cuda.threadIdx.x
@@ -159,7 +160,7 @@ def _ce_kernels(T):
             v = a * e if smoothing == 0.0 else (a + b) * e - T(k * (w[c] if has_w else 1.0))
             gx[row + c] = v - sub if c == ti else v
 
-    @cuda.jit
+    @jit
     def prob_rows(x, tg, w, has_w, smoothing, out, nc):
         i = cuda.blockIdx.x
         sh = cuda.shared.array(TPB, F64)
@@ -174,7 +175,7 @@ def _ce_kernels(T):
         if cuda.threadIdx.x == 0:
             out[i] = -acc
 
-    @cuda.jit
+    @jit
     def prob_backward(x, tg, w, has_w, smoothing, g, g_stride, g_scale, gx, gt, nc):
         i = cuda.blockIdx.x
         tid = cuda.threadIdx.x
@@ -277,7 +278,7 @@ def _cross_entropy_prob_backward(g, x, t, w=None, *, reduction, label_smoothing)
 
 # ---- nll_loss ---------------------------------------------------------------------------------------------
 
-@cuda.jit
+@jit
 def _nll_rows(x, t, w, has_w, ignore, out, n, nc):
     i = cuda.grid(1)
     if i < n:
@@ -290,7 +291,7 @@ def _nll_rows(x, t, w, has_w, ignore, out, n, nc):
             out[i] = -x[i * nc + ti] * (w[ti] if has_w else 1.0)
 
 
-@cuda.jit
+@jit
 def _nll_backward(g, g_stride, t, w, has_w, ignore, mean, ws, gx, n, nc):
     j = cuda.grid(1)
     if j < n * nc:

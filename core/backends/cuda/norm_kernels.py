@@ -20,6 +20,7 @@ from numba import cuda
 from ... import random as _random
 from ...ops.registry import kernel
 from .array import empty, from_host
+from .kernel import jit
 from .launch import SIM, TPB, blocks, device_fn, full
 from .reduce_launch import block_sum, tree_of
 
@@ -59,7 +60,7 @@ def float_kernels(factory, what):
 def _float_kernels(T):
     """Batch- and layer-norm kernels computing in numba float type ``T`` (float32 or float64)."""
 
-    @cuda.jit
+    @jit
     def bn_train(x, w, b, eps, y, mean, var, nb, nc, ns):
         c = cuda.blockIdx.x
         t = cuda.threadIdx.x
@@ -88,7 +89,7 @@ def _float_kernels(T):
             j = (n * nc + c) * ns + k - n * ns
             y[j] = x[j] * scale + shift
 
-    @cuda.jit
+    @jit
     def bn_backward(g, x, mean, var, w, eps, training, gx, gw, gb, nb, nc, ns):
         c = cuda.blockIdx.x
         t = cuda.threadIdx.x
@@ -122,7 +123,7 @@ def _float_kernels(T):
             else:
                 gx[j] = g[j] * k1
 
-    @cuda.jit
+    @jit
     def ln_forward(x, w, b, eps, y, mean, rstd, kd):
         i = cuda.blockIdx.x
         t = cuda.threadIdx.x
@@ -146,7 +147,7 @@ def _float_kernels(T):
         for k in range(t, kd, nt):
             y[row + k] = (x[row + k] - mf) * rf * w[k] + b[k]
 
-    @cuda.jit
+    @jit
     def ln_backward_rows(g, x, mean, rstd, w, gx, kd):
         i = cuda.blockIdx.x
         t = cuda.threadIdx.x
@@ -167,7 +168,7 @@ def _float_kernels(T):
             xh = (x[row + k] - m) * r
             gx[row + k] = r * (g[row + k] * w[k] - a - xh * c)
 
-    @cuda.jit
+    @jit
     def ln_backward_cols(g, x, mean, rstd, pw, pb, rows, kd, chunks):
         """Partial weight/bias gradients of row chunk blockIdx.y for column k."""
         k = cuda.blockIdx.x * cuda.blockDim.x + cuda.threadIdx.x
@@ -188,7 +189,7 @@ def _float_kernels(T):
 _kernels = float_kernels(_float_kernels, "normalisation on CUDA supports float32 and float64 inputs")
 
 
-@cuda.jit
+@jit
 def _col_sums(pw, pb, gw, gb, chunks, kd):
     k = cuda.grid(1)
     if k < kd:
@@ -201,7 +202,7 @@ def _col_sums(pw, pb, gw, gb, chunks, kd):
         gb[k] = ab
 
 
-@cuda.jit
+@jit
 def _bn_coefficients(rm, rv, w, b, eps, scale, shift, nc):
     c = cuda.grid(1)
     if c < nc:
@@ -210,7 +211,7 @@ def _bn_coefficients(rm, rv, w, b, eps, scale, shift, nc):
         shift[c] = F64(b[c]) - F64(rm[c]) * sc
 
 
-@cuda.jit
+@jit
 def _channel_affine(x, scale, shift, y, n, nc, ns):
     i = cuda.grid(1)
     if i < n:
@@ -298,7 +299,7 @@ def _layer_norm_backward(g, x, mean, rstd, w, normalized_shape):
 
 # ---- dropout -------------------------------------------------------------------------------------------
 
-@cuda.jit
+@jit
 def _dropout_k(x, u, p, scale, zero, y, mask, n):
     i = cuda.grid(1)
     if i < n:
@@ -307,7 +308,7 @@ def _dropout_k(x, u, p, scale, zero, y, mask, n):
         y[i] = x[i] * (scale if keep else zero)  # multiply, not select: a dropped inf/nan gives nan (as torch)
 
 
-@cuda.jit
+@jit
 def _masked_scale(g, mask, scale, zero, out, n):
     i = cuda.grid(1)
     if i < n:

@@ -10,10 +10,11 @@ import numpy as np
 from numba import cuda
 
 from ..cpu import optim_kernels as _cpu
+from .kernel import jit
 from .launch import TPB, blocks
 
 
-@cuda.jit
+@jit
 def _sgd(n, p, g, buf, hp, nesterov, maximize, first):
     i = cuda.grid(1)
     if i >= n:
@@ -38,7 +39,7 @@ def _sgd(n, p, g, buf, hp, nesterov, maximize, first):
     p[i] = x - lr * d
 
 
-@cuda.jit
+@jit
 def _adam(n, p, g, m, v, vmax, hp, decoupled, amsgrad, maximize):
     i = cuda.grid(1)
     if i >= n:
@@ -68,7 +69,7 @@ def _adam(n, p, g, m, v, vmax, hp, decoupled, amsgrad, maximize):
     p[i] = x - step_size * (mi / denom)
 
 
-@cuda.jit
+@jit
 def _rmsprop(n, p, g, sq, gavg, buf, hp, centered, maximize):
     i = cuda.grid(1)
     if i >= n:

@@ -20,6 +20,7 @@ from numba import cuda
 
 from ...ops.registry import kernel
 from .array import empty
+from .kernel import jit
 from .launch import MAXD, TPB, blocks, bstrides, broadcast_shape, device_fn, pad_shape, strided_offset
 from .loss_kernels import dev, total
 from .norm_kernels import block_sum
@@ -179,7 +180,7 @@ def _offsets(i, nd, shape, s0, s1, s2, s3, s4):
 def _kernels(value_fn, grads_fn):
     value, grads = device_fn(value_fn), device_fn(grads_fn)
 
-    @cuda.jit
+    @jit
     def unreduced(x, t, w, pw, out, n, nd, shape, sx, st, sw, sp, has_w, p, flag):
         i = cuda.grid(1)
         if i < n:
@@ -187,7 +188,7 @@ def _kernels(value_fn, grads_fn):
             v = value(x[ix], t[it], pw[ip], p, flag)
             out[i] = v * w[iw] if has_w else v
 
-    @cuda.jit
+    @jit
     def partial(x, t, w, pw, parts, n, nd, shape, sx, st, sw, sp, has_w, p, flag):
         sh = cuda.shared.array(TPB, F64)
         acc = 0.0
@@ -199,7 +200,7 @@ def _kernels(value_fn, grads_fn):
         if cuda.threadIdx.x == 0:
             parts[cuda.blockIdx.x] = acc
 
-    @cuda.jit
+    @jit
     def backward(g, x, t, w, pw, gx, gt, n, nd, shape, sg, sx, st, sw, sp, has_w, scale, p, flag):
         i = cuda.grid(1)
         if i < n:
@@ -214,7 +215,7 @@ def _kernels(value_fn, grads_fn):
     return unreduced, partial, backward
 
 
-@cuda.jit
+@jit
 def _sum_to(src, dst, n, out_shape, out_st, red_shape, red_st, n_red):
     """dst[o] = sum of the src elements (of the broadcast shape) that broadcast from dst's element o."""
     o = cuda.grid(1)

@@ -16,6 +16,7 @@ from numba import cuda
 from ...ops.registry import kernel
 from .array import empty
 from .index_math import unravel3
+from .kernel import jit
 from .launch import TPB, blocks, device_fn, fill
 
 
@@ -63,7 +64,7 @@ def _window_sum(x, base, w, h0, h1, w0, w1):
     return acc
 
 
-@cuda.jit
+@jit
 def _max_fwd(x, out, idx, n, h, w, ho, wo, kh, kw, sh, sw, ph, pw, dh, dw, ninf):
     i = cuda.grid(1)
     if i < n:
@@ -74,7 +75,7 @@ def _max_fwd(x, out, idx, n, h, w, ho, wo, kh, kw, sh, sw, ph, pw, dh, dw, ninf)
                                      j1 - j0, dw, ninf)
 
 
-@cuda.jit
+@jit
 def _max_bwd(g, idx, gx, n, per_plane, hw):
     i = cuda.grid(1)
     if i < n:
@@ -100,7 +101,7 @@ def _divisor(h0, h1, plh, w0, w1, plw, count_include_pad, divisor):
     return (h1 - h0) * (w1 - w0)
 
 
-@cuda.jit
+@jit
 def _avg_fwd(x, out, n, h, w, ho, wo, kh, kw, sh, sw, ph, pw, count_include_pad, divisor):
     i = cuda.grid(1)
     if i < n:
@@ -122,7 +123,7 @@ def _covering(i, s, p, k, n_out):
     return lo, min((i + p) // s + 1, n_out)
 
 
-@cuda.jit
+@jit
 def _avg_bwd(g, gx, n, h, w, ho, wo, kh, kw, sh, sw, ph, pw, count_include_pad, divisor):
     i = cuda.grid(1)
     if i < n:
@@ -145,7 +146,7 @@ def _adaptive(o, n_out, size):
     return (o * size) // n_out, ((o + 1) * size + n_out - 1) // n_out
 
 
-@cuda.jit
+@jit
 def _adaptive_avg_fwd(x, out, n, h, w, ho, wo):
     i = cuda.grid(1)
     if i < n:
@@ -155,7 +156,7 @@ def _adaptive_avg_fwd(x, out, n, h, w, ho, wo):
         out[i] = _window_sum(x, plane * h * w, w, h0, h1, w0, w1) / ((h1 - h0) * (w1 - w0))
 
 
-@cuda.jit
+@jit
 def _adaptive_avg_bwd(g, gx, n, h, w, ho, wo):
     i = cuda.grid(1)
     if i < n:
@@ -171,7 +172,7 @@ def _adaptive_avg_bwd(g, gx, n, h, w, ho, wo):
         gx[i] = acc
 
 
-@cuda.jit
+@jit
 def _adaptive_max_fwd(x, out, idx, n, h, w, ho, wo, ninf):
     i = cuda.grid(1)
     if i < n:

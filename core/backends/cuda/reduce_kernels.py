@@ -18,6 +18,7 @@ from numba import cuda
 
 from ...ops.registry import kernel
 from .array import empty
+from .kernel import jit
 from .launch import SIM, TPB, blocks, cast, device_fn, result_dtype
 from .reduce_launch import (SHORT, block_size, block_sum, dim_layout, launch_rows, layout, out_shape, per_thread,
                             row_base, tree_of)
@@ -74,7 +75,7 @@ class Fold:
                 acc = combine(acc, pre(x[base + r * inner], p))
             return acc
 
-        @cuda.jit
+        @jit
         def per_out(x, out, n_out, r_len, inner, chunk, n_chunks, ident, n, p, q):
             t = cuda.grid(1)
             if t < n_out:
@@ -82,7 +83,7 @@ class Fold:
                 base, count = _chunk(o2, t - o2 * inner, inner, r_len, chunk, n_chunks)
                 out[t] = finish(fold(x, base, inner, 0, count, 1, ident, p), n, p, q)
 
-        @cuda.jit
+        @jit
         def per_block(x, out, r_len, inner, chunk, n_chunks, ident, n, p, q):
             sh = cuda.shared.array(TPB, out.dtype)
             t = cuda.blockIdx.x
@@ -93,7 +94,7 @@ class Fold:
             if tid == 0:
                 out[t] = finish(acc, n, p, q)
 
-        @cuda.jit
+        @jit
         def per_cols(x, out, r_len, inner, chunk, n_chunks, n_tiles, ident, n, p, q):
             sh = cuda.shared.array((_CR, _CW), out.dtype)
             tx = cuda.threadIdx.x
@@ -303,7 +304,7 @@ class _Var:
     def __init__(self, finish):
         finish = device_fn(finish)
 
-        @cuda.jit
+        @jit
         def per_out(x, out, n_out, r_len, inner, zero, n, dof):
             t = cuda.grid(1)
             if t < n_out:
@@ -311,7 +312,7 @@ class _Var:
                 m = _row_sum(x, base, inner, 0, r_len, 1, zero) / n
                 out[t] = finish(_row_sq_dev(x, base, inner, 0, r_len, 1, m, zero) / dof)
 
-        @cuda.jit
+        @jit
         def per_block(x, out, r_len, inner, zero, n, dof):
             sh = cuda.shared.array(TPB, out.dtype)
             tid = cuda.threadIdx.x
@@ -343,7 +344,7 @@ kernel("std", "cuda")(lambda x, dims=(), keepdim=False, correction=1: _STD(x, di
 
 
 # ---- prod's gradient: g times the products before and after each element (exact with zeros) ----------
-@cuda.jit
+@jit
 def _prod_bw_k(g, x, out, n_rows, r_len, inner, one):
     t = cuda.grid(1)
     if t < n_rows:

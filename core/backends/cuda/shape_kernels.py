@@ -19,6 +19,7 @@ from ... import dtypes as _dt
 from ...ops.registry import kernel
 from .array import empty
 from .index_math import unravel3
+from .kernel import jit
 from .launch import MAXD, TPB, blocks, broadcast_to, cast, strided_copy, strided_offset
 from .reduce_launch import row_base
 
@@ -47,7 +48,7 @@ def _prod(shape):
     return n
 
 
-@cuda.jit
+@jit
 def _strided_k(x, out, n, shape, st, base):
     i = cuda.grid(1)
     if i < n:
@@ -91,7 +92,7 @@ def _flip(x, dims):
     return out
 
 
-@cuda.jit
+@jit
 def _tile_k(x, out, n, oshape, xshape, xst):
     i = cuda.grid(1)
     if i < n:
@@ -117,7 +118,7 @@ def _repeat(x, sizes):
 
 
 # ---- cat, stack ------------------------------------------------------------------------------------------------
-@cuda.jit
+@jit
 def _cat_k(x, out, n, chunk, out_chunk, off):
     # x is (outer, chunk) and lands at column ``off`` of out viewed as (outer, out_chunk)
     i = cuda.grid(1)
@@ -151,7 +152,7 @@ def _stack(*xs, dim):
 _PAD_MODES = {"constant": 0, "reflect": 1, "replicate": 2, "circular": 3}
 
 
-@cuda.jit
+@jit
 def _pad_k(x, out, n, oshape, xshape, left, mode, value):
     i = cuda.grid(1)
     if i < n:
@@ -205,7 +206,7 @@ def _pad(x, pad, mode, value):
     return out
 
 
-@cuda.jit
+@jit
 def _pad_bw_k(g, out, n, m, nn, inner, left, mode, zero):
     # out (outer, nn, inner)[o, p, q] = sum of g (outer, m, inner)[o, j, q] over the j whose source is p
     i = cuda.grid(1)
@@ -253,7 +254,7 @@ def _pad_backward(g, pad, mode, shape):
 
 
 # ---- tril, triu ----------------------------------------------------------------------------------------------------
-@cuda.jit
+@jit
 def _tri_k(x, out, n, rows, cols, diagonal, upper):
     i = cuda.grid(1)
     if i < n:
@@ -283,7 +284,7 @@ def _triu(x, diagonal=0):
 
 
 # ---- cumsum ------------------------------------------------------------------------------------------------------
-@cuda.jit
+@jit
 def _cumsum_rows_k(x, out, rows, length, inner, rev, zero):
     # one thread per row: neighbouring threads walk neighbouring columns (coalesced when inner > 1)
     t = cuda.grid(1)
@@ -307,7 +308,7 @@ def _block_scan(dtype):
         return scan
     nb_dt = numba.from_dtype(dtype)
 
-    @cuda.jit
+    @jit
     def scan(x, out, length, inner, rev, zero):
         row = cuda.blockIdx.x
         t = cuda.threadIdx.x

@@ -16,6 +16,7 @@ from numba import cuda
 
 from ...ops.registry import kernel
 from .array import empty
+from .kernel import jit
 from .launch import TPB, cast, device_fn, full, result_dtype
 from .reduce_launch import block_sum, dim_layout, dmax, launch_rows, layout, out_shape, row_base, tree_of
 
@@ -75,7 +76,7 @@ def _lse_finish(m, s, ninf):
 
 
 # ---- softmax / log_softmax ----------------------------------------------------------------------------
-@cuda.jit
+@jit
 def _softmax_rows(x, out, n_rows, r_len, inner, ninf, zero, log):
     t = cuda.grid(1)
     if t < n_rows:
@@ -85,7 +86,7 @@ def _softmax_rows(x, out, n_rows, r_len, inner, ninf, zero, log):
         _write_softmax(x, out, base, inner, 0, r_len, 1, m, s, log)
 
 
-@cuda.jit
+@jit
 def _softmax_block(x, out, r_len, inner, ninf, zero, log):
     sh = cuda.shared.array(TPB, out.dtype)
     tid = cuda.threadIdx.x
@@ -113,7 +114,7 @@ kernel("log_softmax", "cuda")(lambda x, dim=-1: _softmax(x, dim, True))
 
 
 # ---- the gradient from the saved output y: g - exp(y) * sum(g) (log), y * (g - sum(g * y)) --------------
-@cuda.jit
+@jit
 def _softmax_bw_rows(g, y, out, n_rows, r_len, inner, zero, log):
     t = cuda.grid(1)
     if t < n_rows:
@@ -122,7 +123,7 @@ def _softmax_bw_rows(g, y, out, n_rows, r_len, inner, zero, log):
         _write_bw(g, y, out, base, inner, 0, r_len, 1, s, log)
 
 
-@cuda.jit
+@jit
 def _softmax_bw_block(g, y, out, r_len, inner, zero, log):
     sh = cuda.shared.array(TPB, out.dtype)
     tid = cuda.threadIdx.x
@@ -148,7 +149,7 @@ def _softmax_bw(g, y, dim=-1, log=False):
 
 
 # ---- logsumexp over any dims ------------------------------------------------------------------------
-@cuda.jit
+@jit
 def _lse_rows(x, out, n_out, r_len, inner, ninf, zero):
     t = cuda.grid(1)
     if t < n_out:
@@ -157,7 +158,7 @@ def _lse_rows(x, out, n_out, r_len, inner, ninf, zero):
         out[t] = _lse_finish(m, _sum_exp(x, base, inner, 0, r_len, 1, m, zero), ninf)
 
 
-@cuda.jit
+@jit
 def _lse_block(x, out, r_len, inner, ninf, zero):
     sh = cuda.shared.array(TPB, out.dtype)
     tid = cuda.threadIdx.x
