@@ -60,6 +60,25 @@ def test_matmul_tiles():
     same(ember.bmm(a, b), ember.bmm(*_cuda(a, b)), **TOL)
 
 
+def test_split_k():
+    """Few output tiles and a long K: the GEMM splits K over blocks and adds the partial sums in a second
+    kernel (bias, activation and accumulation applied there), same results as the CPU."""
+    from ember.backends.cuda import matmul_kernels as mk
+
+    k = mk.SPLIT_MIN_STEPS * mk.BK * 3 + 5  # not a multiple of the K step
+    assert mk._split_k(1, 1, k)[0] > 1 and mk._split_k(1, 2, k)[0] == 1  # batched GEMMs do not split
+    a, b = _t(5, k), _t(k, 7)
+    same(a @ b, a.cuda() @ b.cuda(), **TOL)
+    x, w, bias = _t(3, k), _t(6, k), _t(6)
+    _check_op("linear_act", x, w, bias, act="relu")
+    _check_op("linear", x.double(), w.double(), bias.double())
+    c0 = _t(5, 7)
+    c = c0.cuda()
+    ad, bd = a.cuda(), b.cuda()
+    mk.gemm(ad._data.d, bd._data.d, c._data.d, 5, 7, k, k, 1, 7, 1, accumulate=True)
+    np.testing.assert_allclose(c.cpu().numpy(), c0.numpy() + a.numpy() @ b.numpy(), **TOL)
+
+
 def test_matmul_aliases():
     a, b, v = _t(3, 4, dtype="float64"), _t(4, 2, dtype="float64"), _t(4, dtype="float64")
     same(a.mm(b), a.cuda().mm(b.cuda()), **TOL)

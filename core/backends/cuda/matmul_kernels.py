@@ -19,7 +19,8 @@ from numba import cuda, from_dtype
 
 from ...ops.registry import kernel
 from .array import CudaArray, empty, from_host
-from .launch import SIM, cast, device_fn
+from .kernel import jit
+from .launch import SIM, TPB, blocks, cast, device_fn
 
 # Tile geometry: 64x64 tiles of 16x16 threads x 4x4 outputs on a GPU; 16x16 tiles of 8x8 threads x 2x2
 # outputs on the simulator (one Python thread per CUDA thread).
@@ -66,9 +67,20 @@ def _make_gemm(np_dtype):
             else:
                 S[kk, rr] = zero
 
-    @cuda.jit
+    @device_fn
+    def activate(v, act):
+        if act == 1:
+            if v <= zero:  # NaN stays NaN, as in the CPU relu
+                v = zero
+        elif act == 2:
+            v = half * v * (one + math.erf(v * sqrt1_2))
+        elif act == 3:
+            v = half * v * (one + math.tanh(k_tanh * (v + c_tanh * v * v * v)))
+        return v
+
+    @jit
     def gemm(a, b, c, bias, m, n, k, ars, acs, brs, bcs, bias_m, bias_n, has_bias, act, accumulate, nz, tiles_n,
-             bshape, sa, sb, sc, sbias):
+             bshape, sa, sb, sc, sbias, kchunk, ws):
         As = cuda.shared.array((BK, BMP), nbt)
         Bs = cuda.shared.array((BK, BNP), nbt)
         acc = cuda.local.array((TM, TN), nbt)
@@ -96,9 +108,12 @@ def _make_gemm(np_dtype):
             for i in range(TM):
                 for j in range(TN):
                     acc[i, j] = zero
-            for k0 in range(0, k, BK):
-                stage(As, a, oa, m0, m, ars, k0, k, acs, acs == 1, BM, tid)
-                stage(Bs, b, ob, n0, n, bcs, k0, k, brs, bcs != 1, BN, tid)
+            # split-K (grid z > 1): this block sums k in [kbeg, kend) and leaves the sum in ws[z-th split]
+            kbeg = cuda.blockIdx.z * kchunk
+            kend = min(k, kbeg + kchunk)
+            for k0 in range(kbeg, kend, BK):
+                stage(As, a, oa, m0, m, ars, k0, kend, acs, acs == 1, BM, tid)
+                stage(Bs, b, ob, n0, n, bcs, k0, kend, brs, bcs != 1, BN, tid)
                 cuda.syncthreads()
                 for kk in range(BK):
                     for i in range(TM):
@@ -117,22 +132,33 @@ def _make_gemm(np_dtype):
                     gn = n0 + tx + j * THR_N
                     if gn >= n:
                         continue
-                    idx = oc + gm * n + gn
                     v = acc[i, j]
+                    if cuda.gridDim.z > 1:  # split-K: the partial sum; splitk_finish adds them up
+                        ws[cuda.blockIdx.z * m * n + gm * n + gn] = v
+                        continue
+                    idx = oc + gm * n + gn
                     if accumulate:
                         v += c[idx]
                     if has_bias:
                         v += bias[obias + gm * bias_m + gn * bias_n]
-                    if act == 1:
-                        if v <= zero:  # NaN stays NaN, as in the CPU relu
-                            v = zero
-                    elif act == 2:
-                        v = half * v * (one + math.erf(v * sqrt1_2))
-                    elif act == 3:
-                        v = half * v * (one + math.tanh(k_tanh * (v + c_tanh * v * v * v)))
-                    c[idx] = v
+                    c[idx] = activate(v, act)
 
-    return gemm
+    @jit
+    def splitk_finish(ws, c, bias, m, n, splits, bias_m, bias_n, has_bias, act, accumulate):
+        """``c = act(sum of the split partial products (+ c) + bias)`` for an unbatched split-K GEMM."""
+        i = cuda.grid(1)
+        mn = m * n
+        if i < mn:
+            v = zero
+            for s in range(splits):
+                v += ws[s * mn + i]
+            if accumulate:
+                v += c[i]
+            if has_bias:
+                v += bias[(i // n) * bias_m + (i % n) * bias_n]
+            c[i] = activate(v, act)
+
+    return gemm, splitk_finish
 
 
 _GEMMS: dict = {}
@@ -166,11 +192,35 @@ def gemm(a, b, c, m, n, k, ars, acs, brs, bcs, batch=(), sa=(), sb=(), sc=(), bi
     if nz == 0:
         return
     tiles_n = (n + BN - 1) // BN
-    grid = (((m + BM - 1) // BM) * tiles_n, min(nz, MAX_GRID_Y))
-    _gemm_kernel(c.dtype)[grid, NT](
-        a, b, c, c if bias is None else bias, m, n, k, ars, acs, brs, bcs, bias_m, bias_n, bias is not None, act,
+    tiles = ((m + BM - 1) // BM) * tiles_n
+    splits, kchunk = _split_k(tiles, nz, k)
+    fn, finish = _gemm_kernel(c.dtype)
+    ws = empty((splits * m * n,), c.dtype).d if splits > 1 else c
+    bias_ = c if bias is None else bias
+    fn[(tiles, min(nz, MAX_GRID_Y), splits), NT](
+        a, b, c, bias_, m, n, k, ars, acs, brs, bcs, bias_m, bias_n, bias is not None, act,
         bool(accumulate), nz, tiles_n, _pad_batch(batch, 1), _pad_batch(sa, 0), _pad_batch(sb, 0),
-        _pad_batch(sc, 0), _pad_batch(sbias, 0))
+        _pad_batch(sc, 0), _pad_batch(sbias, 0), kchunk, ws)
+    if splits > 1:
+        finish[blocks(m * n), TPB](ws, c, bias_, m, n, splits, bias_m, bias_n, bias is not None, act,
+                                   bool(accumulate))
+
+
+# split-K: a GEMM with few output tiles and a long K (a convolution's weight gradient sums over every
+# pixel of the batch) would run on a handful of SMs, each walking K alone; it is cut into K ranges run
+# side by side (partial sums in a workspace, added up by a second kernel). Unbatched GEMMs only.
+SPLIT_MIN_STEPS = 8 if SIM else 64  # K steps (of BK) a block must have before splitting pays off
+SPLIT_TARGET_BLOCKS = 8 if SIM else 264  # about two blocks per SM of an H100
+
+
+def _split_k(tiles, nz, k):
+    """(number of K ranges, K per range) for a GEMM of ``tiles`` output tiles x ``nz`` batches."""
+    steps = (k + BK - 1) // BK
+    if nz != 1 or steps < SPLIT_MIN_STEPS or tiles * 2 > SPLIT_TARGET_BLOCKS:
+        return 1, k
+    splits = max(1, min(SPLIT_TARGET_BLOCKS // tiles, steps // (SPLIT_MIN_STEPS // 2)))
+    kchunk = (steps + splits - 1) // splits * BK
+    return (k + kchunk - 1) // kchunk, kchunk
 
 
 # ---- matmul ----------------------------------------------------------------------------------
