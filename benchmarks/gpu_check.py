@@ -2,7 +2,7 @@
 workloads on ember CPU vs ember CUDA (and PyTorch CUDA when the machine's torch has it), with the number
 of kernel launches per training step. Sized to finish in a few minutes; run it on a GPU machine:
 
-    python benchmarks/gpu_check.py [--skip-tests] [--repeats 20]
+    python benchmarks/gpu_check.py [--only tests,infer,train,...] [--pytest-args "-n 12"] [--repeats 20]
 
 The correctness part is ``pytest tests/gpu`` on the device (the same tests CI runs on the simulator).
 """
@@ -49,24 +49,16 @@ def _versions():
 
 
 class LaunchCounter:
-    """Counts numba CUDA kernel launches (every ``kernel[grid, block](...)`` call)."""
+    """Counts ember's CUDA kernel launches (every ``kernel[grid, block](...)`` call)."""
 
     def __init__(self):
-        from numba.cuda import dispatcher
+        from ember.backends.cuda import kernel
 
-        self.cls = dispatcher._LaunchConfiguration
-        self.orig = self.cls.__call__
-        self.n = 0
-        counter = self
-
-        def call(cfg, *args):
-            counter.n += 1
-            return counter.orig(cfg, *args)
-
-        self.cls.__call__ = call
+        self.kernel = kernel
+        self.start = kernel.launches()
 
     def close(self):
-        self.cls.__call__ = self.orig
+        self.n = self.kernel.launches() - self.start
 
 
 def _train_step(lib, name, device):
@@ -91,7 +83,7 @@ def _train_step(lib, name, device):
     return step
 
 
-def _time(step, sync, repeats, warmup=3):
+def _time(step, sync, repeats, warmup=5):
     for i in range(warmup):
         step(i)
     sync()
@@ -104,7 +96,20 @@ def _time(step, sync, repeats, warmup=3):
     return float(np.median(times)) * 1e3
 
 
-def train_timings(repeats):
+def _host_time(step, sync, repeats):
+    """Milliseconds per step to queue ``repeats`` steps back to back (host time: the GPU runs behind), and
+    per step until the device has finished them (the step's time when the GPU is never idle)."""
+    sync()
+    t0 = time.perf_counter()
+    for i in range(repeats):
+        step(i)
+    t1 = time.perf_counter()
+    sync()
+    t2 = time.perf_counter()
+    return (t1 - t0) / repeats * 1e3, (t2 - t0) / repeats * 1e3
+
+
+def train_timings(repeats, with_torch=True):
     import ember
 
     rows = []
@@ -117,12 +122,16 @@ def train_timings(repeats):
         ember.cuda.synchronize()
         row["first cuda step s (compiles)"] = time.perf_counter() - t0
         row["ember cuda ms"] = _time(gstep, ember.cuda.synchronize, repeats)
+        row["ember cuda queue ms/step"], row["ember cuda pipelined ms/step"] = _host_time(
+            gstep, ember.cuda.synchronize, repeats)
         counter = LaunchCounter()
         gstep(1)
         ember.cuda.synchronize()
         counter.close()
         row["launches/step"] = counter.n
         try:
+            if not with_torch:
+                raise ImportError
             import torch
 
             if torch.cuda.is_available():
@@ -170,30 +179,122 @@ def _print_rows(title, rows):
             print(f"  ember cuda / torch cuda: {r['ember cuda ms'] / r['torch cuda ms']:.2f}")
 
 
+def micro(repeats=2000):
+    """Per-call costs under the workloads: a numba launch (configured and pre-bound), a device allocation,
+    and two ember ops."""
+    global cuda  # a module global, as the simulator's kernels need (it swaps the module in a kernel's globals)
+    import ember
+    from numba import cuda
+
+    @cuda.jit
+    def nop(a, b, n):
+        i = cuda.grid(1)
+        if i < n:
+            b[i] = a[i]
+
+    a, b = cuda.device_array(1024, np.float32), cuda.device_array(1024, np.float32)
+    nop[4, 256](a, b, 1024)
+    cuda.synchronize()
+    kern = next(iter(getattr(nop, "overloads", {}).values()), None)  # none on the simulator
+
+    def per_call(fn):
+        fn()
+        cuda.synchronize()
+        t0 = time.perf_counter()
+        for _ in range(repeats):
+            fn()
+        cuda.synchronize()
+        return (time.perf_counter() - t0) / repeats * 1e6
+
+    s = 4 if ember.cuda.is_simulator() else 1  # the simulator runs one Python thread per CUDA thread
+    x = ember.randn(128 // s, 128 // s).cuda()
+    w = ember.randn(784 // s, 256 // s).cuda()
+    xb = ember.randn(128 // s, 784 // s).cuda()
+    rows = [{"what": "numba launch kernel[grid, block](3 args)", "us": per_call(lambda: nop[4, 256](a, b, 1024))}]
+    if kern is not None:
+        cfg = nop[4, 256]
+        rows.append({"what": "numba pre-bound launch (overload.launch)",
+                     "us": per_call(lambda: kern.launch((a, b, 1024), (4, 1, 1), (256, 1, 1), cfg.stream, 0))})
+    rows += [{"what": f"device_array(4 KiB) + free (EMBER_CUDA_ALLOCATOR="
+                     f"{os.environ.get('EMBER_CUDA_ALLOCATOR', 'caching')})",
+             "us": per_call(lambda: cuda.device_array(1024, np.float32))},
+            {"what": f"ember x + x ({x.shape} cuda)", "us": per_call(lambda: x + x)},
+            {"what": f"ember {xb.shape} @ {w.shape} cuda", "us": per_call(lambda: xb @ w)}]
+    return rows
+
+
+def profile(steps=20):
+    """cProfile of ``steps`` CUDA mlp training steps: where the host time of a step goes."""
+    import cProfile
+    import io
+    import pstats
+
+    import ember
+
+    step = _train_step(ember, "mlp", "cuda")
+    for i in range(3):
+        step(i)
+    ember.cuda.synchronize()
+    pr = cProfile.Profile()
+    pr.enable()
+    for i in range(steps):
+        step(i)
+    ember.cuda.synchronize()
+    pr.disable()
+    out = io.StringIO()
+    pstats.Stats(pr, stream=out).sort_stats("tottime").print_stats(28)
+    print(f"\n## cProfile of {steps} mlp B={BATCH['mlp']} CUDA training steps (by own time)")
+    print(out.getvalue()[-6000:])
+
+
+SECTIONS = ("tests", "infer", "train", "micro", "profile", "numba-allocator")
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--skip-tests", action="store_true", help="timings only")
-    ap.add_argument("--repeats", type=int, default=20)
+    ap.add_argument("--only", default=",".join(SECTIONS),
+                    help=f"comma-separated sections to run, of {', '.join(SECTIONS)} (default: all)")
+    ap.add_argument("--pytest-args", default="", help="extra pytest arguments for the tests (e.g. '-n 12')")
+    ap.add_argument("--repeats", type=int, default=50)
+    ap.add_argument("--no-torch", action="store_true", help="no PyTorch timings")
     args = ap.parse_args()
+    only = set(args.only.split(","))
+    if args.skip_tests:
+        only.discard("tests")
+    if only - set(SECTIONS):
+        sys.exit(f"unknown sections {sorted(only - set(SECTIONS))}; valid: {', '.join(SECTIONS)}")
     import ember
 
-    print("# ember GPU check", time.strftime("%Y-%m-%d %H:%M:%S"))
+    print("# ember GPU check", time.strftime("%Y-%m-%d %H:%M:%S"), "| sections:", ",".join(
+        s for s in SECTIONS if s in only), "| allocator:", os.environ.get("EMBER_CUDA_ALLOCATOR", "caching"))
     print("versions:", _versions())
     if not ember.cuda.is_available():
         from ember.cuda import _probe
 
         sys.exit(f"CUDA is not available: {_probe()}")
-    print("device:", ember.cuda.get_device_name(), "| simulator:", ember.cuda.is_simulator())
-    if not args.skip_tests:
+    print("device:", ember.cuda.get_device_name(), "| simulator:", ember.cuda.is_simulator(), flush=True)
+    if "tests" in only:
         t0 = time.perf_counter()
         rc = subprocess.call([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--tb=short",
-                              os.path.join(os.path.dirname(HERE), "tests", "gpu")])
-        print(f"pytest tests/gpu on the device: exit {rc} in {time.perf_counter() - t0:.1f} s")
-    import tempfile
+                              *args.pytest_args.split(), os.path.join(os.path.dirname(HERE), "tests", "gpu")])
+        print(f"pytest tests/gpu on the device: exit {rc} in {time.perf_counter() - t0:.1f} s", flush=True)
+    if "micro" in only:
+        _print_rows("per-call costs (us)", micro())
+    if "infer" in only:
+        import tempfile
 
-    with tempfile.TemporaryDirectory() as tmp:
-        _print_rows("inference from a loaded .ember", infer_timings(args.repeats, tmp))
-    _print_rows("training steps (SGD momentum, cross-entropy)", train_timings(args.repeats))
+        with tempfile.TemporaryDirectory() as tmp:
+            _print_rows("inference from a loaded .ember", infer_timings(args.repeats, tmp))
+    if "train" in only:
+        _print_rows("training steps (SGD momentum, cross-entropy)", train_timings(args.repeats, not args.no_torch))
+    if "profile" in only:
+        profile()
+    if "numba-allocator" in only:
+        sys.stdout.flush()
+        env = dict(os.environ, EMBER_CUDA_ALLOCATOR="numba")
+        subprocess.call([sys.executable, os.path.abspath(__file__), "--only", "micro,train", "--no-torch",
+                         "--repeats", str(args.repeats)], env=env)
 
 
 if __name__ == "__main__":
