@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 import threading
+import warnings
 import weakref
 
 SMALL = 1 << 20  # below this, sizes round up to 512 bytes; above, to 1 MiB
@@ -30,9 +31,16 @@ def install() -> bool:
     """Make numba use the caching manager for contexts created from now on (not on the simulator)."""
     if _STATE["installed"] or os.environ.get("EMBER_CUDA_ALLOCATOR", "caching") == "numba":
         return _STATE["installed"]
-    from numba.cuda.cudadrv import driver as drv
+    try:
+        from numba.cuda.cudadrv import driver as drv
 
-    drv.set_memory_manager(_manager_class(drv))
+        drv.set_memory_manager(_manager_class(drv))
+    except Exception as e:  # a numba-cuda whose plugin interface differs: its own allocator still works
+        warnings.warn(f"ember: the caching CUDA allocator could not be installed ({type(e).__name__}: {e}); "
+                      f"using numba's allocator", RuntimeWarning, stacklevel=2)
+        _STATE["installed"] = False
+        os.environ["EMBER_CUDA_ALLOCATOR"] = "numba"  # (and do not try again)
+        return False
     _STATE["installed"] = True
     return True
 
@@ -48,7 +56,8 @@ def _manager_class(drv):
             self.lock = threading.Lock()
 
         def initialize(self):
-            if self.deallocations.memory_capacity == drv._SizeNotSet:
+            # (as numba's manager: the pending host deallocations are bounded by the device's memory)
+            if self.deallocations.memory_capacity == getattr(drv, "_SizeNotSet", None):
                 self.deallocations.memory_capacity = self.get_memory_info().total
 
         def memalloc(self, size):

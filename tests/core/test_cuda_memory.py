@@ -105,3 +105,15 @@ def test_reset_and_empty_cache_free_cached_blocks_only():
     gc.collect()
     mm.release_cached()
     assert len(fake.frees) == 1 and fake.used == 512 and keep.size == 512
+
+
+def test_install_falls_back_to_numbas_allocator_when_the_plugin_interface_differs(monkeypatch):
+    def refuse(cls):
+        raise RuntimeError("EMM Plugin interface has version 1 - version 2 required")
+
+    monkeypatch.setattr(drv, "set_memory_manager", refuse)
+    monkeypatch.setitem(cm._STATE, "installed", False)
+    monkeypatch.setenv("EMBER_CUDA_ALLOCATOR", "caching")  # (restored after the test: install() changes it)
+    with pytest.warns(RuntimeWarning, match="caching CUDA allocator could not be installed.*version 2 required"):
+        assert cm.install() is False
+    assert cm.install() is False  # not tried again (numba's allocator from now on)

@@ -142,14 +142,28 @@ def empty(shape, dtype) -> CudaArray:
     for s in shape:
         n *= s
     n = max(n, 1)
-    if _SIM or cuda.device_array is not _numba_device_array():  # the simulator, or a test's stand-in
-        return CudaArray(_typed(cuda.device_array(n, dtype)), tuple(shape), dtype)
-    # numba's device_array looks the context up through the driver twice per call (its decorator and the
-    # array's constructor); this thread's context is looked up once and the buffer handed to the array
-    from numba.cuda.cudadrv.devicearray import DeviceNDArray
+    if _DIRECT and not _SIM and cuda.device_array is _numba_device_array():  # (not a test's stand-in)
+        # numba's device_array looks the context up through the driver twice per call (its decorator and the
+        # array's constructor); this thread's context is looked up once and the buffer handed to the array
+        try:
+            d = _DIRECT[0]((n,), (dtype.itemsize,), dtype, gpu_data=_context().memalloc(n * dtype.itemsize))
+            return CudaArray(_typed(d), tuple(shape), dtype)
+        except (AttributeError, TypeError):  # a numba-cuda whose internals differ: its device_array from now on
+            _DIRECT.clear()
+    return CudaArray(_typed(cuda.device_array(n, dtype)), tuple(shape), dtype)
 
-    mem = _context().memalloc(n * dtype.itemsize)
-    return CudaArray(_typed(DeviceNDArray((n,), (dtype.itemsize,), dtype, gpu_data=mem)), tuple(shape), dtype)
+
+def _device_ndarray_class():
+    try:
+        from numba.cuda.cudadrv.devicearray import DeviceNDArray
+
+        return [DeviceNDArray]
+    except ImportError:
+        return []
+
+
+_SIM = bool(config.ENABLE_CUDASIM)
+_DIRECT = [] if _SIM else _device_ndarray_class()  # [the array class] while direct allocation works
 
 
 _TLS = threading.local()
@@ -177,7 +191,6 @@ def _numba_device_array():
 
 
 _TYPES: dict = {}
-_SIM = bool(config.ENABLE_CUDASIM)
 
 
 def _typed(d):
@@ -190,7 +203,10 @@ def _typed(d):
             from numba.cuda.types import Array
 
             t = _TYPES[d.dtype] = Array(from_dtype(d.dtype), 1, "C")
-        d.__dict__["_numba_type_"] = t  # the value of numba's cached property, stored where it caches it
+        try:
+            d.__dict__["_numba_type_"] = t  # the value of numba's cached property, stored where it caches it
+        except AttributeError:  # (an array type without a __dict__: numba works the type out itself)
+            pass
     return d
 
 
