@@ -5,7 +5,10 @@ import operator
 from collections import OrderedDict
 from collections.abc import Mapping
 
+from ..ops.registry import get_trace_hook
+from .activation import ReLU
 from .module import Module, _indent
+from .pooling import MaxPool2d
 
 
 def _index(idx, n, what):
@@ -92,9 +95,31 @@ class Sequential(Module):
         return v
 
     def forward(self, input):
-        for module in self._modules.values():
-            input = module(input)
+        modules = list(self._modules.values())
+        i, n = 0, len(modules)
+        while i < n:
+            m = modules[i]
+            if i + 1 < n and m.__class__ is ReLU and _pool_first(m, modules[i + 1]):
+                input = m(modules[i + 1](input))
+                i += 2
+            else:
+                input = m(input)
+                i += 1
         return input
+
+
+def _pool_first(relu, pool) -> bool:
+    """Whether ``ReLU`` then ``MaxPool2d`` may run as the pool, then the ReLU on its 4x smaller output.
+
+    max_pool(relu(x)) == relu(max_pool(x)) exactly (NaN included), and so are the input gradients: where a
+    window's max is positive its argmax is the same element either way, and where it is <= 0 (or NaN) both
+    orders give a zero gradient; so only the work differs (in the cnn's training step the two full-size
+    ReLU passes cost ~0.5-0.9 ms of ~6 ms). Not when the modules have hooks (they would see other tensors),
+    the pool returns indices (they may differ where a window's max is <= 0), or a tracer records the ops
+    (the runtime fuses the conv -> relu -> pool order)."""
+    return (pool.__class__ is MaxPool2d and not pool.return_indices and get_trace_hook() is None
+            and not (relu._forward_hooks or relu._forward_pre_hooks or pool._forward_hooks
+                     or pool._forward_pre_hooks))
 
 
 class ModuleList(Module):

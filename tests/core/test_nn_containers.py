@@ -143,3 +143,61 @@ def test_module_dict():
     assert len(md) == 0
     t = tnn.ModuleDict({"a": tnn.Linear(2, 2), "b": tnn.ReLU()})
     assert repr(nn.ModuleDict({"a": nn.Linear(2, 2), "b": nn.ReLU()})) == repr(t)
+
+
+# ---- Sequential runs ReLU -> MaxPool2d as the pool, then the ReLU ---------------------------------------------
+
+def _conv_relu_pool(pool_kwargs, seed=0):
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((3, 2, 9, 10)).astype(np.float32)
+    x[0, 0, :4, :4] = -1.0  # windows whose max is negative, and ties at zero after the ReLU
+    x[1, 1, 2:6, 2:6] = 0.0
+    w = rng.standard_normal((4, 2, 3, 3)).astype(np.float32)
+    em = nn.Sequential(nn.Conv2d(2, 4, 3, padding=1), nn.ReLU(), nn.MaxPool2d(**pool_kwargs))
+    tm = tnn.Sequential(tnn.Conv2d(2, 4, 3, padding=1), tnn.ReLU(), tnn.MaxPool2d(**pool_kwargs))
+    with torch.no_grad():
+        tm[0].weight.copy_(torch.from_numpy(w))
+        tm[0].bias.copy_(torch.from_numpy(rng.standard_normal(4).astype(np.float32)))
+    em[0].weight.data = ember.from_numpy(tm[0].weight.detach().numpy().copy())
+    em[0].bias.data = ember.from_numpy(tm[0].bias.detach().numpy().copy())
+    return x, em, tm
+
+
+def _run(model, lib, x):
+    xt = lib.from_numpy(x.copy()).requires_grad_(True)
+    y = model(xt)
+    g = np.random.default_rng(1).standard_normal(tuple(y.shape)).astype(np.float32)
+    y.backward(lib.from_numpy(g))
+    return y.detach().numpy(), xt.grad.numpy(), model[0].weight.grad.numpy()
+
+
+@pytest.mark.parametrize("pool_kwargs", [dict(kernel_size=2), dict(kernel_size=3, stride=2, padding=1),
+                                         dict(kernel_size=2, ceil_mode=True)])
+def test_sequential_relu_maxpool_order_keeps_values_and_gradients(pool_kwargs, monkeypatch):
+    from ember.nn import container
+
+    x, em, tm = _conv_relu_pool(pool_kwargs)
+    swapped = _run(em, ember, x)
+    for got, want in zip(swapped, _run(tm, torch, x)):
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+    em.zero_grad()
+    monkeypatch.setattr(container, "_pool_first", lambda relu, pool: False)  # the modules one by one
+    for got, want in zip(swapped, _run(em, ember, x)):
+        np.testing.assert_array_equal(got, want)
+
+
+def test_sequential_relu_maxpool_kept_in_order_with_hooks_indices_or_tracing():
+    from ember import serialize
+
+    x, em, _ = _conv_relu_pool(dict(kernel_size=2))
+    seen = []
+    h = em[1].register_forward_hook(lambda mod, inp, out: seen.append(tuple(out.shape)))
+    em(ember.from_numpy(x))
+    assert seen == [(3, 4, 9, 10)]  # the hook saw the full-size ReLU output: no reordering with hooks
+    h.remove()
+    em[2].return_indices = True
+    em_out = nn.Sequential(em[0], em[1], em[2])(ember.from_numpy(x))
+    assert isinstance(em_out, tuple)
+    em[2].return_indices = False
+    code = serialize.trace(em.eval(), ember.from_numpy(x)).code
+    assert code.index("relu(") < code.index("max_pool2d(")  # traced in the module order (the runtime fuses it)
