@@ -26,8 +26,8 @@ import numpy as np
 from . import intrinsics as _at
 from . import jit
 from .conv_tile_ir import BLOCK_ROWS, block_tiles, row_tiles
-from .helpers import (CTL_SIZE, NONE, NativePlan, NativeTask, align64, array_at as _array, barrier, join,
-                      take_end, thread_of)
+from .helpers import CTL_SIZE, NONE
+from .native_tools import NativePlan, NativeTask, align64, array_at as _array, barrier, join, take_end, thread_of
 
 MAX_LAYERS = 63  # one step per layer (progress marks are gen * 64 + step)
 GEMM_MIN_ROWS = 8  # from here on the GEMM tiles (up to 12 rows at once), below it the one-row tiles

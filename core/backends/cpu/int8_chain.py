@@ -27,11 +27,12 @@ import numpy as np
 from . import intrinsics as _at
 from . import jit
 from . import range_ir as _range_ir
-from .helpers import (ARRIVE, CTL_SIZE, NONE, NativePlan, NativeTask, align64, array_at as _array, barrier,
-                      join as _join, take as _take, thread_of)
+from .helpers import ARRIVE, CTL_SIZE, NONE
 from .int8_gemm import BLOCK_ROWS, MODE_DEQUANT, PAR_MIN_MACS, PAR_MIN_ROWS, linear_rows
 from .int8_kernels import _dequant_parts, _qparams, _quantize_rows, cached_per_arrays
 from .jit import njit
+from .native_tools import (NativePlan, NativeTask, align64, array_at as _array, barrier, join as _join, take as _take,
+                           thread_of)
 
 MAX_LAYERS = 63  # progress marks are gen * 64 + layer
 BLOCK = BLOCK_ROWS  # rows per claimed block: the GEMM's largest row block (8 and 4 rows measured slower)
