@@ -18,7 +18,7 @@ import warnings
 import weakref
 
 SMALL = 1 << 20  # below this, sizes round up to 512 bytes; above, to 1 MiB
-_STATE = {"installed": False}
+_STATE = {"installed": False, "failed": False}
 
 
 def round_size(size: int) -> int:
@@ -29,7 +29,7 @@ def round_size(size: int) -> int:
 
 def install() -> bool:
     """Make numba use the caching manager for contexts created from now on (not on the simulator)."""
-    if _STATE["installed"] or os.environ.get("EMBER_CUDA_ALLOCATOR", "caching") == "numba":
+    if _STATE["installed"] or _STATE["failed"] or os.environ.get("EMBER_CUDA_ALLOCATOR", "caching") == "numba":
         return _STATE["installed"]
     try:
         from numba.cuda.cudadrv import driver as drv
@@ -38,8 +38,7 @@ def install() -> bool:
     except Exception as e:  # a numba-cuda whose plugin interface differs: its own allocator still works
         warnings.warn(f"ember: the caching CUDA allocator could not be installed ({type(e).__name__}: {e}); "
                       f"using numba's allocator", RuntimeWarning, stacklevel=2)
-        _STATE["installed"] = False
-        os.environ["EMBER_CUDA_ALLOCATOR"] = "numba"  # (and do not try again)
+        _STATE["failed"] = True  # (not tried again)
         return False
     _STATE["installed"] = True
     return True

@@ -1,6 +1,7 @@
 """The CUDA caching allocator's bookkeeping, against a counting stand-in for the CUDA driver (no GPU needed;
 the allocator runs on real GPUs through ``benchmarks/gpu_check.py`` and ``tests/gpu``)."""
 import gc
+import os
 import types
 
 import pytest
@@ -113,7 +114,9 @@ def test_install_falls_back_to_numbas_allocator_when_the_plugin_interface_differ
 
     monkeypatch.setattr(drv, "set_memory_manager", refuse)
     monkeypatch.setitem(cm._STATE, "installed", False)
-    monkeypatch.setenv("EMBER_CUDA_ALLOCATOR", "caching")  # (restored after the test: install() changes it)
+    monkeypatch.setitem(cm._STATE, "failed", False)
+    monkeypatch.delenv("EMBER_CUDA_ALLOCATOR", raising=False)
     with pytest.warns(RuntimeWarning, match="caching CUDA allocator could not be installed.*version 2 required"):
         assert cm.install() is False
     assert cm.install() is False  # not tried again (numba's allocator from now on)
+    assert cm._STATE["failed"] and "EMBER_CUDA_ALLOCATOR" not in os.environ
