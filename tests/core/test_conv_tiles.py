@@ -102,7 +102,9 @@ def test_pick_chooses_the_least_padding():
     t = conv_tile_ir.compile_tiles(conv_tile_ir.AVX512)
     if t is None:
         pytest.skip("llvmlite has no native code generator here")
-    assert t.pick(16, 222)[0].nco == 8    # 16 channels: 2 blocks of 8, not 2 of 12
+    s, _, tails = t.pick(16, 222)
+    assert s.nco == 8                     # 16 channels: 2 blocks of 8, not 2 of 12
+    assert len(tails) == s.np and tails[0] == 0 and all(tails[1:])  # 222 -> 224 = 4 x 48 + a 2-vector tail
     assert t.pick(24, 64)[0].nco == 12    # 24 channels and 64 positions: 2 blocks of 12 x 2 of 32
 
 

@@ -136,25 +136,33 @@ def module_ir(shapes) -> str:
     v, vt = shapes[0].v, _vec(shapes[0].v)
     return "\n".join([f"declare {vt} @llvm.fma.v{v}f32({vt}, {vt}, {vt})",
                       f"declare float @llvm.vector.reduce.fadd.v{v}f32(float, {vt})",
-                      wgrad_ir(shapes[0]), pool_ir("float")] + [fwd_ir(s, f"fwd{i}") for i, s in enumerate(shapes)])
+                      wgrad_ir(shapes[0]), pool_ir("float")] + [fwd_ir(s, f"fwd{i}") for i, s in enumerate(shapes)]
+                     + [fwd_ir(t, f"fwd{i}_{t.np}") for i, s in enumerate(shapes) for t in tail_shapes(s)])
+
+
+def tail_shapes(s: Shape):
+    """The forward tiles of s's channel count for 1 .. NP-1 vectors: the end of a row of positions that is not a
+    whole number of PB (so a row is computed to a multiple of V, not of PB)."""
+    return [Shape(s.v, n, s.nco, s.wco, s.wk) for n in range(1, s.np)]
 
 
 class Tiles:
-    """Compiled tiles: ``fwd`` a list of (Shape, address) variants, ``wgrad`` the address of the weight-gradient
-    tile of ``shape`` (the first variant's), ``pool`` the float pool kernel's (addresses for ``intrinsics.call``)."""
+    """Compiled tiles: ``fwd`` a list of (Shape, address, [address of the tail tile of n vectors, n = 0 .. NP-1 (0:
+    none)]) variants, ``wgrad`` the address of the weight-gradient tile of ``shape`` (the first variant's), ``pool``
+    the float pool kernel's (addresses for ``intrinsics.call``)."""
 
-    def __init__(self, shapes, engine, fwd, wgrad, pool):
+    def __init__(self, shapes, engine, fwd, tails, wgrad, pool):
         self.shape, self._engine, self.wgrad = shapes[0], engine, address(wgrad)
-        self.fwd = [(s, address(f)) for s, f in zip(shapes, fwd)]
+        self.fwd = [(s, address(f), [0] + [address(t) for t in ts]) for s, f, ts in zip(shapes, fwd, tails)]
         self.v = shapes[0].v
         self.pool = address(pool)  # llvm_ir.pool_ir("float")
 
     def pick(self, channels, length):
-        """The forward variant (Shape, pointer) that pads ``channels`` output rows and ``length``
-        positions least."""
+        """The forward variant (Shape, pointer, tail pointers) that pads ``channels`` output rows and ``length``
+        positions (to a multiple of V, with a tail tile) least."""
         def cost(item):
             s = item[0]
-            return (-(-channels // s.nco) * s.nco) * (-(-length // s.pb) * s.pb)
+            return (-(-channels // s.nco) * s.nco) * (-(-length // s.v) * s.v)
         return min(self.fwd, key=cost)
 
 
@@ -184,7 +192,9 @@ def compile_tiles(shapes) -> Tiles | None:
             _CACHE[key] = None
         else:
             fwd = [_FWD_SIG(engine.get_function_address(f"fwd{i}")) for i in range(len(shapes))]
-            _CACHE[key] = Tiles(shapes, engine, fwd, _WG_SIG(engine.get_function_address("wgrad")),
+            tails = [[_FWD_SIG(engine.get_function_address(f"fwd{i}_{t.np}")) for t in tail_shapes(s)]
+                     for i, s in enumerate(shapes)]
+            _CACHE[key] = Tiles(shapes, engine, fwd, tails, _WG_SIG(engine.get_function_address("wgrad")),
                                 POOL_SIG(engine.get_function_address("pool")))
     return _CACHE[key]
 

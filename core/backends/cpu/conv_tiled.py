@@ -56,9 +56,11 @@ def _pad_into(x, i, xp, hp, wp, ph, pw):
 
 
 @njit
-def _fwd_slice(x, out, bias, hp, wp, ph, pw, offs, wpk, tile, pb, lpad, pool, relu, qep, pool_fn, sync):
+def _fwd_slice(x, out, bias, hp, wp, ph, pw, offs, wpk, tile, tail, pb, lpad, pool, relu, qep, pool_fn, sync):
     """out (n, Co, ...) = the tiled convolution of the images x (n, C, H, W) with packed weights wpk
-    (groups, channel blocks, K, NCO) and tap table offs; the epilogue adds bias, and pools / ReLUs; or,
+    (groups, channel blocks, K, NCO) and tap table offs, lpad positions per channel: whole tiles of pb, then the
+    ``tail`` tile (of the same channels) for the rest (when lpad is no multiple of pb); the epilogue adds bias,
+    and pools / ReLUs; or,
     with ``qep`` = (bias_i, multiplier, zero point, lo, hi), requantizes the (pooled) sums to uint8 codes."""
     post(sync)
     n, c = x.shape[0], x.shape[1]
@@ -81,6 +83,9 @@ def _fwd_slice(x, out, bias, hp, wp, ph, pw, offs, wpk, tile, pb, lpad, pool, re
             ob = buf[blk * nco].ctypes.data
             for q in range(lpad // pb):
                 call(tile, (xb + q * pb * 4, offs.ctypes.data, k, wptr, ob + q * pb * 4, lpad))
+            if lpad % pb:
+                q = lpad - lpad % pb
+                call(tail, (xb + q * 4, offs.ctypes.data, k, wptr, ob + q * 4, lpad))
         if qep is None:
             for ch in range(co):
                 g = ch // cog
@@ -203,24 +208,25 @@ def _offsets(cg, kh, kw, dh, dw, hp, wp, pad_to=1):
 
 
 def _packed(wk, tiles, length):
-    """wk (groups, cog, K) -> (the forward variant's pointer and PB, weights packed (groups, blocks, K, NCO)
-    with zero rows past cog, lpad = length rounded up to PB)."""
+    """wk (groups, cog, K) -> (the forward variant's pointer, its tail tile's for the rest of lpad (0: none) and PB,
+    weights packed (groups, blocks, K, NCO) with zero rows past cog, lpad = length rounded up to V)."""
     groups, cog, k = wk.shape
-    s, fwd = tiles.pick(cog, length)
+    s, fwd, tails = tiles.pick(cog, length)
     ncb = -(-cog // s.nco)
     wpk = np.zeros((groups, ncb * s.nco, k), np.float32)
     wpk[:, :cog] = wk
     wpk = np.ascontiguousarray(wpk.reshape(groups, ncb, s.nco, k).transpose(0, 1, 3, 2))
-    return fwd, s.pb, wpk, -(-length // s.pb) * s.pb
+    lpad = -(-length // s.v) * s.v
+    return fwd, tails[(lpad % s.pb) // s.v], s.pb, wpk, lpad
 
 
 def _fwd_plan(n, out_hw, hp, wp, ph, pw, offs, wk, tiles):
     """(the geometry and packed-weight fields of ``_fwd_slice``, the slices of n images over the threads) of a
     forward convolution with conv output size out_hw."""
     le = (out_hw[0] - 1) * wp + out_hw[1]
-    fwd, pb, wpk, lpad = _packed(wk, tiles, le)
+    fwd, tail, pb, wpk, lpad = _packed(wk, tiles, le)
     work = n * wpk.shape[0] * wpk.shape[1] * wpk.shape[3] * lpad * wpk.shape[2]
-    return (hp, wp, ph, pw, offs, wpk, fwd, pb, lpad), slices(n, work, PAR_MIN_MACS)
+    return (hp, wp, ph, pw, offs, wpk, fwd, tail, pb, lpad), slices(n, work, PAR_MIN_MACS)
 
 
 def _fwd_launch(x, out, bias, fields, parts, pool, relu, qep, tiles):
