@@ -5,8 +5,12 @@ import operator
 from collections import OrderedDict
 from collections.abc import Mapping
 
+import numpy as np
+
+from ..ops.conv_pool import conv2d_maxpool
 from ..ops.registry import get_trace_hook
 from .activation import ReLU
+from .conv import Conv2d
 from .module import Module, _indent
 from .pooling import MaxPool2d
 
@@ -99,6 +103,14 @@ class Sequential(Module):
         i, n = 0, len(modules)
         while i < n:
             m = modules[i]
+            if m.__class__ is Conv2d and i + 1 < n:
+                span = _conv_pool_span(m, modules[i + 1:i + 3], input)
+                if span:
+                    left, _, top, _ = m._reversed_padding_repeated_twice
+                    input = conv2d_maxpool(input, m.weight, m.bias, m.stride, (top, left), m.dilation, m.groups)
+                    input = modules[i + 1](input) if span == 3 else input  # the ReLU, on the pooled output
+                    i += span
+                    continue
             if i + 1 < n and m.__class__ is ReLU and _pool_first(m, modules[i + 1]):
                 input = m(modules[i + 1](input))
                 i += 2
@@ -120,6 +132,53 @@ def _pool_first(relu, pool) -> bool:
     return (pool.__class__ is MaxPool2d and not pool.return_indices and get_trace_hook() is None
             and not (relu._forward_hooks or relu._forward_pre_hooks or pool._forward_hooks
                      or pool._forward_pre_hooks))
+
+
+def _hooked(*modules) -> bool:
+    return any(m._forward_hooks or m._forward_pre_hooks for m in modules)
+
+
+def _plain_pool2(pool) -> bool:
+    """A MaxPool2d with a 2x2 window, stride 2, no padding / dilation / ceil mode / returned indices."""
+    def two(v, want):
+        return v == want or (isinstance(v, (tuple, list)) and len(v) == 2 and v[0] == v[1] == want)
+    return (pool.__class__ is MaxPool2d and two(pool.kernel_size, 2) and two(pool.stride, 2) and two(pool.padding, 0)
+            and two(pool.dilation, 1) and not pool.ceil_mode and not pool.return_indices)
+
+
+def _conv_pool_span(conv, following, x) -> int:
+    """3 when ``Conv2d`` -> ``ReLU`` -> ``MaxPool2d(2)``, 2 when ``Conv2d`` -> ``MaxPool2d(2)`` may run as one
+    ``conv2d_maxpool`` (then the ReLU on the pooled output), else 0.
+
+    The same values and gradients as the modules one by one (max pooling and ReLU commute, and the op's argmax is
+    max_pool2d's), for less work: the tiles pool each image's conv result while it is in cache, so the full-size
+    output is never written, read back and scattered into (cnn training step on CPU: conv2d + max_pool2d forward
+    and backward ~4.5 ms of ~7). Only for a 4-d float32 CPU input and a zero-padded (symmetrically) convolution;
+    not with hooks on any of the modules (they would see other tensors) nor while a tracer records ops (the
+    runtime fuses the standard ops itself)."""
+    if not following or get_trace_hook() is not None:
+        return 0
+    span = 2
+    if following[0].__class__ is ReLU:
+        if len(following) < 2:
+            return 0
+        span = 3
+    pool = following[span - 2]
+    if not _plain_pool2(pool) or _hooked(conv, pool, *following[:span - 2]):
+        return 0
+    data = getattr(x, "_data", None)
+    if (data.__class__ is not np.ndarray or data.ndim != 4 or data.dtype != np.float32
+            or conv.weight._data.dtype != np.float32 or conv.padding_mode != "zeros"):
+        return 0
+    if conv.weight._data.__class__ is not np.ndarray:
+        return 0
+    left, right, top, bottom = conv._reversed_padding_repeated_twice
+    if left != right or top != bottom or data.shape[1] != conv.in_channels:
+        return 0
+    for size, p, d, k, st in zip(data.shape[2:], (top, left), conv.dilation, conv.kernel_size, conv.stride):
+        if (size + 2 * p - d * (k - 1) - 1) // st + 1 < 2:  # (the modules one by one say what is wrong)
+            return 0
+    return span
 
 
 class ModuleList(Module):

@@ -25,7 +25,8 @@ from __future__ import annotations
 import ctypes
 import os
 
-from .llvm_ir import POOL_SIG, address, compile_module, pool_ir, store_accumulators
+from .llvm_ir import (MASKED_DECLS, POOL_CODES_SIG, POOL_SIG, UNPOOL_SIG, address, compile_module, pool_codes_ir, pool_ir,
+                      store_accumulators, unpool_ir)
 
 _FWD_SIG = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64, ctypes.c_void_p,
                             ctypes.c_void_p, ctypes.c_int64)
@@ -135,8 +136,8 @@ def wgrad_ir(s: Shape, name="wgrad") -> str:
 def module_ir(shapes) -> str:
     v, vt = shapes[0].v, _vec(shapes[0].v)
     return "\n".join([f"declare {vt} @llvm.fma.v{v}f32({vt}, {vt}, {vt})",
-                      f"declare float @llvm.vector.reduce.fadd.v{v}f32(float, {vt})",
-                      wgrad_ir(shapes[0]), pool_ir("float")] + [fwd_ir(s, f"fwd{i}") for i, s in enumerate(shapes)]
+                      f"declare float @llvm.vector.reduce.fadd.v{v}f32(float, {vt})", MASKED_DECLS,
+                      wgrad_ir(shapes[0]), pool_ir("float"), pool_codes_ir(), unpool_ir()] + [fwd_ir(s, f"fwd{i}") for i, s in enumerate(shapes)]
                      + [fwd_ir(t, f"fwd{i}_{t.np}") for i, s in enumerate(shapes) for t in tail_shapes(s)])
 
 
@@ -149,13 +150,15 @@ def tail_shapes(s: Shape):
 class Tiles:
     """Compiled tiles: ``fwd`` a list of (Shape, address, [address of the tail tile of n vectors, n = 0 .. NP-1 (0:
     none)]) variants, ``wgrad`` the address of the weight-gradient tile of ``shape`` (the first variant's), ``pool``
-    the float pool kernel's (addresses for ``intrinsics.call``)."""
+    the float pool kernel's, ``pool_codes`` / ``unpool`` the training pool's and its gradient's (llvm_ir.py; addresses
+    for ``intrinsics.call``)."""
 
-    def __init__(self, shapes, engine, fwd, tails, wgrad, pool):
+    def __init__(self, shapes, engine, fwd, tails, wgrad, pool, pool_codes, unpool):
         self.shape, self._engine, self.wgrad = shapes[0], engine, address(wgrad)
         self.fwd = [(s, address(f), [0] + [address(t) for t in ts]) for s, f, ts in zip(shapes, fwd, tails)]
         self.v = shapes[0].v
         self.pool = address(pool)  # llvm_ir.pool_ir("float")
+        self.pool_codes, self.unpool = address(pool_codes), address(unpool)
 
     def pick(self, channels, length):
         """The forward variant (Shape, pointer, tail pointers) that pads ``channels`` output rows and ``length``
@@ -195,7 +198,9 @@ def compile_tiles(shapes) -> Tiles | None:
             tails = [[_FWD_SIG(engine.get_function_address(f"fwd{i}_{t.np}")) for t in tail_shapes(s)]
                      for i, s in enumerate(shapes)]
             _CACHE[key] = Tiles(shapes, engine, fwd, tails, _WG_SIG(engine.get_function_address("wgrad")),
-                                POOL_SIG(engine.get_function_address("pool")))
+                                POOL_SIG(engine.get_function_address("pool")),
+                                POOL_CODES_SIG(engine.get_function_address("pool_codes")),
+                                UNPOOL_SIG(engine.get_function_address("unpool")))
     return _CACHE[key]
 
 

@@ -55,14 +55,35 @@ def _pad_into(x, i, xp, hp, wp, ph, pw):
                 d[q] = src[q]
 
 
+@njit(inline="always")
+def _unpool_plane(gptr, cptr, h2, w2, dst, base, wp, h, w, unpool_fn):
+    """The gradient of a 2x2 / stride-2 max pool of an h x w plane from its pooled gradient (h2 x w2 float32 at
+    address gptr) and window codes (uint8 at cptr): written at dst[base + r*wp + q] for r < h, q < w (zeros
+    where no max was, and in the last row / column an odd size leaves out of every window)."""
+    for r in range(2 * h2):
+        off = (r >> 1) * w2
+        call(unpool_fn, (gptr + 4 * off, cptr + off, w2, (r & 1) * 2, dst.ctypes.data + 4 * (base + r * wp)))
+        if w > 2 * w2:
+            dst[base + r * wp + w - 1] = 0
+    for r in range(2 * h2, h):
+        for q in range(w):
+            dst[base + r * wp + q] = 0
+
+
 @njit
-def _fwd_slice(x, out, bias, hp, wp, ph, pw, offs, wpk, tile, tail, pb, lpad, pool, relu, qep, pool_fn, sync):
+def _fwd_slice(x, out, bias, hp, wp, ph, pw, offs, wpk, tile, tail, pb, lpad, pool, relu, qep, codes, src_codes, src_hw,
+               fns, sync):
     """out (n, Co, ...) = the tiled convolution of the images x (n, C, H, W) with packed weights wpk
     (groups, channel blocks, K, NCO) and tap table offs, lpad positions per channel: whole tiles of pb, then the
     ``tail`` tile (of the same channels) for the rest (when lpad is no multiple of pb); the epilogue adds bias,
-    and pools / ReLUs; or,
-    with ``qep`` = (bias_i, multiplier, zero point, lo, hi), requantizes the (pooled) sums to uint8 codes."""
+    and pools / ReLUs (with ``codes`` (n, Co, ...) uint8, not None: pools and records where each max was, with
+    llvm_ir.pool_codes_ir; no ReLU); or,
+    with ``qep`` = (bias_i, multiplier, zero point, lo, hi), requantizes the (pooled) sums to uint8 codes.
+    With ``src_codes`` not None, x is the pooled gradient of a 2x2 max pool whose input was src_hw big and whose
+    window codes src_codes holds: each image is unpooled into the padded scratch (an input gradient's first step).
+    ``fns``: the addresses of llvm_ir's pool, pool_codes and unpool kernels."""
     post(sync)
+    pool_fn, codes_fn, unpool_fn = fns
     n, c = x.shape[0], x.shape[1]
     groups, ncb, k, nco = wpk.shape
     co = out.shape[1]
@@ -75,7 +96,14 @@ def _fwd_slice(x, out, bias, hp, wp, ph, pw, offs, wpk, tile, tail, pb, lpad, po
     buf = np.empty(rows * lpad + 16, np.float32)[:rows * lpad].reshape(rows, lpad)  # + the pool's overhang
     stage = np.empty(ho * wo + 16, np.float32)
     for i in range(n):
-        _pad_into(x, i, xp, hp, wp, ph, pw)
+        if src_codes is None:
+            _pad_into(x, i, xp, hp, wp, ph, pw)
+        else:
+            h2, w2 = x.shape[2], x.shape[3]
+            for ci in range(c):
+                at = (i * c + ci) * h2 * w2
+                _unpool_plane(x.ctypes.data + 4 * at, src_codes.ctypes.data + at, h2, w2, xp,
+                              ci * hp * wp + ph * wp + pw, wp, src_hw[0], src_hw[1], unpool_fn)
         for blk in range(groups * ncb):
             g = blk // ncb
             xb = xp.ctypes.data + g * cgplane * 4
@@ -90,7 +118,10 @@ def _fwd_slice(x, out, bias, hp, wp, ph, pw, offs, wpk, tile, tail, pb, lpad, po
             for ch in range(co):
                 g = ch // cog
                 row = buf[g * rows_per_group + ch - g * cog]
-                if pool:  # the pool kernel into stage, then bias and ReLU on the way out
+                if codes is not None:
+                    call(codes_fn, (row.ctypes.data, wp, ho // 2, wo // 2, bias[ch], out[i, ch].ctypes.data,
+                                    codes[i, ch].ctypes.data))
+                elif pool:  # the pool kernel into stage, then bias and ReLU on the way out
                     call(pool_fn, (row.ctypes.data, wp, ho // 2, wo, stage.ctypes.data))
                     flat = out[i, ch].reshape(out.shape[2] * out.shape[3])
                     bv = bias[ch]
@@ -138,12 +169,16 @@ def requant_row(src, k, b, m, zp, lo, hi, dst):
 
 
 @njit
-def _wgrad_slice(g, x, hp, wp, ph, pw, offs, part, gb, want_bias, tile, v, lpad, chunk, wco, wk, sync):
+def _wgrad_slice(g, x, hp, wp, ph, pw, offs, part, gb, want_bias, tile, v, lpad, chunk, wco, wk, codes, g_hw, unpool_fn,
+                 sync):
     """part (groups, rows, kpad) += the weight-gradient sums of the images of g / x, a chunk of images at a
     time: the chunk's output gradients moved to the extended layout (zeros in the dropped columns) and its
-    inputs padded, then the wgrad tiles; gb[c] (float64) += the sum of g[:, c] when ``want_bias``."""
+    inputs padded, then the wgrad tiles; gb[c] (float64) += the sum of g[:, c] when ``want_bias``. With ``codes``
+    not None, g is the pooled gradient of a 2x2 max pool of the g_hw-sized conv output (window codes ``codes``),
+    unpooled straight into the extended layout."""
     post(sync)
-    n, co, ho, wo = g.shape
+    n, co = g.shape[0], g.shape[1]
+    ho, wo = (g.shape[2], g.shape[3]) if codes is None else (g_hw[0], g_hw[1])
     groups, rows, kpad = part.shape
     cog = co // groups
     c = x.shape[1]
@@ -160,6 +195,19 @@ def _wgrad_slice(g, x, hp, wp, ph, pw, offs, part, gb, want_bias, tile, v, lpad,
                 grp = ch // cog
                 d = ge[j, grp * rows + ch - grp * cog]
                 acc = 0.0
+                if codes is not None:
+                    h2, w2 = g.shape[2], g.shape[3]
+                    at = ((i0 + j) * co + ch) * h2 * w2
+                    _unpool_plane(g.ctypes.data + 4 * at, codes.ctypes.data + at, h2, w2, d, 0, wp, ho, wo, unpool_fn)
+                    if want_bias:
+                        for r in range(h2):
+                            src = g[i0 + j, ch, r]
+                            rs = src[0]
+                            for q in range(1, w2):
+                                rs += src[q]
+                            acc += rs
+                        gb[ch] += acc
+                    continue
                 for oh in range(ho):
                     src = g[i0 + j, ch, oh]
                     dr = d[oh * wp:oh * wp + wo]
@@ -229,17 +277,20 @@ def _fwd_plan(n, out_hw, hp, wp, ph, pw, offs, wk, tiles):
     return (hp, wp, ph, pw, offs, wpk, fwd, tail, pb, lpad), slices(n, work, PAR_MIN_MACS)
 
 
-def _fwd_launch(x, out, bias, fields, parts, pool, relu, qep, tiles):
+def _fwd_launch(x, out, bias, fields, parts, pool, relu, qep, tiles, codes=None, src_codes=None, src_hw=(0, 0)):
     x = np.ascontiguousarray(x, dtype=np.float32)
-    tail = (pool, relu, qep, tiles.pool)
-    run_parts(_fwd_slice, [(x[lo:hi], out[lo:hi], bias) + fields + tail for lo, hi in parts])
+    fns = (tiles.pool, tiles.pool_codes, tiles.unpool)
+    run_parts(_fwd_slice, [(x[lo:hi], out[lo:hi], bias) + fields
+                           + (pool, relu, qep, None if codes is None else codes[lo:hi],
+                              None if src_codes is None else src_codes[lo:hi], tuple(src_hw), fns)
+                           for lo, hi in parts])
     return out
 
 
-def _run_fwd(x, out, bias, hp, wp, ph, pw, offs, wk, tiles, pool, relu, qep=None):
+def _run_fwd(x, out, bias, hp, wp, ph, pw, offs, wk, tiles, pool, relu, qep=None, src_codes=None, src_hw=(0, 0)):
     k = 2 if pool else 1
     fields, parts = _fwd_plan(x.shape[0], (out.shape[2] * k, out.shape[3] * k), hp, wp, ph, pw, offs, wk, tiles)
-    return _fwd_launch(x, out, bias, fields, parts, pool, relu, qep, tiles)
+    return _fwd_launch(x, out, bias, fields, parts, pool, relu, qep, tiles, src_codes=src_codes, src_hw=src_hw)
 
 
 def _geometry(x, w, padding, dilation, groups, out_hw):
@@ -288,6 +339,18 @@ def forward(x, w, bias, padding, dilation, groups, out_hw, pool=False, relu=Fals
     return _run_fwd(x, out, b, hp, wp, ph, pw, offs, wk, host_tiles(), pool, relu)
 
 
+def forward_pool_codes(x, w, bias, padding, dilation, groups, out_hw):
+    """(the 2x2 / stride-2 max pool of the stride-1 float32 conv2d of x (conv output size ``out_hw``), the uint8
+    code of each max's place in its window): the pool's argmax for training, from the tiles' epilogue."""
+    n, co, ho, wo, hp, wp, ph, pw, offs, wk = _geometry(x, w, padding, dilation, groups, out_hw)
+    out = np.empty((n, co, ho // 2, wo // 2), np.float32)
+    codes = np.empty(out.shape, np.uint8)
+    b = np.zeros(co, np.float32) if bias is None else np.ascontiguousarray(bias, dtype=np.float32)
+    fields, parts = _fwd_plan(n, (ho, wo), hp, wp, ph, pw, offs, wk, host_tiles())
+    _fwd_launch(x, out, b, fields, parts, True, False, None, host_tiles(), codes)
+    return out, codes
+
+
 def forward_requant(x, w, padding, dilation, groups, out_hw, pool, bias_i, mult, zp, lo, hi):
     """The uint8 codes clip(rint(float32(conv + bias_i) * mult) + zp, lo, hi) per output channel of a stride-1
     float32 convolution whose sums are exact integers (quantized first layers: see ops/qlinear.py), pooled
@@ -299,9 +362,10 @@ def forward_requant(x, w, padding, dilation, groups, out_hw, pool, bias_i, mult,
     return _run_fwd(x, out, np.zeros(co, np.float32), hp, wp, ph, pw, offs, wk, host_tiles(), pool, False, qep)
 
 
-def input_grad(g, w, padding, dilation, groups, in_hw):
+def input_grad(g, w, padding, dilation, groups, in_hw, codes=None, g_hw=(0, 0)):
     """The input gradient of a stride-1 conv2d: the forward tiles on g padded by d*(k-1) - p with the
-    kernel flipped and its channel axes swapped."""
+    kernel flipped and its channel axes swapped. With ``codes``: g is the pooled gradient of a 2x2 max pool of
+    the g_hw-sized conv output, unpooled image by image into the tiles' padded input."""
     n, co = g.shape[0], g.shape[1]
     _, cg, kh, kw = w.shape
     cog = co // groups
@@ -312,14 +376,17 @@ def input_grad(g, w, padding, dilation, groups, in_hw):
     wk = np.ascontiguousarray(wf.transpose(0, 2, 1, 3, 4)).reshape(groups, cg, cog * kh * kw)
     dx = np.empty((n, cg * groups, h, w_), np.float32)
     return _run_fwd(g, dx, np.zeros(cg * groups, np.float32), hq, wq, dh * (kh - 1) - ph, dw * (kw - 1) - pw,
-                    offs, wk, host_tiles(), False, False)
+                    offs, wk, host_tiles(), False, False, src_codes=None if codes is None else np.ascontiguousarray(codes),
+                    src_hw=g_hw)
 
 
-def weight_grad(g, x, w_shape, padding, dilation, groups, want_bias):
-    """(gw, gb) of a stride-1 conv2d: gw float32 like the weight, gb float64 (or None)."""
+def weight_grad(g, x, w_shape, padding, dilation, groups, want_bias, codes=None, g_hw=(0, 0)):
+    """(gw, gb) of a stride-1 conv2d: gw float32 like the weight, gb float64 (or None). With ``codes``: g is the
+    pooled gradient of a 2x2 max pool of the g_hw-sized conv output (window codes ``codes``)."""
     tiles = host_tiles()
     s = tiles.shape
-    n, co, ho, wo = g.shape
+    n, co = g.shape[0], g.shape[1]
+    ho, wo = (g.shape[2], g.shape[3]) if codes is None else g_hw
     _, cg, kh, kw = w_shape
     cog = co // groups
     (ph, pw), (dh, dw) = padding, dilation
@@ -334,8 +401,10 @@ def weight_grad(g, x, w_shape, padding, dilation, groups, want_bias):
     gb = np.zeros((len(parts), co), np.float64)
     part = np.zeros((len(parts), groups, rows, offs.size), np.float32)
     chunk = max(1, WG_CHUNK_BYTES // (4 * (groups * rows * lpad + x.shape[1] * hp * wp)))
+    codes = None if codes is None else np.ascontiguousarray(codes)
     run_parts(_wgrad_slice, [(g[lo:hi], x[lo:hi], hp, wp, ph, pw, offs, part[t], gb[t], bool(want_bias), tiles.wgrad,
-                              s.v, lpad, chunk, s.wco, s.wk) for t, (lo, hi) in enumerate(parts)])
+                              s.v, lpad, chunk, s.wco, s.wk, None if codes is None else codes[lo:hi], tuple(g_hw),
+                              tiles.unpool) for t, (lo, hi) in enumerate(parts)])
     gw = part.sum(axis=0) if len(parts) > 1 else part[0]
     gw = np.ascontiguousarray(gw[:, :cog, :cg * kh * kw]).reshape(w_shape)
     return gw, (gb.sum(axis=0) if want_bias else None)

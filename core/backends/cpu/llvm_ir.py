@@ -115,3 +115,143 @@ done:
   ret void
 }}
 """
+
+
+def _lanes(n, ty="i64"):
+    return "<" + ", ".join(f"{ty} {i}" for i in range(n)) + ">"
+
+
+def _splat_i64(name, src, n):
+    return (f"  %{name}i = insertelement <{n} x i64> undef, i64 {src}, i32 0\n"
+            f"  %{name} = shufflevector <{n} x i64> %{name}i, <{n} x i64> undef, <{n} x i32> zeroinitializer")
+
+
+def _i8s(v):
+    return "<" + ", ".join(f"i8 {v}" for _ in range(8)) + ">"
+
+
+POOL_CODES_SIG = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64, ctypes.c_int64, ctypes.c_float,
+                                  ctypes.c_void_p, ctypes.c_void_p)
+UNPOOL_SIG = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64, ctypes.c_void_p)
+MASKED_DECLS = """declare void @llvm.masked.store.v8f32.p0(<8 x float>, ptr, i32, <8 x i1>)
+declare void @llvm.masked.store.v8i8.p0(<8 x i8>, ptr, i32, <8 x i1>)
+declare void @llvm.masked.store.v16f32.p0(<16 x float>, ptr, i32, <16 x i1>)
+declare <8 x float> @llvm.masked.load.v8f32.p0(ptr, i32, <8 x i1>, <8 x float>)
+declare <8 x i8> @llvm.masked.load.v8i8.p0(ptr, i32, <8 x i1>, <8 x i8>)"""
+
+
+def _later(out, v, m, k_prev, code):
+    """IR lines: where v beats the running max m (v > m, or v is NaN: max_pool2d's scan), take v and ``code``."""
+    return (f"  %{out}g = fcmp ogt <8 x float> %{v}, %{m}\n  %{out}u = fcmp uno <8 x float> %{v}, %{v}\n"
+            f"  %{out}t = or <8 x i1> %{out}g, %{out}u\n"
+            f"  %{out} = select <8 x i1> %{out}t, <8 x float> %{v}, <8 x float> %{m}\n"
+            f"  %{out}k = select <8 x i1> %{out}t, <8 x i8> {_i8s(code)}, <8 x i8> {k_prev}")
+
+
+def pool_codes_ir() -> str:
+    """``pool_codes(src, wp, ho2, wo2, bias, dst, codes)``: dst[y*wo2 + x] = the max of the 2x2 block at (2y, 2x) of
+    the rows src (row stride wp) plus ``bias``, codes[y*wo2 + x] = its place in the block (dy*2 + dx), the block
+    scanned as max_pool2d does (bias added first; the first max on ties, the last NaN); 8 blocks a step. It reads up
+    to 16 floats past a row's 2*wo2 (the caller's layout has them) and writes nothing past wo2 (masked stores)."""
+    ev = "<8 x i32> <i32 0, i32 2, i32 4, i32 6, i32 8, i32 10, i32 12, i32 14>"
+    od = "<8 x i32> <i32 1, i32 3, i32 5, i32 7, i32 9, i32 11, i32 13, i32 15>"
+    return f"""
+define void @pool_codes(float* %src, i64 %wp, i64 %ho2, i64 %wo2, float %bias, float* %dst, i8* %codes) {{
+entry:
+  %rows = icmp sgt i64 %ho2, 0
+  %cols = icmp sgt i64 %wo2, 0
+  %go = and i1 %rows, %cols
+  %bi = insertelement <8 x float> undef, float %bias, i32 0
+  %bs = shufflevector <8 x float> %bi, <8 x float> undef, <8 x i32> zeroinitializer
+  br i1 %go, label %row, label %done
+row:
+  %y = phi i64 [0, %entry], [%y1, %rowend]
+  %y2 = mul i64 %y, 2
+  %toff = mul i64 %y2, %wp
+  %boff = add i64 %toff, %wp
+  %doff = mul i64 %y, %wo2
+  br label %col
+col:
+  %x = phi i64 [0, %row], [%x1, %col]
+  %x2 = mul i64 %x, 2
+  %ta = add i64 %toff, %x2
+  %tp = getelementptr float, float* %src, i64 %ta
+  %tq = bitcast float* %tp to <16 x float>*
+  %tv = load <16 x float>, <16 x float>* %tq, align 4
+  %ba = add i64 %boff, %x2
+  %bp = getelementptr float, float* %src, i64 %ba
+  %bq = bitcast float* %bp to <16 x float>*
+  %bv = load <16 x float>, <16 x float>* %bq, align 4
+  %a0 = shufflevector <16 x float> %tv, <16 x float> undef, {ev}
+  %b0 = shufflevector <16 x float> %tv, <16 x float> undef, {od}
+  %c0 = shufflevector <16 x float> %bv, <16 x float> undef, {ev}
+  %d0 = shufflevector <16 x float> %bv, <16 x float> undef, {od}
+  %a = fadd <8 x float> %a0, %bs
+  %b = fadd <8 x float> %b0, %bs
+  %c = fadd <8 x float> %c0, %bs
+  %d = fadd <8 x float> %d0, %bs
+{_later("m1", "b", "a", "zeroinitializer", 1)}
+{_later("m2", "c", "m1", "%m1k", 2)}
+{_later("m3", "d", "m2", "%m2k", 3)}
+  %rem = sub i64 %wo2, %x
+{_splat_i64("rs", "%rem", 8)}
+  %mask = icmp slt <8 x i64> {_lanes(8)}, %rs
+  %da = add i64 %doff, %x
+  %dp = getelementptr float, float* %dst, i64 %da
+  call void @llvm.masked.store.v8f32.p0(<8 x float> %m3, ptr %dp, i32 4, <8 x i1> %mask)
+  %cp = getelementptr i8, i8* %codes, i64 %da
+  call void @llvm.masked.store.v8i8.p0(<8 x i8> %m3k, ptr %cp, i32 1, <8 x i1> %mask)
+  %x1 = add i64 %x, 8
+  %more = icmp slt i64 %x1, %wo2
+  br i1 %more, label %col, label %rowend
+rowend:
+  %y1 = add i64 %y, 1
+  %morey = icmp slt i64 %y1, %ho2
+  br i1 %morey, label %row, label %done
+done:
+  ret void
+}}
+"""
+
+
+def unpool_ir() -> str:
+    """``unpool(g, codes, n, dy2, dst)``: dst[2j + dx] = g[j] where codes[j] == dy2 + dx, else 0, for j < n and dx in
+    (0, 1): one output row (dy2 = 0 the top, 2 the bottom) of a 2x2 max pool's gradient; 8 blocks a step, masked
+    loads and stores (nothing read or written past n / 2n)."""
+    il = "<16 x i32> <" + ", ".join(f"i32 {i // 2 + 8 * (i % 2)}" for i in range(16)) + ">"
+    return f"""
+define void @unpool(float* %g, i8* %codes, i64 %n, i64 %dy2, float* %dst) {{
+entry:
+  %go = icmp sgt i64 %n, 0
+  %d8 = trunc i64 %dy2 to i8
+  %di = insertelement <8 x i8> undef, i8 %d8, i32 0
+  %ds = shufflevector <8 x i8> %di, <8 x i8> undef, <8 x i32> zeroinitializer
+  br i1 %go, label %col, label %done
+col:
+  %x = phi i64 [0, %entry], [%x1, %col]
+  %rem = sub i64 %n, %x
+{_splat_i64("rs", "%rem", 8)}
+  %mask = icmp slt <8 x i64> {_lanes(8)}, %rs
+  %rem2 = mul i64 %rem, 2
+{_splat_i64("r2", "%rem2", 16)}
+  %mask2 = icmp slt <16 x i64> {_lanes(16)}, %r2
+  %gp = getelementptr float, float* %g, i64 %x
+  %gv = call <8 x float> @llvm.masked.load.v8f32.p0(ptr %gp, i32 4, <8 x i1> %mask, <8 x float> zeroinitializer)
+  %cp = getelementptr i8, i8* %codes, i64 %x
+  %cv = call <8 x i8> @llvm.masked.load.v8i8.p0(ptr %cp, i32 1, <8 x i1> %mask, <8 x i8> zeroinitializer)
+  %cd = sub <8 x i8> %cv, %ds
+  %ie = icmp eq <8 x i8> %cd, {_i8s(0)}
+  %io = icmp eq <8 x i8> %cd, {_i8s(1)}
+  %e = select <8 x i1> %ie, <8 x float> %gv, <8 x float> zeroinitializer
+  %o = select <8 x i1> %io, <8 x float> %gv, <8 x float> zeroinitializer
+  %v = shufflevector <8 x float> %e, <8 x float> %o, {il}
+  %x2 = mul i64 %x, 2
+  %dp = getelementptr float, float* %dst, i64 %x2
+  call void @llvm.masked.store.v16f32.p0(<16 x float> %v, ptr %dp, i32 4, <16 x i1> %mask2)
+  %x1 = add i64 %x, 8
+  %more = icmp slt i64 %x1, %n
+  br i1 %more, label %col, label %done
+done:
+  ret void
+}}
+"""

@@ -9,6 +9,7 @@ from __future__ import annotations
 import numpy as np
 from numba import prange
 
+from .conv_direct import pool_codes_plane
 from .conv_kernels import _scratch
 from .jit import njit, prange_kernel
 
@@ -144,6 +145,42 @@ def max_pool2d_bwd(g, idx, gx):
             q = idx[n, c, l]
             if 0 <= q < hw:  # a window with no element inside the image points past the plane (as torch)
                 gx[n, c, q] += g[n, c, l]
+
+
+@prange_kernel(PAR_MIN)
+def pool2x2_codes_fwd(x, out, code):
+    """out, code = the 2x2 / stride-2 max of each plane of x (N, C, H, W) and where in its window it was
+    (conv_direct.pool_codes_plane)."""
+    n_, c_, h_, w_ = x.shape
+    for t in prange(n_ * c_):
+        n = t // c_
+        c = t - n * c_
+        pool_codes_plane(x[n, c].reshape(h_ * w_), out[n, c], code[n, c], 0.0, w_, out.shape[2], out.shape[3])
+
+
+@prange_kernel(PAR_MIN)
+def unpool2x2_bwd(g, code, gx):
+    """gx (N, C, H, W) = g put at each window's max (``code``: dy*2 + dx), zeros elsewhere, including the last row /
+    column an odd size leaves out of every window: each element written once, no zero-fill pass first."""
+    n_, c_, h_, w_ = gx.shape
+    ho, wo = g.shape[2], g.shape[3]
+    for t in prange(n_ * c_):
+        n = t // c_
+        c = t - n * c_
+        gp, cp, d = g[n, c], code[n, c], gx[n, c]
+        for i in range(ho):
+            top, bot, gr, cr = d[2 * i], d[2 * i + 1], gp[i], cp[i]
+            for j in range(wo):
+                v, k = gr[j], cr[j]
+                top[2 * j] = v if k == 0 else 0
+                top[2 * j + 1] = v if k == 1 else 0
+                bot[2 * j] = v if k == 2 else 0
+                bot[2 * j + 1] = v if k == 3 else 0
+            if w_ > 2 * wo:
+                top[w_ - 1] = 0
+                bot[w_ - 1] = 0
+        for r in range(2 * ho, h_):
+            d[r, :] = 0
 
 
 @njit(inline="always")
@@ -324,6 +361,24 @@ def max_pool2d_backward(g, idx, input_hw):
     idx = np.ascontiguousarray(idx, dtype=np.int64).reshape(n, c, -1)
     max_pool2d_bwd(_work(gx.size), gc.reshape(n, c, -1), idx, gx)
     return gx.reshape(n, c, input_hw[0], input_hw[1]).astype(g.dtype, copy=False)
+
+
+def pool2x2_codes_forward(x):
+    """(the 2x2 / stride-2 max pool of NCHW x, its uint8 window codes): the plain kernels' path of conv2d_maxpool."""
+    xc = _prep(x)
+    n, c, h, w = xc.shape
+    out = np.empty((n, c, h // 2, w // 2), xc.dtype)
+    code = np.empty(out.shape, np.uint8)
+    pool2x2_codes_fwd(_work(4 * out.size), xc, out, code)
+    return out.astype(x.dtype, copy=False), code
+
+
+def unpool2x2_backward(g, code, input_hw):
+    """The input gradient of a 2x2 / stride-2 max pool from its window codes."""
+    gc = _prep(g)
+    gx = np.empty(gc.shape[:2] + tuple(input_hw), gc.dtype)
+    unpool2x2_bwd(_work(gx.size), gc, np.ascontiguousarray(code, dtype=np.uint8), gx)
+    return gx.astype(g.dtype, copy=False)
 
 
 def avg_pool2d_forward(x, kernel, stride, padding, count_include_pad, divisor, out_hw):
