@@ -7,7 +7,7 @@ import numpy as np
 from ..backends.cpu import blas
 from ..tensor import Tensor
 from . import elementwise as E
-from .registry import apply, backward, kernel, register_op
+from .registry import apply, backward, kernel, prepared_kernel, register_op
 from .shape import transpose
 from .util import broadcast_shapes, norm_dims, unbroadcast
 
@@ -85,6 +85,8 @@ def _linear_rule(x, w, b=None):
     return tuple(x[:-1]) + (w[0],)
 
 
+GEMV_ROWS = 4  # the prepared linear's rows from which the transposed weight is used
+
 _linear = register_op("linear", shape=_linear_rule, save_inputs=(0, 1),
                       doc="x @ weight^T + bias over the last dim of x")
 
@@ -97,6 +99,35 @@ def _linear_cpu(x, w, b=None):
     if b is not None:
         np.add(out, b, out=out)
     return out if x.ndim == 2 else out.reshape(x.shape[:-1] + (w.shape[0],))
+
+
+@prepared_kernel("linear")
+def _linear_prepare(inputs, attrs):
+    """The runtime's linear with a constant float32 weight (and bias): one np.dot into a fresh output, then the
+    bias in place. Below GEMV_ROWS rows the weight as it is (x @ w.T: OpenBLAS's GEMV runs contiguous dot products),
+    from there on transposed once to a C-contiguous (in, out) (blas.matmul: one thread below SMALL_MACS, as a second
+    OpenBLAS thread fights the conv tiles' spinning helpers). The cnn's last layer at batch 1: 2.8-3.1 vs 4.3 us per
+    call (the plain kernel)."""
+    x, w, *rest = inputs
+    b = rest[0] if rest else None
+    if x is not None or w is None or w.dtype != np.float32 or w.ndim != 2 or (rest and b is None):
+        return None
+    if b is not None and (b.dtype != np.float32 or b.shape != (w.shape[0],)):
+        return None
+    wt, k, n = np.ascontiguousarray(w.T), w.shape[1], w.shape[0]
+
+    def run(x):
+        if x.dtype != np.float32 or x.ndim != 2 or x.shape[1] != k:  # (the plain kernel computes or says why not)
+            return _linear_cpu(x, w, b)
+        out = np.empty((x.shape[0], n), np.float32)
+        if x.shape[0] < GEMV_ROWS:
+            np.dot(x, w.T, out=out)
+        else:
+            blas.matmul(x, wt, out=out)
+        if b is not None:
+            np.add(out, b, out=out)
+        return out
+    return run
 
 
 _linear_gw = register_op("linear_weight_grad", shape=lambda g, x: (g[-1], x[-1]),

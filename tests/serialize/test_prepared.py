@@ -106,3 +106,28 @@ def test_prepared_float_convolutions_match_the_plain_kernels():
     want = get_op("conv2d_pool").kernels["cpu"](tiny, *[graph.constants[n] for n in node.inputs[1:]], **node.attrs)
     got = pool_fn(tiny)
     assert got.shape == want.shape == (1, 8, 0, 0)
+
+
+def test_prepared_linear_matches_torch():
+    """linear prepared on its weight (a transposed copy from 4 rows on, so not bit for bit the plain kernel's BLAS
+    call) agrees with torch to float32 rounding at every batch size; other inputs go to the plain kernel."""
+    import torch
+
+    ember.manual_seed(0)
+    model = nn.Sequential(nn.Linear(37, 11), nn.Sigmoid(), nn.Linear(11, 5, bias=False)).eval()
+    graph = trace(model, ember.randn(2, 37)).graph
+    ex = Executor(graph)
+    assert all(ins == (node.inputs[0],) for node, (fn, ins, *_) in zip(graph.nodes, ex._steps) if node.op == "linear")
+    tm = torch.nn.Sequential(torch.nn.Linear(37, 11), torch.nn.Sigmoid(), torch.nn.Linear(11, 5, bias=False))
+    with torch.no_grad():
+        for p, q in zip(model.parameters(), tm.parameters()):
+            q.copy_(torch.from_numpy(p.detach().numpy()))
+    rng = np.random.default_rng(1)
+    for n in (1, 3, 4, 64, 200):
+        x = rng.standard_normal((n, 37)).astype(np.float32)
+        np.testing.assert_allclose(ex.run({graph.inputs[0]: x})[0], tm(torch.from_numpy(x)).detach().numpy(),
+                                   rtol=1e-5, atol=1e-6)
+    fn = next(fn for node, (fn, *_) in zip(graph.nodes, ex._steps) if node.op == "linear")
+    x64 = rng.standard_normal((3, 37))
+    w, b = (graph.constants[n] for n in graph.nodes[0].inputs[1:])
+    np.testing.assert_array_equal(fn(x64), get_op("linear").kernels["cpu"](x64, w, b))
