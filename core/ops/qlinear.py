@@ -231,7 +231,38 @@ def qconv_prepare(op, inputs, attrs, pool):
     xz, w, pw, bias_i32, mult, yz = fixed
     geometry = tuple(attrs[k] for k in ("stride", "padding", "dilation", "groups"))
     relu = bool(attrs.get("relu", False))
+    short = _prepared_short_k(w, bias_i32, mult, yz, geometry, relu, pool)
+    if short is not None:
+        return lambda x: short(x, xz) if x.dtype == np.uint8 and short_k(x, w, geometry[3]) else qconv_apply(
+            _uint8_input(op, x), xz, w, pw, bias_i32, mult, yz, *geometry, relu, pool)
     return lambda x: qconv_apply(_uint8_input(op, x), xz, w, pw, bias_i32, mult, yz, *geometry, relu, pool)
+
+
+def _prepared_short_k(w, bias_i32, mult, yz, geometry, relu, pool):
+    """_short_k_conv with its float weights packed and its geometry worked out once (conv_tiled.PreparedForward with
+    the requantizing epilogue), for a stride-1 first layer on the tiles; None otherwise. Bit-identical to it."""
+    from ..backends.cpu import conv_tiled
+    from ..backends.cpu.conv_kernels import out_size
+
+    stride, padding, dilation, groups = geometry
+    co, _, kh, kw = w.shape
+    if w.shape[1] * kh * kw > SHORT_K or tuple(stride) != (1, 1) or conv_tiled.host_tiles() is None:
+        return None
+    bias = np.zeros(co, np.float64) if bias_i32 is None else np.asarray(bias_i32, np.float64)
+    mult = np.broadcast_to(np.asarray(mult, np.float32).reshape(-1), (co,))
+    fwd = conv_tiled.PreparedForward(w.astype(np.float32), None, padding, dilation, groups, pool,
+                                     qep=(bias, mult, yz, max(0, yz) if relu else 0, 255))
+    sizes = {}
+
+    def run(x, xz):
+        hw = sizes.get(x.shape)
+        if hw is None:
+            hw = sizes[x.shape] = (out_size(x.shape[2], kh, 1, padding[0], padding[0], dilation[0]),
+                                   out_size(x.shape[3], kw, 1, padding[1], padding[1], dilation[1]))
+        xf = x.astype(np.float32)
+        xf -= np.float32(xz)
+        return fwd(xf, hw)
+    return run
 
 
 @prepared_kernel("quantized_conv2d")

@@ -304,14 +304,17 @@ def _geometry(x, w, padding, dilation, groups, out_hw):
 
 class PreparedForward:
     """``forward`` of one float32 weight (and bias, geometry, epilogue) with the weights packed and the geometry
-    worked out once per input shape: the runtime's prepared conv2d kernels call it with each input."""
+    worked out once per input shape: the runtime's prepared conv2d kernels call it with each input. With ``qep``
+    (as ``forward_requant`` takes it: bias_i, multipliers, zero point, lo, hi) it is ``forward_requant``: uint8 codes
+    out (the prepared short-reduction quantized convolutions)."""
 
-    def __init__(self, w, bias, padding, dilation, groups, pool=False, relu=False):
+    def __init__(self, w, bias, padding, dilation, groups, pool=False, relu=False, qep=None):
         self.w = np.ascontiguousarray(w, dtype=np.float32)
         co = self.w.shape[0]
         self.bias = np.zeros(co, np.float32) if bias is None else np.ascontiguousarray(bias, dtype=np.float32)
         self.padding, self.dilation, self.groups = tuple(padding), tuple(dilation), groups
         self.pool, self.relu = bool(pool), bool(relu)
+        self.qep, self.dtype = (None, np.float32) if qep is None else (_requant_fields(*qep), np.uint8)
         self.per_shape: dict = {}
 
     def __call__(self, x, out_hw):
@@ -322,12 +325,13 @@ class PreparedForward:
             shape = (n, co, ho // 2, wo // 2) if self.pool else (n, co, ho, wo)
             fields, parts = _fwd_plan(n, (ho, wo), hp, wp, ph, pw, offs, wk, host_tiles())
             t = host_tiles()
-            args = (self.bias,) + fields + (self.pool, self.relu, None, None, None, (0, 0), (t.pool, t.pool_codes, t.unpool))
+            args = (self.bias,) + fields + (self.pool, self.relu, self.qep, None, None, (0, 0),
+                                            (t.pool, t.pool_codes, t.unpool))
             if len(self.per_shape) >= 16:
                 self.per_shape.clear()
             hit = self.per_shape[(x.shape, out_hw)] = (shape, args, parts)
         shape, args, parts = hit
-        out = np.empty(shape, np.float32)
+        out = np.empty(shape, self.dtype)
         if x.dtype != np.float32 or not x.flags.c_contiguous:
             x = np.ascontiguousarray(x, dtype=np.float32)
         if len(parts) == 1:  # (one numba call, no run_parts: ~1 us less per call at batch 1)
@@ -364,9 +368,13 @@ def forward_requant(x, w, padding, dilation, groups, out_hw, pool, bias_i, mult,
     2x2 before the requantization with ``pool``."""
     n, co, ho, wo, hp, wp, ph, pw, offs, wk = _geometry(x, w, padding, dilation, groups, out_hw)
     out = np.empty((n, co, ho // 2, wo // 2) if pool else (n, co, ho, wo), np.uint8)
-    qep = (np.ascontiguousarray(bias_i, np.float64), np.ascontiguousarray(mult, np.float32), np.float32(zp),
-           np.float32(lo), np.float32(hi))
+    qep = _requant_fields(bias_i, mult, zp, lo, hi)
     return _run_fwd(x, out, np.zeros(co, np.float32), hp, wp, ph, pw, offs, wk, host_tiles(), pool, False, qep)
+
+
+def _requant_fields(bias_i, mult, zp, lo, hi):
+    return (np.ascontiguousarray(bias_i, np.float64), np.ascontiguousarray(mult, np.float32), np.float32(zp),
+            np.float32(lo), np.float32(hi))
 
 
 def input_grad(g, w, padding, dilation, groups, in_hw, codes=None, g_hw=(0, 0)):
