@@ -182,8 +182,8 @@ def _ql_prepare(inputs, attrs):
     if fixed is None:
         return None
     xz, _, pw, bias_i32, mult, yz = fixed
-    relu = bool(attrs.get("relu", False))
-    return lambda x: _ik.qlinear(_uint8_input("quantized_linear", x), xz, pw, bias_i32, mult, yz, relu=relu)
+    run = _ik.qlinear_fixed(xz, pw, bias_i32, mult, yz, relu=bool(attrs.get("relu", False)))
+    return lambda x: run(_uint8_input("quantized_linear", x))
 
 
 def _qc_rule(x, x_scale, x_zp, w, w_scale, y_scale, y_zp, bias=None, *, stride, padding, dilation, groups, relu=False):

@@ -323,6 +323,24 @@ def qlinear(a, a_zero_point, packed, bias_i32, multiplier, out_zero_point, relu=
     return out.reshape(lead + (packed.n,))
 
 
+def qlinear_fixed(a_zero_point, packed, bias_i32, multiplier, out_zero_point, relu=False):
+    """``qlinear`` of uint8 activations with everything but them fixed: the epilogue is checked and built once
+    (~2.4 us of a batch-1 call), then each call is ``fn(a)``."""
+    _check_packed(packed, "qlinear")
+    zp, _ = zero_point_u8(np.dtype(np.uint8), a_zero_point, (1, packed.k), "qlinear")
+    ep, dt = requant_epilogue(packed, zp, bias_i32, multiplier, out_zero_point, relu, "uint8", None, None, "qlinear")
+
+    def run(a):
+        lead = a.shape[:-1]
+        au, _ = activation_u8(a.reshape(-1, a.shape[-1]) if a.ndim >= 1 else a, a_zero_point, packed.k,
+                              packed.data.shape[1], "qlinear")
+        m = au.shape[0]
+        out = np.empty((m, packed.n), dt)
+        _run_linear(au, packed, ep, (_NO_I32, out.reshape(m, packed.n, 1), _NO_F32))
+        return out.reshape(lead + (packed.n,))
+    return run
+
+
 def dynamic_qparams(x) -> tuple[np.float32, int]:
     """uint8 (scale, zero_point) of x from its min/max, as torch's MinMaxObserver computes them
     (quint8, per tensor, reduce_range=False): the range is widened to include 0,
