@@ -235,6 +235,11 @@ def qconv_prepare(op, inputs, attrs, pool):
     if short is not None:
         return lambda x: short(x, xz) if x.dtype == np.uint8 and short_k(x, w, geometry[3]) else qconv_apply(
             _uint8_input(op, x), xz, w, pw, bias_i32, mult, yz, *geometry, relu, pool)
+    if tuple(geometry[0]) == (1, 1) and geometry[3] == 1 and w.shape[1] >= 4 and _qconv_tiled.tile() is not None:
+        ep, dt = _ik.requant_epilogue(pw, xz, bias_i32, mult, yz, relu, "uint8", None, None, op)
+        tiled = _qconv_tiled.PreparedQConv(w, xz, ep, geometry[1], geometry[2], pool)
+        return lambda x: tiled(x, dt) if x.dtype == np.uint8 and x.ndim == 4 and x.shape[1] == w.shape[1] else (
+            qconv_apply(_uint8_input(op, x), xz, w, pw, bias_i32, mult, yz, *geometry, relu, pool))
     return lambda x: qconv_apply(_uint8_input(op, x), xz, w, pw, bias_i32, mult, yz, *geometry, relu, pool)
 
 

@@ -203,3 +203,43 @@ def qconv2d(xu, fill, flip, w, padding, dilation, ep, out, pool=False):
                              bias_i, mult, out_zp, lo, hi, out[a:b], pool, bool((mult >= 0).all()), _STATE["pool"])
                             for a, b in slices(n, work, PAR_MIN_MACS)])
     return out
+
+
+class PreparedQConv:
+    """``qconv2d`` of one int8 weight and fixed epilogue (``ep`` of int8_kernels.requant_epilogue, built once) for
+    uint8 activations with zero point ``zp``: the quads packed, the multipliers' sign checked and each input shape's
+    geometry worked out once (a batch-1 call was mostly this Python). Needs ``usable`` for its inputs."""
+
+    def __init__(self, w, zp, ep, padding, dilation, pool):
+        self.w, self.zp, self.pool = w, np.uint8(zp), bool(pool)
+        self.wq = quads(w)
+        _, a_zp, col_sums, bias_i, mult, out_zp, lo, hi = ep[:8]
+        self.epi = (np.int64(a_zp), col_sums, bias_i, mult, out_zp, lo, hi)
+        self.monotonic = bool((mult >= 0).all())
+        self.padding, self.dilation = tuple(padding), tuple(dilation)
+        self.per_shape: dict = {}
+
+    def __call__(self, xu, dtype):
+        hit = self.per_shape.get(xu.shape)
+        if hit is None:
+            n, c, h, w_ = xu.shape
+            kh, kw = self.w.shape[2], self.w.shape[3]
+            (ph, pw), (dh, dw) = self.padding, self.dilation
+            hp, wp = h + 2 * ph, w_ + 2 * pw
+            ho, wo = hp - dh * (kh - 1), wp - dw * (kw - 1)
+            lpad = -(-((ho - 1) * wp + wo) // PB) * PB
+            offs = _offsets(-(-c // 4), kh, kw, dh, dw, hp, wp)
+            co = self.w.shape[0]
+            shape = (n, co, ho // 2, wo // 2) if self.pool else (n, co, ho, wo)
+            work = n * self.wq.shape[0] * NCO * lpad * self.wq.shape[1] * 4
+            args = ((self.zp, np.uint8(0), hp, wp, ph, pw, offs, self.wq, _STATE["tile_addr"], lpad) + self.epi,
+                    (self.pool, self.monotonic, _STATE["pool"]))
+            if len(self.per_shape) >= 16:
+                self.per_shape.clear()
+            hit = self.per_shape[xu.shape] = (shape, args, slices(n, work, PAR_MIN_MACS))
+        shape, (head, tail), parts = hit
+        out = np.empty(shape, dtype)
+        if not xu.flags.c_contiguous:
+            xu = np.ascontiguousarray(xu)
+        run_parts(_qfwd_slice, [(xu[a:b],) + head + (out[a:b],) + tail for a, b in parts])
+        return out
