@@ -2,10 +2,12 @@
 from __future__ import annotations
 
 from ._config import setup_numba_cache as _setup_numba_cache, setup_numba_threading as _setup_numba_threading
+from ._config import setup_numba_threads as _setup_numba_threads
 from ._config import tune_malloc as _tune_malloc
 
 _setup_numba_cache()  # before numba is imported anywhere below
 _setup_numba_threading()
+_setup_numba_threads()
 _tune_malloc()
 
 from . import dtypes as _dtypes  # noqa: E402

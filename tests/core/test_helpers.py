@@ -214,3 +214,20 @@ def test_run_native_declines_while_another_thread_holds_the_helpers():
                                    np.zeros(128, np.uint8))
     finally:
         pool.lock.release()
+
+
+@pytest.mark.parametrize("env,want", [({}, 4), ({"NUMBA_NUM_THREADS": "1"}, 1), ({"NUMBA_NUM_THREADS": "16"}, 16)])
+def test_default_kernel_threads_are_capped_unless_set(env, want):
+    """Without NUMBA_NUM_THREADS, importing ember on a 64-CPU host (os.cpu_count patched) gives numba
+    DEFAULT_MAX_THREADS threads (more were slower on a 16-vCPU host); a user's setting stands."""
+    import os
+    import subprocess
+    import sys
+
+    from ember._config import DEFAULT_MAX_THREADS
+
+    assert DEFAULT_MAX_THREADS == 4
+    base = {k: v for k, v in os.environ.items() if k != "NUMBA_NUM_THREADS"}
+    code = "import os; os.cpu_count = lambda: 64; import ember, numba; print(numba.config.NUMBA_NUM_THREADS)"
+    out = subprocess.run([sys.executable, "-c", code], env={**base, **env}, capture_output=True, text=True, check=True)
+    assert int(out.stdout.strip()) == want
