@@ -62,6 +62,42 @@ def _max(out, a, b, n, elem):
             f"  %{out} = select <{n} x i1> %{out}p, <{n} x float> %{b}, <{n} x float> %{a}")
 
 
+def _row_loop() -> str:
+    """IR: the blocks of a loop over output rows y < %ho2 (%toff / %boff: offsets of input rows 2y and 2y+1 at
+    stride %wp; %doff = y * %wo2) with an inner column loop %x (``_row_loop_end`` closes both)."""
+    return """row:
+  %y = phi i64 [0, %entry], [%y1, %rowend]
+  %y2 = mul i64 %y, 2
+  %toff = mul i64 %y2, %wp
+  %boff = add i64 %toff, %wp
+  %doff = mul i64 %y, %wo2
+  br label %col
+col:
+  %x = phi i64 [0, %row], [%x1, %col]"""
+
+
+def _row_pair(t, off) -> str:
+    """IR: %tv / %bv = 16 ``t`` values of input rows 2y and 2y+1 from column ``off``."""
+    return "\n".join(f"""  %{r}a = add i64 %{r}off, {off}
+  %{r}p = getelementptr {t}, {t}* %src, i64 %{r}a
+  %{r}q = bitcast {t}* %{r}p to <16 x {t}>*
+  %{r}v = load <16 x {t}>, <16 x {t}>* %{r}q, align 4""" for r in ("t", "b"))
+
+
+def _row_loop_end(step, limit) -> str:
+    """IR: the column loop's step and test (%x += step while < ``limit``), the row loop's, and the return."""
+    return f"""  %x1 = add i64 %x, {step}
+  %more = icmp slt i64 %x1, {limit}
+  br i1 %more, label %col, label %rowend
+rowend:
+  %y1 = add i64 %y, 1
+  %morey = icmp slt i64 %y1, %ho2
+  br i1 %morey, label %row, label %done
+done:
+  ret void
+}}"""
+
+
 def pool_ir(elem: str) -> str:
     """``pool(src, wp, ho2, wo, dst)`` for ``elem`` "float" or "i32": dst[y*(wo//2) + x] = the max of the 2x2
     block at (2y, 2x) of the rows src (row stride wp), 16 columns per step (vertical max, then even / odd
@@ -76,23 +112,8 @@ entry:
   %cols = icmp sgt i64 %wo, 1
   %go = and i1 %rows, %cols
   br i1 %go, label %row, label %done
-row:
-  %y = phi i64 [0, %entry], [%y1, %rowend]
-  %y2 = mul i64 %y, 2
-  %toff = mul i64 %y2, %wp
-  %boff = add i64 %toff, %wp
-  %doff = mul i64 %y, %wo2
-  br label %col
-col:
-  %x = phi i64 [0, %row], [%x1, %col]
-  %ta = add i64 %toff, %x
-  %tp = getelementptr {t}, {t}* %src, i64 %ta
-  %tq = bitcast {t}* %tp to <16 x {t}>*
-  %tv = load <16 x {t}>, <16 x {t}>* %tq, align 4
-  %ba = add i64 %boff, %x
-  %bp = getelementptr {t}, {t}* %src, i64 %ba
-  %bq = bitcast {t}* %bp to <16 x {t}>*
-  %bv = load <16 x {t}>, <16 x {t}>* %bq, align 4
+{_row_loop()}
+{_row_pair(t, '%x')}
 {_max("v", "tv", "bv", 16, t)}
   %ev = shufflevector <16 x {t}> %v, <16 x {t}> undef,
                       <8 x i32> <i32 0, i32 2, i32 4, i32 6, i32 8, i32 10, i32 12, i32 14>
@@ -104,16 +125,7 @@ col:
   %dp = getelementptr {t}, {t}* %dst, i64 %da
   %dq = bitcast {t}* %dp to <8 x {t}>*
   store <8 x {t}> %m, <8 x {t}>* %dq, align 4
-  %x1 = add i64 %x, 16
-  %more = icmp slt i64 %x1, %wo
-  br i1 %more, label %col, label %rowend
-rowend:
-  %y1 = add i64 %y, 1
-  %morey = icmp slt i64 %y1, %ho2
-  br i1 %morey, label %row, label %done
-done:
-  ret void
-}}
+{_row_loop_end(16, '%wo')}
 """
 
 
@@ -164,24 +176,9 @@ entry:
   %bi = insertelement <8 x float> undef, float %bias, i32 0
   %bs = shufflevector <8 x float> %bi, <8 x float> undef, <8 x i32> zeroinitializer
   br i1 %go, label %row, label %done
-row:
-  %y = phi i64 [0, %entry], [%y1, %rowend]
-  %y2 = mul i64 %y, 2
-  %toff = mul i64 %y2, %wp
-  %boff = add i64 %toff, %wp
-  %doff = mul i64 %y, %wo2
-  br label %col
-col:
-  %x = phi i64 [0, %row], [%x1, %col]
+{_row_loop()}
   %x2 = mul i64 %x, 2
-  %ta = add i64 %toff, %x2
-  %tp = getelementptr float, float* %src, i64 %ta
-  %tq = bitcast float* %tp to <16 x float>*
-  %tv = load <16 x float>, <16 x float>* %tq, align 4
-  %ba = add i64 %boff, %x2
-  %bp = getelementptr float, float* %src, i64 %ba
-  %bq = bitcast float* %bp to <16 x float>*
-  %bv = load <16 x float>, <16 x float>* %bq, align 4
+{_row_pair('float', '%x2')}
   %a0 = shufflevector <16 x float> %tv, <16 x float> undef, {ev}
   %b0 = shufflevector <16 x float> %tv, <16 x float> undef, {od}
   %c0 = shufflevector <16 x float> %bv, <16 x float> undef, {ev}
@@ -201,16 +198,7 @@ col:
   call void @llvm.masked.store.v8f32.p0(<8 x float> %m3, ptr %dp, i32 4, <8 x i1> %mask)
   %cp = getelementptr i8, i8* %codes, i64 %da
   call void @llvm.masked.store.v8i8.p0(<8 x i8> %m3k, ptr %cp, i32 1, <8 x i1> %mask)
-  %x1 = add i64 %x, 8
-  %more = icmp slt i64 %x1, %wo2
-  br i1 %more, label %col, label %rowend
-rowend:
-  %y1 = add i64 %y, 1
-  %morey = icmp slt i64 %y1, %ho2
-  br i1 %morey, label %row, label %done
-done:
-  ret void
-}}
+{_row_loop_end(8, '%wo2')}
 """
 
 
