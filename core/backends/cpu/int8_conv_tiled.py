@@ -40,16 +40,16 @@ _SIG = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64, 
 _STATE: dict = {}
 
 
-def _ir() -> str:
+def _ir(np_=NP, name="qfwd") -> str:
+    """The tile for NCO channels x np_ vectors of 16 positions (np_ < NP: the tail of a row of positions)."""
     vt = "<16 x i32>"
-    acc = [(r, h) for r in range(NCO) for h in range(NP)]
-    lines = [f"declare {vt} @llvm.x86.avx512.vpdpbusd.512({vt}, {vt}, {vt})",
-             "define void @qfwd(i8* %x, i64* %offs, i64 %K, i32* %w, i32* %out, i64 %ldo) {",
+    acc = [(r, h) for r in range(NCO) for h in range(np_)]
+    lines = [f"define void @{name}(i8* %x, i64* %offs, i64 %K, i32* %w, i32* %out, i64 %ldo) {{",
              "entry:", "  br label %loop", "loop:", "  %k = phi i64 [0, %entry], [%k1, %loop]"]
     lines += [f"  %a{r}_{h} = phi {vt} [zeroinitializer, %entry], [%n{r}_{h}, %loop]" for r, h in acc]
     lines += ["  %op = getelementptr i64, i64* %offs, i64 %k", "  %off = load i64, i64* %op",
               "  %xb = getelementptr i8, i8* %x, i64 %off"]
-    for h in range(NP):
+    for h in range(np_):
         lines += [f"  %xp{h} = getelementptr i8, i8* %xb, i64 {64 * h}", f"  %xq{h} = bitcast i8* %xp{h} to {vt}*",
                   f"  %xv{h} = load {vt}, {vt}* %xq{h}, align 1"]
     lines.append(f"  %wk = mul i64 %k, {NCO}")
@@ -58,7 +58,7 @@ def _ir() -> str:
                   f"  %ws{r} = load i32, i32* %wp{r}", f"  %wv{r}i = insertelement {vt} undef, i32 %ws{r}, i32 0",
                   f"  %wv{r} = shufflevector {vt} %wv{r}i, {vt} undef, <16 x i32> zeroinitializer"]
         lines += [f"  %n{r}_{h} = call {vt} @llvm.x86.avx512.vpdpbusd.512({vt} %a{r}_{h}, {vt} %xv{h}, {vt} %wv{r})"
-                  for h in range(NP)]
+                  for h in range(np_)]
     lines += ["  %k1 = add i64 %k, 1", "  %more = icmp ult i64 %k1, %K", "  br i1 %more, label %loop, label %done",
               "done:"]
     lines += store_accumulators(acc, "i32", vt, 16)
@@ -71,11 +71,14 @@ def tile():
     if "tile" not in _STATE:
         _STATE["tile"] = None
         if os.environ.get("EMBER_INT8_VNNI", "1") != "0":
-            engine = compile_module(_ir() + pool_ir("i32"), require=("avx512vnni", "avx512f", "avx512bw"))
+            decl = "declare <16 x i32> @llvm.x86.avx512.vpdpbusd.512(<16 x i32>, <16 x i32>, <16 x i32>)\n"
+            ir = decl + "\n".join([_ir()] + [_ir(n, f"qfwd{n}") for n in range(1, NP)]) + pool_ir("i32")
+            engine = compile_module(ir, require=("avx512vnni", "avx512f", "avx512bw"))
             if engine is not None:
                 _STATE["engine"] = engine
                 _STATE["tile"] = _SIG(engine.get_function_address("qfwd"))
                 _STATE["tile_addr"] = engine.get_function_address("qfwd")
+                _STATE["tails"] = [0] + [engine.get_function_address(f"qfwd{n}") for n in range(1, NP)]
                 _STATE["pool"] = engine.get_function_address("pool")  # addresses for intrinsics.call
     return _STATE["tile"]
 
@@ -115,7 +118,7 @@ def _offsets(c4, kh, kw, dh, dw, hp, wp):
 
 
 @njit(fastmath=False)
-def _qfwd_slice(x, fill, flip, hp, wp, ph, pw, offs, wq, tile, lpad, a_zp, col_sums, bias_i, mult, out_zp, lo, hi,
+def _qfwd_slice(x, fill, flip, hp, wp, ph, pw, offs, wq, tile, tail, lpad, a_zp, col_sums, bias_i, mult, out_zp, lo, hi,
                 out, pool, monotonic, pool_fn, sync):
     """out (n, Cout, ...) = the requantized (and with ``pool`` 2x2 max-pooled) convolution of uint8 images x;
     ``monotonic`` (all multipliers >= 0) lets the pool run on the int32 sums before one requantization."""
@@ -163,6 +166,9 @@ def _qfwd_slice(x, fill, flip, hp, wp, ph, pw, offs, wq, tile, lpad, a_zp, col_s
             for q in range(lpad // PB):
                 call(tile, (xq.ctypes.data + q * PB * 4, offs.ctypes.data, k4, wptr,
                             buf[cb * nco].ctypes.data + q * PB * 4, lpad))
+            if lpad % PB:  # the row's last positions: the tile of fewer vectors
+                q = lpad - lpad % PB
+                call(tail, (xq.ctypes.data + q * 4, offs.ctypes.data, k4, wptr, buf[cb * nco].ctypes.data + q * 4, lpad))
         if pool and not monotonic:  # a negative multiplier: requantize every sum, then pool the codes
             for oc in range(co):
                 row = buf[oc]
@@ -202,15 +208,21 @@ def qconv2d(xu, fill, flip, w, padding, dilation, ep, out, pool=False):
     hp, wp = h + 2 * ph, w_ + 2 * pw
     ho, wo = hp - dh * (kh - 1), wp - dw * (kw - 1)
     le = (ho - 1) * wp + wo
-    lpad = -(-le // PB) * PB
+    lpad = -(-le // V) * V
     wq = quads(w)
     offs = _offsets(-(-c // 4), kh, kw, dh, dw, hp, wp)
     _, a_zp, col_sums, bias_i, mult, out_zp, lo, hi = ep[:8]
     work = n * wq.shape[0] * NCO * lpad * wq.shape[1] * 4
-    run_parts(_qfwd_slice, [(xu[a:b], fill, flip, hp, wp, ph, pw, offs, wq, _STATE["tile_addr"], lpad, np.int64(a_zp), col_sums,
+    run_parts(_qfwd_slice, [(xu[a:b], fill, flip, hp, wp, ph, pw, offs, wq, _STATE["tile_addr"], _tail(lpad), lpad,
+                             np.int64(a_zp), col_sums,
                              bias_i, mult, out_zp, lo, hi, out[a:b], pool, bool((mult >= 0).all()), _STATE["pool"])
                             for a, b in slices(n, work, PAR_MIN_MACS)])
     return out
+
+
+def _tail(lpad):
+    """The address of the tile for the last lpad % PB positions of a row (0: none)."""
+    return _STATE["tails"][(lpad % PB) // V]
 
 
 class PreparedQConv:
@@ -235,12 +247,13 @@ class PreparedQConv:
             (ph, pw), (dh, dw) = self.padding, self.dilation
             hp, wp = h + 2 * ph, w_ + 2 * pw
             ho, wo = hp - dh * (kh - 1), wp - dw * (kw - 1)
-            lpad = -(-((ho - 1) * wp + wo) // PB) * PB
+            lpad = -(-((ho - 1) * wp + wo) // V) * V
             offs = _offsets(-(-c // 4), kh, kw, dh, dw, hp, wp)
             co = self.w.shape[0]
             shape = (n, co, ho // 2, wo // 2) if self.pool else (n, co, ho, wo)
             work = n * self.wq.shape[0] * NCO * lpad * self.wq.shape[1] * 4
-            args = ((self.zp, np.uint8(0), hp, wp, ph, pw, offs, self.wq, _STATE["tile_addr"], lpad) + self.epi,
+            args = ((self.zp, np.uint8(0), hp, wp, ph, pw, offs, self.wq, _STATE["tile_addr"], _tail(lpad), lpad)
+                    + self.epi,
                     (self.pool, self.monotonic, _STATE["pool"]))
             if len(self.per_shape) >= 16:
                 self.per_shape.clear()
