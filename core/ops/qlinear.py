@@ -231,9 +231,9 @@ def qconv_prepare(op, inputs, attrs, pool):
     xz, w, pw, bias_i32, mult, yz = fixed
     geometry = tuple(attrs[k] for k in ("stride", "padding", "dilation", "groups"))
     relu = bool(attrs.get("relu", False))
-    short = _prepared_short_k(w, bias_i32, mult, yz, geometry, relu, pool)
+    short = _prepared_short_k(w, xz, bias_i32, mult, yz, geometry, relu, pool)
     if short is not None:
-        return lambda x: short(x, xz) if x.dtype == np.uint8 and short_k(x, w, geometry[3]) else qconv_apply(
+        return lambda x: short(x) if x.dtype == np.uint8 and short_k(x, w, geometry[3]) else qconv_apply(
             _uint8_input(op, x), xz, w, pw, bias_i32, mult, yz, *geometry, relu, pool)
     if tuple(geometry[0]) == (1, 1) and geometry[3] == 1 and w.shape[1] >= 4 and _qconv_tiled.tile() is not None:
         ep, dt = _ik.requant_epilogue(pw, xz, bias_i32, mult, yz, relu, "uint8", None, None, op)
@@ -243,9 +243,10 @@ def qconv_prepare(op, inputs, attrs, pool):
     return lambda x: qconv_apply(_uint8_input(op, x), xz, w, pw, bias_i32, mult, yz, *geometry, relu, pool)
 
 
-def _prepared_short_k(w, bias_i32, mult, yz, geometry, relu, pool):
+def _prepared_short_k(w, xz, bias_i32, mult, yz, geometry, relu, pool):
     """_short_k_conv with its float weights packed and its geometry worked out once (conv_tiled.PreparedForward with
-    the requantizing epilogue), for a stride-1 first layer on the tiles; None otherwise. Bit-identical to it."""
+    the requantizing epilogue; the codes minus the zero point xz padded straight into the tiles' scratch), for a
+    stride-1 first layer on the tiles; None otherwise. Bit-identical to it."""
     from ..backends.cpu import conv_tiled
     from ..backends.cpu.conv_kernels import out_size
 
@@ -256,17 +257,15 @@ def _prepared_short_k(w, bias_i32, mult, yz, geometry, relu, pool):
     bias = np.zeros(co, np.float64) if bias_i32 is None else np.asarray(bias_i32, np.float64)
     mult = np.broadcast_to(np.asarray(mult, np.float32).reshape(-1), (co,))
     fwd = conv_tiled.PreparedForward(w.astype(np.float32), None, padding, dilation, groups, pool,
-                                     qep=(bias, mult, yz, max(0, yz) if relu else 0, 255))
+                                     qep=(bias, mult, yz, max(0, yz) if relu else 0, 255), shift=xz)
     sizes = {}
 
-    def run(x, xz):
+    def run(x):
         hw = sizes.get(x.shape)
         if hw is None:
             hw = sizes[x.shape] = (out_size(x.shape[2], kh, 1, padding[0], padding[0], dilation[0]),
                                    out_size(x.shape[3], kw, 1, padding[1], padding[1], dilation[1]))
-        xf = x.astype(np.float32)
-        xf -= np.float32(xz)
-        return fwd(xf, hw)
+        return fwd(x, hw)
     return run
 
 

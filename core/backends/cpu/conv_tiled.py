@@ -41,7 +41,7 @@ WG_CHUNK_BYTES = 1 << 19  # output gradient + input floats per chunk of images i
 
 
 @njit
-def _pad_into(x, i, xp, hp, wp, ph, pw):
+def _pad_into(x, i, xp, hp, wp, ph, pw, shift=0.0):
     """The interior of image i of x (N, C, H, W) written into xp (C*hp*wp floats) at row ph, column pw;
     xp's border (and anything cropped past hp x wp) is left as it is: zero, written once by the caller."""
     c, h, w = x.shape[1], x.shape[2], x.shape[3]
@@ -52,7 +52,7 @@ def _pad_into(x, i, xp, hp, wp, ph, pw):
             d = xp[ci * hp * wp + (ph + r) * wp + pw:]
             src = x[i, ci, r]
             for q in range(cols):
-                d[q] = src[q]
+                d[q] = src[q] - shift
 
 
 @njit(inline="always")
@@ -72,7 +72,7 @@ def _unpool_plane(gptr, cptr, h2, w2, dst, base, wp, h, w, unpool_fn):
 
 @njit
 def _fwd_slice(x, out, bias, hp, wp, ph, pw, offs, wpk, tile, tail, pb, lpad, pool, relu, qep, codes, src_codes, src_hw,
-               fns, sync):
+               shift, fns, sync):
     """out (n, Co, ...) = the tiled convolution of the images x (n, C, H, W) with packed weights wpk
     (groups, channel blocks, K, NCO) and tap table offs, lpad positions per channel: whole tiles of pb, then the
     ``tail`` tile (of the same channels) for the rest (when lpad is no multiple of pb); the epilogue adds bias,
@@ -81,7 +81,8 @@ def _fwd_slice(x, out, bias, hp, wp, ph, pw, offs, wpk, tile, tail, pb, lpad, po
     with ``qep`` = (bias_i, multiplier, zero point, lo, hi), requantizes the (pooled) sums to uint8 codes.
     With ``src_codes`` not None, x is the pooled gradient of a 2x2 max pool whose input was src_hw big and whose
     window codes src_codes holds: each image is unpooled into the padded scratch (an input gradient's first step).
-    ``fns``: the addresses of llvm_ir's pool, pool_codes and unpool kernels."""
+    ``shift`` is subtracted from x as it is padded (a uint8 input's zero point). ``fns``: the addresses of llvm_ir's
+    pool, pool_codes and unpool kernels."""
     post(sync)
     pool_fn, codes_fn, unpool_fn = fns
     n, c = x.shape[0], x.shape[1]
@@ -97,7 +98,7 @@ def _fwd_slice(x, out, bias, hp, wp, ph, pw, offs, wpk, tile, tail, pb, lpad, po
     stage = np.empty(ho * wo + 16, np.float32)
     for i in range(n):
         if src_codes is None:
-            _pad_into(x, i, xp, hp, wp, ph, pw)
+            _pad_into(x, i, xp, hp, wp, ph, pw, shift)
         else:
             h2, w2 = x.shape[2], x.shape[3]
             for ci in range(c):
@@ -282,7 +283,7 @@ def _fwd_launch(x, out, bias, fields, parts, pool, relu, qep, tiles, codes=None,
     fns = (tiles.pool, tiles.pool_codes, tiles.unpool)
     run_parts(_fwd_slice, [(x[lo:hi], out[lo:hi], bias) + fields
                            + (pool, relu, qep, None if codes is None else codes[lo:hi],
-                              None if src_codes is None else src_codes[lo:hi], tuple(src_hw), fns)
+                              None if src_codes is None else src_codes[lo:hi], tuple(src_hw), np.float32(0), fns)
                            for lo, hi in parts])
     return out
 
@@ -306,15 +307,17 @@ class PreparedForward:
     """``forward`` of one float32 weight (and bias, geometry, epilogue) with the weights packed and the geometry
     worked out once per input shape: the runtime's prepared conv2d kernels call it with each input. With ``qep``
     (as ``forward_requant`` takes it: bias_i, multipliers, zero point, lo, hi) it is ``forward_requant``: uint8 codes
-    out (the prepared short-reduction quantized convolutions)."""
+    out (the prepared short-reduction quantized convolutions), and then uint8 codes in too, ``shift`` (their zero
+    point) subtracted as each image is padded: no float copy of the input first."""
 
-    def __init__(self, w, bias, padding, dilation, groups, pool=False, relu=False, qep=None):
+    def __init__(self, w, bias, padding, dilation, groups, pool=False, relu=False, qep=None, shift=0):
         self.w = np.ascontiguousarray(w, dtype=np.float32)
         co = self.w.shape[0]
         self.bias = np.zeros(co, np.float32) if bias is None else np.ascontiguousarray(bias, dtype=np.float32)
         self.padding, self.dilation, self.groups = tuple(padding), tuple(dilation), groups
         self.pool, self.relu = bool(pool), bool(relu)
         self.qep, self.dtype = (None, np.float32) if qep is None else (_requant_fields(*qep), np.uint8)
+        self.shift = np.float32(shift)
         self.per_shape: dict = {}
 
     def __call__(self, x, out_hw):
@@ -325,14 +328,14 @@ class PreparedForward:
             shape = (n, co, ho // 2, wo // 2) if self.pool else (n, co, ho, wo)
             fields, parts = _fwd_plan(n, (ho, wo), hp, wp, ph, pw, offs, wk, host_tiles())
             t = host_tiles()
-            args = (self.bias,) + fields + (self.pool, self.relu, self.qep, None, None, (0, 0),
+            args = (self.bias,) + fields + (self.pool, self.relu, self.qep, None, None, (0, 0), self.shift,
                                             (t.pool, t.pool_codes, t.unpool))
             if len(self.per_shape) >= 16:
                 self.per_shape.clear()
             hit = self.per_shape[(x.shape, out_hw)] = (shape, args, parts)
         shape, args, parts = hit
         out = np.empty(shape, self.dtype)
-        if x.dtype != np.float32 or not x.flags.c_contiguous:
+        if not x.flags.c_contiguous or (x.dtype != np.float32 and not (self.qep is not None and x.dtype == np.uint8)):
             x = np.ascontiguousarray(x, dtype=np.float32)
         if len(parts) == 1:  # (one numba call, no run_parts: ~1 us less per call at batch 1)
             _fwd_slice(x, out, *args, no_sync())
