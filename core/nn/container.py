@@ -107,8 +107,8 @@ class Sequential(Module):
                 span = _conv_pool_span(m, modules[i + 1:i + 3], input)
                 if span:
                     left, _, top, _ = m._reversed_padding_repeated_twice
-                    input = conv2d_maxpool(input, m.weight, m.bias, m.stride, (top, left), m.dilation, m.groups)
-                    input = modules[i + 1](input) if span == 3 else input  # the ReLU, on the pooled output
+                    input = conv2d_maxpool(input, m.weight, m.bias, m.stride, (top, left), m.dilation, m.groups,
+                                           relu=span == 3)  # (the ReLU on the pooled output)
                     i += span
                     continue
             if i + 1 < n and m.__class__ is ReLU and _pool_first(m, modules[i + 1]):

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..autograd.grad_mode import is_grad_enabled
 from ..backends.cpu import conv_tiled as _ct
 from ..backends.cpu import pool_kernels as _pk
 from ..tensor import Tensor
@@ -101,12 +102,19 @@ def _conv2d_maxpool_backward_cpu(g, codes, x, w, *, output_mask, **attrs):
             _EMPTY if gb is None else gb.astype(np.float32))
 
 
-def conv2d_maxpool(input: Tensor, weight: Tensor, bias: Tensor | None, stride, padding, dilation, groups):
-    """max_pool2d(conv2d(input, weight, bias, ...), 2) of a 4-d input with int-pair stride / padding / dilation
-    (nn.Sequential's fused path: ``Conv2d`` has checked its arguments); returns the pooled tensor only."""
+def conv2d_maxpool(input: Tensor, weight: Tensor, bias: Tensor | None, stride, padding, dilation, groups,
+                   relu=False):
+    """relu(max_pool2d(conv2d(input, weight, bias, ...), 2)) (the ReLU only with ``relu``) of a 4-d input with int-pair
+    stride / padding / dilation (nn.Sequential's fused path: ``Conv2d`` has checked its arguments). Where autograd
+    would record nothing (grad mode off, or no input requiring grad) it is the inference op ``conv2d_pool`` (ReLU
+    fused, no window codes); else ``conv2d_maxpool``, then ``relu`` on the pooled tensor."""
     tensors = (input, weight) if bias is None else (input, weight, bias)
-    return apply(_conv2d_maxpool, *tensors, stride=tuple(stride), padding=tuple(padding), dilation=tuple(dilation),
-                 groups=int(groups), padding_extra=(0, 0))[0]
+    attrs = {"stride": tuple(stride), "padding": tuple(padding), "dilation": tuple(dilation), "groups": int(groups),
+             "padding_extra": (0, 0)}
+    if not (is_grad_enabled() and any(t.requires_grad for t in tensors)):
+        return apply("conv2d_pool", *tensors, act="relu" if relu else "none", **attrs)
+    out = apply(_conv2d_maxpool, *tensors, **attrs)[0]
+    return apply("relu", out) if relu else out
 
 
 __all__ = []

@@ -203,3 +203,20 @@ def test_bad_backward_inputs_are_named():
                        x, w, output_mask=(True, True, False))
     with pytest.raises(RuntimeError, match="smaller than the 2x2 pooling window"):
         conv_pool.conv2d_maxpool(ember.randn(1, 2, 3, 3), w, None, (1, 1), (0, 0), (1, 1), 1)
+
+
+def test_sequential_without_autograd_runs_the_inference_op(monkeypatch):
+    """Under no_grad (or with nothing requiring grad) the fused path is conv2d_pool (ReLU fused, no window codes):
+    the same values as torch."""
+    model = _cnn()
+    op = registry.get_op("conv2d_pool")
+    seen, plain = [], op.kernels["cpu"]
+    monkeypatch.setitem(op.kernels, "cpu", lambda *a, **k: seen.append(k.get("act")) or plain(*a, **k))
+    training = _calls(monkeypatch)
+    x = RNG.standard_normal((3, 1, 9, 8)).astype(np.float32)
+    want = model(ember.tensor(x)).detach().numpy()  # the training op (parameters require grad)
+    assert len(training) == 2 and not seen
+    with ember.no_grad():
+        got = model(ember.tensor(x)).numpy()
+    assert seen == ["relu", "none"] and len(training) == 2  # conv -> relu -> pool, then conv -> pool (-> ReLU after)
+    np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6)
