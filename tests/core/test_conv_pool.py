@@ -220,3 +220,21 @@ def test_sequential_without_autograd_runs_the_inference_op(monkeypatch):
         got = model(ember.tensor(x)).numpy()
     assert seen == ["relu", "none"] and len(training) == 2  # conv -> relu -> pool, then conv -> pool (-> ReLU after)
     np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("grads", [(True, False, False), (False, True, False), (False, False, True), (True, True, False)],
+                         ids=["input-only", "weight-only", "bias-only", "no-bias-grad"])
+def test_partial_gradients_match_torch(tiles, grads):
+    """Frozen weights / bias / input: each output mask of the backward."""
+    x, w, b = _case((3, 4, 9, 10), (6, 3, 3), 1)
+    xe, we, be = (ember.tensor(a, requires_grad=r) for a, r in zip((x, w, b), grads))
+    xt, wt, bt = (torch.tensor(a, requires_grad=r) for a, r in zip((x, w, b), grads))
+    ye = conv_pool.conv2d_maxpool(xe, we, be, (1, 1), (1, 1), (1, 1), 1)
+    yt = TF.max_pool2d(TF.conv2d(xt, wt, bt, padding=1), 2)
+    g = RNG.standard_normal(yt.shape).astype(np.float32)
+    ye.backward(ember.tensor(g))
+    yt.backward(torch.from_numpy(g))
+    for te, tt, r in zip((xe, we, be), (xt, wt, bt), grads):
+        assert (te.grad is None) == (not r)
+        if r:
+            np.testing.assert_allclose(te.grad.numpy(), tt.grad.numpy(), rtol=1e-4, atol=1e-4)
