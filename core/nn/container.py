@@ -138,12 +138,15 @@ def _hooked(*modules) -> bool:
     return any(m._forward_hooks or m._forward_pre_hooks for m in modules)
 
 
+def _both(v, want) -> bool:
+    """An int or int pair setting of a pooling module that is ``want`` in both dims."""
+    return v == want or (isinstance(v, (tuple, list)) and len(v) == 2 and v[0] == v[1] == want)
+
+
 def _plain_pool2(pool) -> bool:
     """A MaxPool2d with a 2x2 window, stride 2, no padding / dilation / ceil mode / returned indices."""
-    def two(v, want):
-        return v == want or (isinstance(v, (tuple, list)) and len(v) == 2 and v[0] == v[1] == want)
-    return (pool.__class__ is MaxPool2d and two(pool.kernel_size, 2) and two(pool.stride, 2) and two(pool.padding, 0)
-            and two(pool.dilation, 1) and not pool.ceil_mode and not pool.return_indices)
+    return (pool.__class__ is MaxPool2d and _both(pool.kernel_size, 2) and _both(pool.stride, 2)
+            and _both(pool.padding, 0) and _both(pool.dilation, 1) and not pool.ceil_mode and not pool.return_indices)
 
 
 def _conv_pool_span(conv, following, x) -> int:

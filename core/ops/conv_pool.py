@@ -19,10 +19,9 @@ from ..autograd.grad_mode import is_grad_enabled
 from ..backends.cpu import conv_tiled as _ct
 from ..backends.cpu import pool_kernels as _pk
 from ..tensor import Tensor
-from .conv import _conv2d_backward_cpu, _conv2d_cpu, _conv2d_rule
+from .conv import _EMPTY, _conv2d_backward_cpu, _conv2d_cpu, _conv2d_rule
 from .registry import apply, backward, kernel, register_op
 
-_EMPTY = np.empty(0, np.float32)
 _CONV_ATTRS = {"stride": (1, 1), "padding": (0, 0), "dilation": (1, 1), "groups": 1, "padding_extra": (0, 0)}
 
 

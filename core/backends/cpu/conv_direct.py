@@ -46,31 +46,6 @@ def store_plane(src, dst, bv, wp, ho, wo, pool, relu):
             d[q] = (v if v > 0 or v != v else 0.0) if relu else v
 
 
-@njit(inline="always")
-def pool_codes_plane(src, dst, code, bv, wp, ho2, wo2):
-    """dst (ho2, wo2) = the 2x2 / stride-2 max of ``src`` + ``bv`` (a plane in the extended layout: row r at r*wp),
-    code (ho2, wo2) uint8 = where in its window the max was (dy*2 + dx): the bias added first and the window scanned
-    as torch's max_pool2d does (the first max on ties, the last NaN), so the argmax is torch's."""
-    for i in range(ho2):
-        top = src[2 * i * wp:2 * i * wp + 2 * wo2]
-        bot = src[(2 * i + 1) * wp:(2 * i + 1) * wp + 2 * wo2]
-        d, c = dst[i], code[i]
-        for j in range(wo2):
-            m = top[2 * j] + bv
-            k = 0
-            v = top[2 * j + 1] + bv
-            if (v > m) | (v != v):
-                m, k = v, 1
-            v = bot[2 * j] + bv
-            if (v > m) | (v != v):
-                m, k = v, 2
-            v = bot[2 * j + 1] + bv
-            if (v > m) | (v != v):
-                m, k = v, 3
-            d[j] = m
-            c[j] = np.uint8(k)
-
-
 @prange_kernel(PAR_MIN)
 def direct_forward(xp, w, bias, out, dh, dw, wp, le, ho, wo, pool, relu):
     """Stride-1 conv straight from the padded planes xp (N, C, hp*wp): each pass adds three taps to

@@ -326,8 +326,8 @@ class PreparedForward:
             n, co, ho, wo, hp, wp, ph, pw, offs, wk = _geometry(x, self.w, self.padding, self.dilation, self.groups,
                                                                 out_hw)
             shape = (n, co, ho // 2, wo // 2) if self.pool else (n, co, ho, wo)
-            fields, parts = _fwd_plan(n, (ho, wo), hp, wp, ph, pw, offs, wk, host_tiles())
             t = host_tiles()
+            fields, parts = _fwd_plan(n, (ho, wo), hp, wp, ph, pw, offs, wk, t)
             args = (self.bias,) + fields + (self.pool, self.relu, self.qep, None, None, (0, 0), self.shift,
                                             (t.pool, t.pool_codes, t.unpool))
             if len(self.per_shape) >= 16:
@@ -360,8 +360,9 @@ def forward_pool_codes(x, w, bias, padding, dilation, groups, out_hw):
     out = np.empty((n, co, ho // 2, wo // 2), np.float32)
     codes = np.empty(out.shape, np.uint8)
     b = np.zeros(co, np.float32) if bias is None else np.ascontiguousarray(bias, dtype=np.float32)
-    fields, parts = _fwd_plan(n, (ho, wo), hp, wp, ph, pw, offs, wk, host_tiles())
-    _fwd_launch(x, out, b, fields, parts, True, False, None, host_tiles(), codes)
+    tiles = host_tiles()
+    fields, parts = _fwd_plan(n, (ho, wo), hp, wp, ph, pw, offs, wk, tiles)
+    _fwd_launch(x, out, b, fields, parts, True, False, None, tiles, codes)
     return out, codes
 
 

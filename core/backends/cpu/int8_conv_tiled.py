@@ -202,22 +202,42 @@ def qconv2d(xu, fill, flip, w, padding, dilation, ep, out, pool=False):
     """Runs the tile over uint8 images xu (N, C, H, W) (flip: XOR applied to each code; fill: the padding
     code) with int8 weight w (Cout, C, kh, kw), the requantization epilogue tuple ``ep`` of int8_kernels,
     writing out (N, Cout, Ho, Wo) or, with ``pool``, (N, Cout, Ho//2, Wo//2)."""
-    n, c, h, w_ = xu.shape
-    _, _, kh, kw = w.shape
+    wq = quads(w)
+    geo, _, parts = _plan(xu.shape, w.shape, wq, padding, dilation, pool)
+    epi, monotonic = _epilogue_fields(ep)
+    _launch(xu, out, _head(fill, flip, geo, wq) + epi, (pool, monotonic, _STATE["pool"]), parts)
+    return out
+
+
+def _plan(shape, w_shape, wq, padding, dilation, pool):
+    """((hp, wp, ph, pw, tap table, lpad), the output's shape, the slices of the images) of a tiled int8 conv of
+    images ``shape`` (N, C, H, W)."""
+    n, c, h, w_ = shape
+    co, _, kh, kw = w_shape
     (ph, pw), (dh, dw) = padding, dilation
     hp, wp = h + 2 * ph, w_ + 2 * pw
     ho, wo = hp - dh * (kh - 1), wp - dw * (kw - 1)
-    le = (ho - 1) * wp + wo
-    lpad = -(-le // V) * V
-    wq = quads(w)
+    lpad = -(-((ho - 1) * wp + wo) // V) * V
     offs = _offsets(-(-c // 4), kh, kw, dh, dw, hp, wp)
-    _, a_zp, col_sums, bias_i, mult, out_zp, lo, hi = ep[:8]
     work = n * wq.shape[0] * NCO * lpad * wq.shape[1] * 4
-    run_parts(_qfwd_slice, [(xu[a:b], fill, flip, hp, wp, ph, pw, offs, wq, _STATE["tile_addr"], _tail(lpad), lpad,
-                             np.int64(a_zp), col_sums,
-                             bias_i, mult, out_zp, lo, hi, out[a:b], pool, bool((mult >= 0).all()), _STATE["pool"])
-                            for a, b in slices(n, work, PAR_MIN_MACS)])
-    return out
+    out = (n, co, ho // 2, wo // 2) if pool else (n, co, ho, wo)
+    return (hp, wp, ph, pw, offs, lpad), out, slices(n, work, PAR_MIN_MACS)
+
+
+def _epilogue_fields(ep):
+    """(the epilogue fields ``_qfwd_slice`` takes, whether every multiplier is >= 0) of int8_kernels' ``ep``."""
+    _, a_zp, col_sums, bias_i, mult, out_zp, lo, hi = ep[:8]
+    return (np.int64(a_zp), col_sums, bias_i, mult, out_zp, lo, hi), bool((mult >= 0).all())
+
+
+def _head(fill, flip, geo, wq):
+    """``_qfwd_slice``'s arguments from ``fill`` to ``lpad`` (geo: ``_plan``'s first item)."""
+    hp, wp, ph, pw, offs, lpad = geo
+    return (fill, flip, hp, wp, ph, pw, offs, wq, _STATE["tile_addr"], _tail(lpad), lpad)
+
+
+def _launch(xu, out, head, tail, parts):
+    run_parts(_qfwd_slice, [(xu[a:b],) + head + (out[a:b],) + tail for a, b in parts])
 
 
 def _tail(lpad):
@@ -233,34 +253,19 @@ class PreparedQConv:
     def __init__(self, w, zp, ep, padding, dilation, pool):
         self.w, self.zp, self.pool = w, np.uint8(zp), bool(pool)
         self.wq = quads(w)
-        _, a_zp, col_sums, bias_i, mult, out_zp, lo, hi = ep[:8]
-        self.epi = (np.int64(a_zp), col_sums, bias_i, mult, out_zp, lo, hi)
-        self.monotonic = bool((mult >= 0).all())
+        self.epi, self.monotonic = _epilogue_fields(ep)
         self.padding, self.dilation = tuple(padding), tuple(dilation)
         self.per_shape: dict = {}
 
     def __call__(self, xu, dtype):
         hit = self.per_shape.get(xu.shape)
         if hit is None:
-            n, c, h, w_ = xu.shape
-            kh, kw = self.w.shape[2], self.w.shape[3]
-            (ph, pw), (dh, dw) = self.padding, self.dilation
-            hp, wp = h + 2 * ph, w_ + 2 * pw
-            ho, wo = hp - dh * (kh - 1), wp - dw * (kw - 1)
-            lpad = -(-((ho - 1) * wp + wo) // V) * V
-            offs = _offsets(-(-c // 4), kh, kw, dh, dw, hp, wp)
-            co = self.w.shape[0]
-            shape = (n, co, ho // 2, wo // 2) if self.pool else (n, co, ho, wo)
-            work = n * self.wq.shape[0] * NCO * lpad * self.wq.shape[1] * 4
-            args = ((self.zp, np.uint8(0), hp, wp, ph, pw, offs, self.wq, _STATE["tile_addr"], _tail(lpad), lpad)
-                    + self.epi,
-                    (self.pool, self.monotonic, _STATE["pool"]))
+            geo, shape, parts = _plan(xu.shape, self.w.shape, self.wq, self.padding, self.dilation, self.pool)
+            head = _head(self.zp, np.uint8(0), geo, self.wq) + self.epi
             if len(self.per_shape) >= 16:
                 self.per_shape.clear()
-            hit = self.per_shape[xu.shape] = (shape, args, slices(n, work, PAR_MIN_MACS))
-        shape, (head, tail), parts = hit
+            hit = self.per_shape[xu.shape] = (shape, head, (self.pool, self.monotonic, _STATE["pool"]), parts)
+        shape, head, tail, parts = hit
         out = np.empty(shape, dtype)
-        if not xu.flags.c_contiguous:
-            xu = np.ascontiguousarray(xu)
-        run_parts(_qfwd_slice, [(xu[a:b],) + head + (out[a:b],) + tail for a, b in parts])
+        _launch(xu if xu.flags.c_contiguous else np.ascontiguousarray(xu), out, head, tail, parts)
         return out

@@ -312,11 +312,17 @@ def qlinear(a, a_zero_point, packed, bias_i32, multiplier, out_zero_point, relu=
     or scalar), bias_i32[n] = round(bias / (a_scale * w_scale[n])) or None."""
     _check_packed(packed, "qlinear")
     a = np.asarray(a)
-    lead = a.shape[:-1]
-    a2 = a.reshape(-1, a.shape[-1]) if a.ndim >= 1 else a
-    au, zp = activation_u8(a2, a_zero_point, packed.k, packed.data.shape[1], "qlinear")
+    zp, _ = zero_point_u8(a.dtype, a_zero_point, a.shape, "qlinear")
     ep, dt = requant_epilogue(packed, zp, bias_i32, multiplier, out_zero_point, relu, out_dtype, quant_min,
                               quant_max, "qlinear")
+    return _requant_rows(a, a_zero_point, packed, ep, dt)
+
+
+def _requant_rows(a, a_zero_point, packed, ep, dt):
+    """``qlinear``'s product and epilogue ``ep`` (out dtype ``dt``) on activations a (..., K)."""
+    lead = a.shape[:-1]
+    au, _ = activation_u8(a.reshape(-1, a.shape[-1]) if a.ndim >= 1 else a, a_zero_point, packed.k,
+                          packed.data.shape[1], "qlinear")
     m = au.shape[0]
     out = np.empty((m, packed.n), dt)
     _run_linear(au, packed, ep, (_NO_I32, out.reshape(m, packed.n, 1), _NO_F32))
@@ -329,16 +335,7 @@ def qlinear_fixed(a_zero_point, packed, bias_i32, multiplier, out_zero_point, re
     _check_packed(packed, "qlinear")
     zp, _ = zero_point_u8(np.dtype(np.uint8), a_zero_point, (1, packed.k), "qlinear")
     ep, dt = requant_epilogue(packed, zp, bias_i32, multiplier, out_zero_point, relu, "uint8", None, None, "qlinear")
-
-    def run(a):
-        lead = a.shape[:-1]
-        au, _ = activation_u8(a.reshape(-1, a.shape[-1]) if a.ndim >= 1 else a, a_zero_point, packed.k,
-                              packed.data.shape[1], "qlinear")
-        m = au.shape[0]
-        out = np.empty((m, packed.n), dt)
-        _run_linear(au, packed, ep, (_NO_I32, out.reshape(m, packed.n, 1), _NO_F32))
-        return out.reshape(lead + (packed.n,))
-    return run
+    return lambda a: _requant_rows(a, a_zero_point, packed, ep, dt)
 
 
 def dynamic_qparams(x) -> tuple[np.float32, int]:

@@ -9,7 +9,6 @@ from __future__ import annotations
 import numpy as np
 from numba import prange
 
-from .conv_direct import pool_codes_plane
 from .conv_kernels import _scratch
 from .jit import njit, prange_kernel
 
@@ -147,15 +146,31 @@ def max_pool2d_bwd(g, idx, gx):
                 gx[n, c, q] += g[n, c, l]
 
 
+@njit(inline="always")
+def _codes_plane(x, dst, code):
+    """dst (ho2, wo2) = the 2x2 / stride-2 max of the plane x, code = where in its window it was (dy*2 + dx), the
+    window scanned as torch's max_pool2d does (the first max on ties, the last NaN): its argmax."""
+    for i in range(dst.shape[0]):
+        top, bot, d, c = x[2 * i], x[2 * i + 1], dst[i], code[i]
+        for j in range(dst.shape[1]):
+            m = top[2 * j]
+            k = 0
+            for v, kk in ((top[2 * j + 1], 1), (bot[2 * j], 2), (bot[2 * j + 1], 3)):
+                if (v > m) | (v != v):
+                    m, k = v, kk
+            d[j] = m
+            c[j] = np.uint8(k)
+
+
 @prange_kernel(PAR_MIN)
 def pool2x2_codes_fwd(x, out, code):
     """out, code = the 2x2 / stride-2 max of each plane of x (N, C, H, W) and where in its window it was
-    (conv_direct.pool_codes_plane)."""
-    n_, c_, h_, w_ = x.shape
+    (``_codes_plane``; the tiles' epilogue computes the same in llvm_ir.pool_codes_ir)."""
+    n_, c_ = x.shape[0], x.shape[1]
     for t in prange(n_ * c_):
         n = t // c_
         c = t - n * c_
-        pool_codes_plane(x[n, c].reshape(h_ * w_), out[n, c], code[n, c], 0.0, w_, out.shape[2], out.shape[3])
+        _codes_plane(x[n, c], out[n, c], code[n, c])
 
 
 @prange_kernel(PAR_MIN)
