@@ -18,6 +18,7 @@ from ..backends.cpu import conv_kernels as _ck
 from ..backends.cpu import conv_tiled as _ct
 from ..backends.cpu import elementwise_kernels as _ek
 from ..backends.cpu import f32_chain as _f32_chain
+from ..backends.cpu import winograd as _wino
 from ..backends.cpu.int8_kernels import cached_per_arrays
 from ..backends.cpu.jit import prange_kernel
 from .conv import _conv2d_cpu, _conv2d_rule
@@ -143,6 +144,9 @@ def _prepared_conv(op, inputs, attrs, pool, act):
     if tuple(attrs["stride"]) != (1, 1) or _ct.host_tiles() is None or act not in ("none", "relu"):
         return None
     fwd = _ct.PreparedForward(w, b, attrs["padding"], attrs["dilation"], attrs["groups"], pool, act == "relu")
+    if pool and _wino.usable((0, w.shape[1], 0, 0), w, attrs["stride"], attrs["padding"], attrs["dilation"],
+                             attrs["groups"], (2, 2)):  # 3x3 conv + pool: Winograd F(2x2, 3x3) (winograd.py)
+        fwd = _wino.PreparedPool(w, b, attrs["padding"], act == "relu")
     plain, out_hw = get_op(op).kernels["cpu"], {}
 
     def run(x):
