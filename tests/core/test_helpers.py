@@ -180,11 +180,15 @@ def test_every_part_of_a_native_task_runs_once(n_parts):
                 assert pool.run_native(_bump_address(), n_parts, table, x, out)
         np.testing.assert_array_equal(out, 50)
     if "spinning" in pools and n_parts > 1:  # the caller's part waits (up to 20 ms) for a helper to run one
-        pool, out = pools["spinning"], np.zeros(64 * n_parts, np.uint8)
-        table = np.array([0, 0, -1, int(20000 * helpers.ticks_per_us())], np.int64)
-        pool.run_native(_bump_address(), n_parts, table, x, out)
-        assert table[2] == 1, "no spinning helper ran a part of the native task"
-        np.testing.assert_array_equal(out, 1)
+        pool = pools["spinning"]
+        for _ in range(5):  # (a helper descheduled through its whole spin on a loaded 2-core VM misses one try)
+            out, table = np.zeros(64 * n_parts, np.uint8), np.array([0, 0, -1, int(20000 * helpers.ticks_per_us())],
+                                                                     np.int64)
+            pool.run_native(_bump_address(), n_parts, table, x, out)
+            np.testing.assert_array_equal(out, 1)
+            if table[2] == 1:
+                break
+        assert table[2] == 1, "no spinning helper ran a part of the native task in 5 tries"
 
 
 def test_native_and_python_tasks_interleave_on_one_pool():
