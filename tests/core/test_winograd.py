@@ -33,6 +33,11 @@ def _run(x, w, b, padding, relu):
     (3, 4, 7, (9, 20), 0),  # no padding, 9 blocks a row (two 8-block steps of the input transform)
     (2, 5, 3, (30, 33), 2),  # padding 2: the conv output is larger than the input
     (7, 6, 33, (6, 6), 1),  # a 3x3 pooled plane: one partial 16-block step of the output transform
+    (1, 1, 16, (28, 28), 1),  # the cnn's conv1: one input channel, sums in the output pass (wino_small)
+    (64, 1, 16, (28, 28), 1),
+    (3, 3, 5, (17, 15), 1),  # RGB, odd sizes
+    (2, winograd.SMALL_CHANNELS, 7, (9, 9), 0),  # the most channels wino_small takes
+    (2, winograd.SMALL_CHANNELS + 1, 7, (9, 9), 2),  # the fewest the GEMMs take
 ])
 @pytest.mark.parametrize("relu", [False, True])
 def test_matches_torch(n, cin, cout, hw, padding, relu):
@@ -78,7 +83,7 @@ def test_weight_transform_against_the_definition():
 
 @pytest.mark.parametrize("case, usable", [
     (dict(), True), (dict(k=5), False), (dict(stride=2), False), (dict(dilation=2), False), (dict(groups=2), False),
-    (dict(cin=3), False), (dict(padding=3), False), (dict(dtype=np.float64), False), (dict(out=(1, 5)), False),
+    (dict(cin=1), True), (dict(padding=3), False), (dict(dtype=np.float64), False), (dict(out=(1, 5)), False),
 ])
 def test_usable(case, usable):
     k, cin = case.get("k", 3), case.get("cin", 8)

@@ -1,5 +1,5 @@
 """Winograd F(2x2, 3x3) for float32 3x3 / stride-1 convolutions followed by a 2x2 max pool (inference: the
-runtime's and eager ``conv2d_pool``).
+runtime's prepared ``conv2d_pool``).
 
 A 2x2 block of conv outputs is exactly one 2x2 pooling window, and F(2x2, 3x3) computes such a block from a
 4x4 input patch with 16 multiplications per (input, output) channel pair instead of 36:
@@ -7,16 +7,20 @@ A 2x2 block of conv outputs is exactly one 2x2 pooling window, and F(2x2, 3x3) c
     Y = A^T [ (G g G^T) . (B^T d B) ] A        (Lavin & Gray, "Fast Algorithms for Convolutional Neural Networks")
 
 per image and block: the input transform V = B^T d B (16 values per input channel, ``wino_in``: additions only),
-16 independent GEMMs M_xi = U_xi V_xi over the channels (U = G g G^T, transformed once when the weights are
-prepared; the GEMMs run on conv_tile_ir's forward tile with the blocks as its positions), and the output
-transform Y = A^T M A fused with the bias, the pool's max and the ReLU (``wino_out``), which writes the pooled
-plane. The conv2 of the cnn benchmark (16 -> 32 channels, 14x14) needs 2.25x fewer multiply-adds than the
-direct tiles (which also compute 224 of every 196 positions).
+then M_xi = sum over input channels of U_xi V_xi (U = G g G^T, transformed once when the weights are prepared),
+then the output transform Y = A^T M A fused with the bias, the pool's max and the ReLU, which writes the pooled
+plane. Two ways to the sums:
+
+- many input channels: 16 independent GEMMs on conv_tile_ir's forward tile, the blocks as its positions, into M
+  (``wino_out`` then transforms): the cnn benchmark's conv2 (16 -> 32 channels, 14x14) needs 2.25x fewer
+  multiply-adds than the direct tiles (which also compute 224 of every 196 positions);
+- at most SMALL_CHANNELS (a first layer): ``wino_small`` sums the few channels and transforms in one pass, no
+  M (the cnn's conv1, 1 -> 16 channels: 108 vs 149 us at B=64).
 
 Numerics: the transforms add and subtract (and halve, in G) values, so results differ from the direct
-convolution by a few float32 roundings more (relative ~1e-6 of the sums' magnitude); NaN inputs give NaN in the
-same pooled outputs (each block's 4x4 patch is its window's receptive field); an infinite input can give NaN
-where the direct sum would be infinite.
+convolution by float32 roundings (relative ~1e-6 of the sums' magnitude); NaN inputs give NaN in the same
+pooled outputs (each block's 4x4 patch is its window's receptive field); an infinite input can give NaN where
+the direct sum would be infinite.
 
 Blocks are laid out image after image (block t = ty*nx + tx of image i at i*ny*nx), a chunk of images at a time so
 V (16 x Cin x blocks) and M (16 x Cout x blocks) stay in L2.
@@ -30,17 +34,21 @@ import numpy as np
 
 from .conv_tile_ir import host_tiles
 from .conv_tiled import PAR_MIN_MACS, _SLACK, _pad_into, _packed
-from .helpers import finish, post
+from .helpers import finish, no_sync, post
 from .intrinsics import call
 from .jit import njit, run_parts, slices
 from .llvm_ir import MASKED_DECLS, _lanes, _splat_i64, address, compile_module
 
 CHUNK_BYTES = 1 << 19  # V + M floats of a chunk of images (kept in L2)
 _SKEW = 80  # floats between the 16 transforms' planes beyond their size: 16 streams 4 KiB apart share L1 sets
-MIN_CHANNELS = 4  # input channels below which the transforms cost more than the multiply-adds they save
+SMALL_CHANNELS = 4  # input channels up to which the channel sums run in the output pass (wino_small), not GEMMs
+# (16 output channels, B=64: 4 inputs 285 vs 302 us, 6 inputs 421 vs 404)
 
 _IN_SIG = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64, ctypes.c_int64, ctypes.c_void_p,
                            ctypes.c_int64)
+_SMALL_SIG = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64, ctypes.c_int64, ctypes.c_int64,
+                              ctypes.c_void_p, ctypes.c_int64, ctypes.c_void_p, ctypes.c_int64, ctypes.c_void_p,
+                              ctypes.c_int64)
 _OUT_SIG = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64, ctypes.c_float, ctypes.c_int64,
                             ctypes.c_void_p)
 
@@ -94,6 +102,30 @@ def in_ir() -> str:
     return "\n".join(lines)
 
 
+def _out_transform(src) -> list:
+    """IR lines: %res = relu?(%bv + the max of the 2x2 block A^T M A) (%dorelu: whether to ReLU) from the 16 vectors
+    %{src}0 .. %{src}15 of M; NaN wins the max, as in max_pool2d."""
+    vt, m = "<16 x float>", [f"%{src}{xi}" for xi in range(16)]
+    lines = []
+    for j in range(4):  # A^T M: rows 0 + 1 + 2 and 1 - 2 - 3, per column j
+        lines += [f"  %s{j}a = fadd {vt} {m[j]}, {m[4 + j]}", f"  %r0_{j} = fadd {vt} %s{j}a, {m[8 + j]}",
+                  f"  %s{j}b = fsub {vt} {m[4 + j]}, {m[8 + j]}", f"  %r1_{j} = fsub {vt} %s{j}b, {m[12 + j]}"]
+    for i in range(2):  # (A^T M) A: columns the same way
+        lines += [f"  %u{i}a = fadd {vt} %r{i}_0, %r{i}_1", f"  %y{i}0 = fadd {vt} %u{i}a, %r{i}_2",
+                  f"  %u{i}b = fsub {vt} %r{i}_1, %r{i}_2", f"  %y{i}1 = fsub {vt} %u{i}b, %r{i}_3"]
+    return lines + [_max16("ma", "y00", "y01"), _max16("mb", "y10", "y11"), _max16("mx", "ma", "mb"),
+                    f"  %mb_ = fadd {vt} %mx, %bv", f"  %pos = fcmp ogt {vt} %mb_, zeroinitializer",
+                    f"  %nan = fcmp uno {vt} %mb_, %mb_", "  %keep = or <16 x i1> %pos, %nan",
+                    f"  %rl = select <16 x i1> %keep, {vt} %mb_, {vt} zeroinitializer",
+                    f"  %res = select i1 %dorelu, {vt} %rl, {vt} %mb_"]
+
+
+def _mask16(name, n, t) -> list:
+    """IR lines: <16 x i1> %{name}: lanes t + l < n."""
+    return [f"  %{name}r = sub i64 {n}, {t}", _splat_i64(f"{name}s", f"%{name}r", 16),
+            f"  %{name} = icmp slt <16 x i64> {_lanes(16)}, %{name}s"]
+
+
 def out_ir() -> str:
     """``wino_out(m, ld, n, bias, relu, dst)``: for blocks t < n, dst[t] = relu?(bias + the max of the 2x2 block
     Y = A^T M A), M[xi] = m[xi*ld + t]; NaN wins the max, as in max_pool2d. 16 blocks a step; reads up to 15
@@ -107,21 +139,46 @@ def out_ir() -> str:
         lines += [f"  %mo{xi} = mul i64 %ld, {xi}", f"  %ma{xi} = add i64 %mo{xi}, %t",
                   f"  %mp{xi} = getelementptr float, float* %m, i64 %ma{xi}",
                   f"  %mq{xi} = bitcast float* %mp{xi} to {vt}*", f"  %m{xi} = load {vt}, {vt}* %mq{xi}, align 4"]
-    for j in range(4):  # A^T M: rows 0 + 1 + 2 and 1 - 2 - 3, per column j
-        lines += [f"  %s{j}a = fadd {vt} %m{j}, %m{4 + j}", f"  %r0_{j} = fadd {vt} %s{j}a, %m{8 + j}",
-                  f"  %s{j}b = fsub {vt} %m{4 + j}, %m{8 + j}", f"  %r1_{j} = fsub {vt} %s{j}b, %m{12 + j}"]
-    for i in range(2):  # (A^T M) A: columns the same way
-        lines += [f"  %u{i}a = fadd {vt} %r{i}_0, %r{i}_1", f"  %y{i}0 = fadd {vt} %u{i}a, %r{i}_2",
-                  f"  %u{i}b = fsub {vt} %r{i}_1, %r{i}_2", f"  %y{i}1 = fsub {vt} %u{i}b, %r{i}_3"]
-    lines += [_max16("ma", "y00", "y01"), _max16("mb", "y10", "y11"), _max16("mx", "ma", "mb"),
-              f"  %mb_ = fadd {vt} %mx, %bv",
-              f"  %pos = fcmp ogt {vt} %mb_, zeroinitializer", f"  %nan = fcmp uno {vt} %mb_, %mb_",
-              "  %keep = or <16 x i1> %pos, %nan", f"  %rl = select <16 x i1> %keep, {vt} %mb_, {vt} zeroinitializer",
-              f"  %res = select i1 %dorelu, {vt} %rl, {vt} %mb_",
-              "  %rem = sub i64 %n, %t", _splat_i64("rs", "%rem", 16), f"  %mask = icmp slt <16 x i64> {_lanes(16)}, %rs",
-              "  %dp = getelementptr float, float* %dst, i64 %t",
+    lines += _out_transform("m") + _mask16("mask", "%n", "%t")
+    lines += ["  %dp = getelementptr float, float* %dst, i64 %t",
               f"  call void @llvm.masked.store.v16f32.p0({vt} %res, ptr %dp, i32 4, <16 x i1> %mask)",
               "  %t1 = add i64 %t, 16", "  %more = icmp slt i64 %t1, %n", "  br i1 %more, label %col, label %done",
+              "done:", "  ret void", "}"]
+    return "\n".join(lines)
+
+
+def small_ir() -> str:
+    """``wino_small(v, ldxi, ldc, cin, n, u, cout, bias, relu, dst, ldd)``: the whole layer after the input transform
+    for few input channels, without a GEMM: for blocks t < n (16 a step) and output channels o < cout,
+    M[xi] = sum over c < cin of u[(o*cin + c)*16 + xi] * v[xi*ldxi + c*ldc + t], then ``wino_out``'s transform,
+    bias[o], max and ReLU into dst[o*ldd + t] (masked stores; reads up to 15 floats past v's blocks)."""
+    vt = "<16 x float>"
+    lines = ["define void @wino_small(float* %v, i64 %ldxi, i64 %ldc, i64 %cin, i64 %n, float* %u, i64 %cout, "
+             "float* %bias, i64 %relu, float* %dst, i64 %ldd) {", "entry:", "  %dorelu = icmp ne i64 %relu, 0",
+             "  %gn = icmp sgt i64 %n, 0", "  %gc = icmp sgt i64 %cout, 0", "  %gi = icmp sgt i64 %cin, 0",
+             "  %g1 = and i1 %gn, %gc", "  %go = and i1 %g1, %gi", "  br i1 %go, label %blk, label %done",
+             "blk:", "  %t = phi i64 [0, %entry], [%t1, %oend]"] + _mask16("mask", "%n", "%t") + [
+             "  br label %och", "och:", "  %o = phi i64 [0, %blk], [%o1, %cend]", "  %oc = mul i64 %o, %cin",
+             "  %bp = getelementptr float, float* %bias, i64 %o", "  %b = load float, float* %bp",
+             f"  %bi = insertelement {vt} undef, float %b, i32 0",
+             f"  %bv = shufflevector {vt} %bi, {vt} undef, <16 x i32> zeroinitializer", "  br label %ch", "ch:",
+             "  %c = phi i64 [0, %och], [%c1, %ch]"]
+    lines += [f"  %a{xi} = phi {vt} [zeroinitializer, %och], [%n{xi}, %ch]" for xi in range(16)]
+    lines += ["  %uc = add i64 %oc, %c", "  %ub = mul i64 %uc, 16", "  %vc = mul i64 %c, %ldc", "  %vt = add i64 %vc, %t"]
+    for xi in range(16):
+        lines += [f"  %vo{xi} = mul i64 %ldxi, {xi}", f"  %va{xi} = add i64 %vo{xi}, %vt",
+                  f"  %vp{xi} = getelementptr float, float* %v, i64 %va{xi}", f"  %vq{xi} = bitcast float* %vp{xi} to {vt}*",
+                  f"  %vv{xi} = load {vt}, {vt}* %vq{xi}, align 4", f"  %ua{xi} = add i64 %ub, {xi}",
+                  f"  %up{xi} = getelementptr float, float* %u, i64 %ua{xi}", f"  %us{xi} = load float, float* %up{xi}",
+                  f"  %ui{xi} = insertelement {vt} undef, float %us{xi}, i32 0",
+                  f"  %uv{xi} = shufflevector {vt} %ui{xi}, {vt} undef, <16 x i32> zeroinitializer",
+                  f"  %n{xi} = call {vt} @llvm.fma.v16f32({vt} %uv{xi}, {vt} %vv{xi}, {vt} %a{xi})"]
+    lines += ["  %c1 = add i64 %c, 1", "  %morec = icmp slt i64 %c1, %cin", "  br i1 %morec, label %ch, label %cend", "cend:"]
+    lines += _out_transform("n")
+    lines += ["  %dro = mul i64 %o, %ldd", "  %dt = add i64 %dro, %t", "  %dp = getelementptr float, float* %dst, i64 %dt",
+              f"  call void @llvm.masked.store.v16f32.p0({vt} %res, ptr %dp, i32 4, <16 x i1> %mask)",
+              "  %o1 = add i64 %o, 1", "  %moreo = icmp slt i64 %o1, %cout", "  br i1 %moreo, label %och, label %oend",
+              "oend:", "  %t1 = add i64 %t, 16", "  %more = icmp slt i64 %t1, %n", "  br i1 %more, label %blk, label %done",
               "done:", "  ret void", "}"]
     return "\n".join(lines)
 
@@ -137,14 +194,17 @@ _KERNELS: list = []
 
 
 def kernels():
-    """(address of wino_in, address of wino_out), compiled once per process; None where LLVM cannot."""
+    """(address of wino_in, of wino_out, of wino_small), compiled once per process; None where LLVM cannot."""
     if not _KERNELS:
-        engine = compile_module("\n".join([MASKED_DECLS, in_ir(), out_ir()]))
+        vt = "<16 x float>"
+        engine = compile_module("\n".join([MASKED_DECLS, f"declare {vt} @llvm.fma.v16f32({vt}, {vt}, {vt})", in_ir(),
+                                           out_ir(), small_ir()]))
         if engine is None:
             _KERNELS.append(None)
         else:
-            fns = (_IN_SIG(engine.get_function_address("wino_in")), _OUT_SIG(engine.get_function_address("wino_out")))
-            _KERNELS.append(((address(fns[0]), address(fns[1])), engine, fns))  # (keep the code alive)
+            fns = (_IN_SIG(engine.get_function_address("wino_in")), _OUT_SIG(engine.get_function_address("wino_out")),
+                   _SMALL_SIG(engine.get_function_address("wino_small")))
+            _KERNELS.append((tuple(address(f) for f in fns), engine, fns))  # (keep the code alive)
     return None if _KERNELS[0] is None else _KERNELS[0][0]
 
 
@@ -159,11 +219,11 @@ def transform_weights(w) -> np.ndarray:
 
 def usable(x_shape, w, stride, padding, dilation, groups, out_hw) -> bool:
     """Whether conv2d (+ relu) + 2x2 max pool of this geometry runs here: float32 3x3 weights, stride 1, dilation 1,
-    one group, at least MIN_CHANNELS input channels, the padding within the 3x3 window, the LLVM kernels compiled;
+    one group, the padding within the 3x3 window, the LLVM kernels compiled;
     ``EMBER_WINOGRAD=0`` in the environment turns it off (the direct tiles run)."""
     if os.environ.get("EMBER_WINOGRAD", "1") == "0":
         return False
-    if w.dtype != np.float32 or w.ndim != 4 or tuple(w.shape[2:]) != (3, 3) or w.shape[1] < MIN_CHANNELS:
+    if w.dtype != np.float32 or w.ndim != 4 or tuple(w.shape[2:]) != (3, 3):
         return False
     if tuple(stride) != (1, 1) or tuple(dilation) != (1, 1) or groups != 1 or len(x_shape) != 4:
         return False
@@ -178,7 +238,7 @@ def _slice(x, out, bias, upk, hp, wp, ph, pw, chunk, lpad, tile, tails, pb, vw, 
     a time: pad, input transform into v (16, Cin, lpad), the 16 GEMMs into m (16, Co rows, lpad) on the forward tile
     (``tile`` per pb blocks, ``tails[r // vw]`` for a remainder r), output transform into out."""
     post(sync)
-    in_fn, out_fn = fns
+    in_fn, out_fn, _ = fns
     n, c = x.shape[0], x.shape[1]
     co, ny, nx = out.shape[1], out.shape[2], out.shape[3]
     _, ncb, k, nco = upk.shape
@@ -213,6 +273,26 @@ def _slice(x, out, bias, upk, hp, wp, ph, pw, chunk, lpad, tile, tails, pb, vw, 
     finish(sync)
 
 
+@njit
+def _small_slice(x, out, bias, u, hp, wp, ph, pw, lpad, relu, fns, sync):
+    """``_slice`` for few input channels, image by image: pad, input transform into v (16, Cin, lpad), then
+    ``wino_small`` (the channel sums, output transform, bias, pool and ReLU in one pass) into out; u (Co, Cin, 16)."""
+    post(sync)
+    in_fn, _, small_fn = fns
+    n, c = x.shape[0], x.shape[1]
+    co, ny, nx = out.shape[1], out.shape[2], out.shape[3]
+    xp = np.zeros(c * hp * wp + _SLACK, np.float32)
+    vld = c * lpad + _SKEW
+    v = np.zeros(16 * vld + 32, np.float32)
+    for i in range(n):
+        _pad_into(x, i, xp, hp, wp, ph, pw)
+        for ci in range(c):
+            call(in_fn, (xp.ctypes.data + 4 * ci * hp * wp, wp, ny, nx, v.ctypes.data + 4 * ci * lpad, vld))
+        call(small_fn, (v.ctypes.data, vld, lpad, c, ny * nx, u.ctypes.data, co, bias.ctypes.data, relu,
+                        out[i].ctypes.data, ny * nx))
+    finish(sync)
+
+
 class PreparedPool:
     """conv2d (+ relu) + 2x2 max pool of one float32 3x3 weight by F(2x2, 3x3) (``usable`` says where): weights
     transformed and packed once, the plan once per input shape. ``forward(x, out_hw)`` -> (N, Co, ho//2, wo//2)."""
@@ -229,16 +309,21 @@ class PreparedPool:
         n, (ho, wo) = x_shape[0], out_hw
         ny, nx = ho // 2, wo // 2
         per = ny * nx
+        geometry = (ho + 2, wo + 2, self.padding[0], self.padding[1])
+        relu = 1 if self.relu else 0
+        if self.cin <= SMALL_CHANNELS:  # no GEMM: the channel sums in the output pass (wino_small)
+            u = np.ascontiguousarray(self.u.transpose(1, 2, 0))  # (Co, Cin, 16)
+            fields = (u,) + geometry + (-(-per // 16) * 16, relu, kernels())
+            return (n, self.co, ny, nx), _small_slice, fields, slices(n, n * 16 * self.co * self.cin * per, PAR_MIN_MACS)
         cap = max(1, min(n, CHUNK_BYTES // (4 * 16 * per * (self.cin + self.co))))
         chunk = min(range(1, cap + 1), key=lambda k: (-(-(k * per) // 16) * 16 / (k * per), -k))  # least padding
         t = host_tiles()
         s, _, tails = t.pick(self.co, chunk * per)
         tile, _, pb, upk, _ = _packed(self.u, t, chunk * per)  # the 16 transforms as "groups": (16, blocks, Cin, NCO)
         lpad = -(-(chunk * per) // 16) * 16
-        fields = (upk, ho + 2, wo + 2, self.padding[0], self.padding[1], chunk, lpad, tile, np.array(tails, np.int64),
-                  pb, s.v, 1 if self.relu else 0, kernels())
+        fields = (upk,) + geometry + (chunk, lpad, tile, np.array(tails, np.int64), pb, s.v, relu, kernels())
         work = n * 16 * upk.shape[1] * upk.shape[3] * self.cin * per
-        return (n, self.co, ny, nx), fields, slices(n, work, PAR_MIN_MACS)
+        return (n, self.co, ny, nx), _slice, fields, slices(n, work, PAR_MIN_MACS)
 
     def __call__(self, x, out_hw):
         key = (x.shape, out_hw)
@@ -247,8 +332,11 @@ class PreparedPool:
             if len(self.per_shape) >= 16:
                 self.per_shape.clear()
             hit = self.per_shape[key] = self._plan(x.shape, out_hw)
-        shape, fields, parts = hit
+        shape, fn, fields, parts = hit
         x = np.ascontiguousarray(x, dtype=np.float32)
         out = np.empty(shape, np.float32)
-        run_parts(_slice, [(x[lo:hi], out[lo:hi], self.bias) + fields for lo, hi in parts])
+        if len(parts) == 1:
+            fn(x, out, self.bias, *fields, no_sync())
+        else:
+            run_parts(fn, [(x[lo:hi], out[lo:hi], self.bias) + fields for lo, hi in parts])
         return out
