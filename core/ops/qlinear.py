@@ -246,8 +246,9 @@ def qconv_prepare(op, inputs, attrs, pool):
 def _prepared_short_k(w, xz, bias_i32, mult, yz, geometry, relu, pool):
     """_short_k_conv with its float weights packed and its geometry worked out once (conv_tiled.PreparedForward with
     the requantizing epilogue; the codes minus the zero point xz padded straight into the tiles' scratch), for a
-    stride-1 first layer on the tiles; None otherwise. Bit-identical to it."""
-    from ..backends.cpu import conv_tiled
+    stride-1 first layer on the tiles; None otherwise. Bit-identical to it. A pooled 3x3 layer of one input channel
+    runs Winograd F(2x2, 3x3) instead (winograd.PreparedPool with the same epilogue: exact integer sums)."""
+    from ..backends.cpu import conv_tiled, winograd
     from ..backends.cpu.conv_kernels import out_size
 
     stride, padding, dilation, groups = geometry
@@ -256,8 +257,11 @@ def _prepared_short_k(w, xz, bias_i32, mult, yz, geometry, relu, pool):
         return None
     bias = np.zeros(co, np.float64) if bias_i32 is None else np.asarray(bias_i32, np.float64)
     mult = np.broadcast_to(np.asarray(mult, np.float32).reshape(-1), (co,))
-    fwd = conv_tiled.PreparedForward(w.astype(np.float32), None, padding, dilation, groups, pool,
-                                     qep=(bias, mult, yz, max(0, yz) if relu else 0, 255), shift=xz)
+    qep = (bias, mult, yz, max(0, yz) if relu else 0, 255)
+    fwd = conv_tiled.PreparedForward(w.astype(np.float32), None, padding, dilation, groups, pool, qep=qep, shift=xz)
+    if pool and w.shape[1] == 1 and winograd.usable((0, 1, 0, 0), w.astype(np.float32), stride, padding, dilation,
+                                                    groups, (2, 2)):  # (exact for one channel: see PreparedPool)
+        fwd = winograd.PreparedPool(w.astype(np.float32), None, padding, False, qep=qep, shift=xz)
     sizes = {}
 
     def run(x):

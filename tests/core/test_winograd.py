@@ -121,3 +121,53 @@ def test_plain_kernel_agrees():
     attrs = dict(stride=(1, 1), padding=(1, 1), dilation=(1, 1), groups=1, act="relu")
     plain = get_op("conv2d_pool").kernels["cpu"](x, w, b, **attrs)
     np.testing.assert_allclose(_run(x, w, b, 1, True), plain, atol=2e-6, rtol=1e-5)
+
+
+def _int8_reference(codes, xz, w, padding, bias_i, mult, yz, lo, hi):
+    """uint8 codes of the static int8 first layer (one input channel, 3x3, then 2x2 max pool) in numpy int64:
+    the exact sums, pooled, requantized as the int8 kernels' epilogue (float32(sum + bias) * multiplier, rint)."""
+    d = np.pad(codes.astype(np.int64) - xz, ((0, 0), (0, 0), (padding,) * 2, (padding,) * 2))
+    n, _, hp, wp = d.shape
+    ho, wo = hp - 2, wp - 2
+    acc = np.zeros((n, w.shape[0], ho, wo), np.int64)
+    for i in range(3):
+        for j in range(3):
+            acc += d[:, :, i:i + ho, j:j + wo] * w[None, :, 0, i, j, None, None].astype(np.int64)
+    pooled = acc[:, :, :ho // 2 * 2, :wo // 2 * 2].reshape(n, -1, ho // 2, 2, wo // 2, 2).max(axis=(3, 5))
+    r = np.rint((pooled + bias_i[None, :, None, None]).astype(np.float32) * mult[None, :, None, None]) + yz
+    return np.clip(r, lo, hi).astype(np.uint8)
+
+
+@pytest.mark.parametrize("case", ["random", "extreme-high", "extreme-low", "alternating"])
+def test_int8_first_layer_is_exact(case):
+    """The requantizing form (static int8 first layer of one channel) against exact int64 sums: the float32
+    Winograd sums of 4 G g G^T are exact integers even at the int8 / uint8 extremes."""
+    n, co, hw = 3, 6, (12, 10)
+    if case == "random":
+        codes, xz = rng.integers(0, 256, (n, 1, *hw)).astype(np.uint8), 131
+        w = rng.integers(-128, 128, (co, 1, 3, 3)).astype(np.int8)
+    elif case == "extreme-high":  # |code - zp| = 255 everywhere, |w| = 128: the largest sums
+        codes, xz, w = np.full((n, 1, *hw), 255, np.uint8), 0, np.full((co, 1, 3, 3), -128, np.int8)
+    elif case == "extreme-low":
+        codes, xz, w = np.zeros((n, 1, *hw), np.uint8), 255, np.full((co, 1, 3, 3), 127, np.int8)
+    else:  # signs that make the transforms' values largest
+        sign = np.where((np.arange(hw[0])[:, None] + np.arange(hw[1])) % 2 == 0, 255, 0)
+        codes, xz = np.broadcast_to(sign, (n, 1, *hw)).astype(np.uint8), 0
+        w = np.where((np.arange(3)[:, None] + np.arange(3)) % 2 == 0, -128, 127).astype(np.int8)
+        w = np.broadcast_to(w, (co, 1, 3, 3)).copy()
+        w[1::2] *= -1
+    bias_i = rng.integers(-5000, 5000, co).astype(np.float64)
+    mult = (rng.uniform(0.5, 2.0, co) / 2 ** 18).astype(np.float32)
+    for relu in (False, True):
+        yz = 100
+        lo = yz if relu else 0
+        p = winograd.PreparedPool(w.astype(np.float32), None, (1, 1), False, qep=(bias_i, mult, yz, lo, 255), shift=xz)
+        got = p(codes, (hw[0], hw[1]))
+        assert got.dtype == np.uint8
+        np.testing.assert_array_equal(got, _int8_reference(codes, xz, w, 1, bias_i, mult, yz, lo, 255))
+
+
+def test_int8_form_refuses_what_it_cannot_do_exactly():
+    w = np.ones((4, 2, 3, 3), np.float32)
+    with pytest.raises(ValueError, match="one input channel"):
+        winograd.PreparedPool(w, None, (1, 1), False, qep=(np.zeros(4), np.ones(4, np.float32), 0, 0, 255))

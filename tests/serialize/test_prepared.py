@@ -79,7 +79,8 @@ def test_ops_with_computed_qparams_keep_the_plain_kernel():
 
 def test_prepared_float_convolutions_match_the_plain_kernels():
     """conv2d_pool / conv2d_act prepared on their weights (packed once, geometry per input shape) give the plain
-    kernels' bits, for each batch and image size; other dtypes and bad sizes go to the plain kernel."""
+    kernels' bits (conv2d_pool of a 3x3 conv, which runs Winograd: their values to float32 rounding), for each batch
+    and image size; other dtypes and bad sizes go to the plain kernel."""
     ember.manual_seed(0)
     model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
                           nn.Conv2d(8, 12, 3, padding=(0, 1)), nn.ReLU()).eval()
@@ -97,7 +98,10 @@ def test_prepared_float_convolutions_match_the_plain_kernels():
         for shape in [(1, c, 10, 9), (5, c, 10, 9), (2, c, 7, 12), (1, c, 5, 5)]:
             x = rng.standard_normal(shape).astype(np.float32)
             want = plain(x, *[graph.constants[n] for n in node.inputs[1:]], **node.attrs)
-            np.testing.assert_array_equal(fn(x), want)
+            if op == "conv2d_pool":  # a 3x3 conv + pool runs Winograd F(2x2, 3x3): the same to float32 rounding
+                np.testing.assert_allclose(fn(x), want, atol=1e-5, rtol=1e-5)
+            else:
+                np.testing.assert_array_equal(fn(x), want)
         x64 = rng.standard_normal((2, c, 6, 6))
         np.testing.assert_array_equal(fn(x64), plain(x64, *[graph.constants[n] for n in node.inputs[1:]],
                                                      **node.attrs))

@@ -33,7 +33,7 @@ import os
 import numpy as np
 
 from .conv_tile_ir import host_tiles
-from .conv_tiled import PAR_MIN_MACS, _SLACK, _pad_into, _packed
+from .conv_tiled import PAR_MIN_MACS, _SLACK, _pad_into, _packed, _requant_fields, requant_row
 from .helpers import finish, no_sync, post
 from .intrinsics import call
 from .jit import njit, run_parts, slices
@@ -273,10 +273,13 @@ def _slice(x, out, bias, upk, hp, wp, ph, pw, chunk, lpad, tile, tails, pb, vw, 
     finish(sync)
 
 
-@njit
-def _small_slice(x, out, bias, u, hp, wp, ph, pw, lpad, relu, fns, sync):
-    """``_slice`` for few input channels, image by image: pad, input transform into v (16, Cin, lpad), then
-    ``wino_small`` (the channel sums, output transform, bias, pool and ReLU in one pass) into out; u (Co, Cin, 16)."""
+@njit(fastmath=False)  # (requant_row's rounding must be exact)
+def _small_slice(x, out, bias, u, hp, wp, ph, pw, lpad, relu, fns, qep, shift, sync):
+    """``_slice`` for few input channels, image by image: pad (``shift`` subtracted: a uint8 input's zero point),
+    input transform into v (16, Cin, lpad), then ``wino_small`` (the channel sums, output transform, bias, pool and
+    ReLU in one pass) into out; u (Co, Cin, 16). With ``qep`` (conv_tiled's requantizing epilogue fields) the pooled
+    sums go to a float stage, are scaled by 1/4 (u is 4 G g G^T then: exact integers, see PreparedPool) and
+    requantized to out's uint8 codes."""
     post(sync)
     in_fn, _, small_fn = fns
     n, c = x.shape[0], x.shape[1]
@@ -284,25 +287,48 @@ def _small_slice(x, out, bias, u, hp, wp, ph, pw, lpad, relu, fns, sync):
     xp = np.zeros(c * hp * wp + _SLACK, np.float32)
     vld = c * lpad + _SKEW
     v = np.zeros(16 * vld + 32, np.float32)
+    stage = np.empty((co, ny * nx), np.float32)
     for i in range(n):
-        _pad_into(x, i, xp, hp, wp, ph, pw)
+        _pad_into(x, i, xp, hp, wp, ph, pw, shift)
         for ci in range(c):
             call(in_fn, (xp.ctypes.data + 4 * ci * hp * wp, wp, ny, nx, v.ctypes.data + 4 * ci * lpad, vld))
-        call(small_fn, (v.ctypes.data, vld, lpad, c, ny * nx, u.ctypes.data, co, bias.ctypes.data, relu,
-                        out[i].ctypes.data, ny * nx))
+        dst = out[i].ctypes.data if qep is None else stage.ctypes.data
+        call(small_fn, (v.ctypes.data, vld, lpad, c, ny * nx, u.ctypes.data, co, bias.ctypes.data, relu, dst, ny * nx))
+        if qep is not None:
+            bias_i, mult, zp, lo, hi = qep
+            for ch in range(co):
+                row = stage[ch]
+                for j in range(row.size):
+                    row[j] *= np.float32(0.25)
+                requant_row(row, row.size, bias_i[ch], mult[ch], zp, lo, hi, out[i, ch].reshape(row.size))
     finish(sync)
 
 
 class PreparedPool:
     """conv2d (+ relu) + 2x2 max pool of one float32 3x3 weight by F(2x2, 3x3) (``usable`` says where): weights
-    transformed and packed once, the plan once per input shape. ``forward(x, out_hw)`` -> (N, Co, ho//2, wo//2)."""
+    transformed and packed once, the plan once per input shape. ``forward(x, out_hw)`` -> (N, Co, ho//2, wo//2).
 
-    def __init__(self, w, bias, padding, relu):
+    With ``qep`` (bias_i, multipliers, zero point, lo, hi, as conv_tiled.forward_requant takes them) it is the
+    static int8 first layer of ONE input channel: uint8 codes in (``shift``, their zero point, subtracted while
+    padding), uint8 codes out, and bit-identical to the int8 kernels. The sums are exact: with |code - zp| <= 255 an
+    input transform value is a sum of 4 such (<= 1020); 4 G g G^T of int8 weights is an integer of at most
+    4 * 9 * 128 / 4 = 1152; so every product (<= 1.18M) and every partial sum of the output transform's 9 terms
+    (<= 10.6M) is an integer below 2**24, exact in float32, and the pooled result times 1/4 is the int32 sum's value.
+    With two channels the bound would pass 2**24."""
+
+    def __init__(self, w, bias, padding, relu, qep=None, shift=0):
         w = np.ascontiguousarray(w, dtype=np.float32)
         self.co, self.cin = w.shape[0], w.shape[1]
         self.bias = np.zeros(self.co, np.float32) if bias is None else np.ascontiguousarray(bias, dtype=np.float32)
         self.padding, self.relu = tuple(padding), bool(relu)
         self.u = transform_weights(w)
+        self.qep, self.dtype, self.shift = None, np.float32, np.float32(shift)
+        if qep is not None:
+            if self.cin != 1 or relu or bias is not None:
+                raise ValueError("winograd.PreparedPool: the requantizing form takes one input channel and no float "
+                                 f"bias or ReLU (the epilogue's bias_i and lo do those); got {self.cin} channels")
+            self.u *= np.float32(4)  # (exact: multiples of 1/4)
+            self.qep, self.dtype = _requant_fields(*qep), np.uint8
         self.per_shape: dict = {}
 
     def _plan(self, x_shape, out_hw):
@@ -313,7 +339,7 @@ class PreparedPool:
         relu = 1 if self.relu else 0
         if self.cin <= SMALL_CHANNELS:  # no GEMM: the channel sums in the output pass (wino_small)
             u = np.ascontiguousarray(self.u.transpose(1, 2, 0))  # (Co, Cin, 16)
-            fields = (u,) + geometry + (-(-per // 16) * 16, relu, kernels())
+            fields = (u,) + geometry + (-(-per // 16) * 16, relu, kernels(), self.qep, self.shift)
             return (n, self.co, ny, nx), _small_slice, fields, slices(n, n * 16 * self.co * self.cin * per, PAR_MIN_MACS)
         cap = max(1, min(n, CHUNK_BYTES // (4 * 16 * per * (self.cin + self.co))))
         chunk = min(range(1, cap + 1), key=lambda k: (-(-(k * per) // 16) * 16 / (k * per), -k))  # least padding
@@ -333,8 +359,9 @@ class PreparedPool:
                 self.per_shape.clear()
             hit = self.per_shape[key] = self._plan(x.shape, out_hw)
         shape, fn, fields, parts = hit
-        x = np.ascontiguousarray(x, dtype=np.float32)
-        out = np.empty(shape, np.float32)
+        if not x.flags.c_contiguous or (x.dtype != np.float32 and not (self.qep is not None and x.dtype == np.uint8)):
+            x = np.ascontiguousarray(x, dtype=np.float32)
+        out = np.empty(shape, self.dtype)
         if len(parts) == 1:
             fn(x, out, self.bias, *fields, no_sync())
         else:
