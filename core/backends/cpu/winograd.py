@@ -219,7 +219,8 @@ def transform_weights(w) -> np.ndarray:
 
 def usable(x_shape, w, stride, padding, dilation, groups, out_hw) -> bool:
     """Whether conv2d (+ relu) + 2x2 max pool of this geometry runs here: float32 3x3 weights, stride 1, dilation 1,
-    one group, the padding within the 3x3 window, the LLVM kernels compiled;
+    one group, the padding within the 3x3 window, the LLVM kernels compiled and the convolution tiles' AVX-512 shapes
+    (the only ones this was measured and tested with; AVX2 hosts keep the direct tiles);
     ``EMBER_WINOGRAD=0`` in the environment turns it off (the direct tiles run)."""
     if os.environ.get("EMBER_WINOGRAD", "1") == "0":
         return False
@@ -229,7 +230,8 @@ def usable(x_shape, w, stride, padding, dilation, groups, out_hw) -> bool:
         return False
     if not all(0 <= p <= 2 for p in padding) or out_hw[0] < 2 or out_hw[1] < 2:
         return False
-    return host_tiles() is not None and kernels() is not None
+    tiles = host_tiles()
+    return tiles is not None and tiles.v == 16 and kernels() is not None
 
 
 @njit
