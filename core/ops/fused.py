@@ -143,10 +143,10 @@ def _prepared_conv(op, inputs, attrs, pool, act):
         return None
     if tuple(attrs["stride"]) != (1, 1) or _ct.host_tiles() is None or act not in ("none", "relu"):
         return None
-    fwd = _ct.PreparedForward(w, b, attrs["padding"], attrs["dilation"], attrs["groups"], pool, act == "relu")
-    if pool and _wino.usable((0, w.shape[1], 0, 0), w, attrs["stride"], attrs["padding"], attrs["dilation"],
-                             attrs["groups"], (2, 2)):  # 3x3 conv + pool: Winograd F(2x2, 3x3) (winograd.py)
-        fwd = _wino.PreparedPool(w, b, attrs["padding"], act == "relu")
+    if pool and _wino.usable(w, attrs["stride"], attrs["padding"], attrs["dilation"], attrs["groups"]):
+        fwd = _wino.PreparedPool(w, b, attrs["padding"], act == "relu")  # 3x3 conv + pool: Winograd F(2x2, 3x3)
+    else:
+        fwd = _ct.PreparedForward(w, b, attrs["padding"], attrs["dilation"], attrs["groups"], pool, act == "relu")
     plain, out_hw = get_op(op).kernels["cpu"], {}
 
     def run(x):

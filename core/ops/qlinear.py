@@ -257,11 +257,11 @@ def _prepared_short_k(w, xz, bias_i32, mult, yz, geometry, relu, pool):
         return None
     bias = np.zeros(co, np.float64) if bias_i32 is None else np.asarray(bias_i32, np.float64)
     mult = np.broadcast_to(np.asarray(mult, np.float32).reshape(-1), (co,))
-    qep = (bias, mult, yz, max(0, yz) if relu else 0, 255)
-    fwd = conv_tiled.PreparedForward(w.astype(np.float32), None, padding, dilation, groups, pool, qep=qep, shift=xz)
-    if pool and w.shape[1] == 1 and winograd.usable((0, 1, 0, 0), w.astype(np.float32), stride, padding, dilation,
-                                                    groups, (2, 2)):  # (exact for one channel: see PreparedPool)
-        fwd = winograd.PreparedPool(w.astype(np.float32), None, padding, False, qep=qep, shift=xz)
+    qep, wf = (bias, mult, yz, max(0, yz) if relu else 0, 255), w.astype(np.float32)
+    if pool and w.shape[1] == 1 and winograd.usable(wf, stride, padding, dilation, groups):
+        fwd = winograd.PreparedPool(wf, None, padding, False, qep=qep, shift=xz)  # (exact for one channel)
+    else:
+        fwd = conv_tiled.PreparedForward(wf, None, padding, dilation, groups, pool, qep=qep, shift=xz)
     sizes = {}
 
     def run(x):

@@ -217,16 +217,16 @@ def transform_weights(w) -> np.ndarray:
     return np.ascontiguousarray(u.reshape(16, w.shape[0], w.shape[1]), dtype=np.float32)
 
 
-def usable(x_shape, w, stride, padding, dilation, groups, out_hw) -> bool:
+def usable(w, stride, padding, dilation, groups, out_hw=(2, 2)) -> bool:
     """Whether conv2d (+ relu) + 2x2 max pool of this geometry runs here: float32 3x3 weights, stride 1, dilation 1,
-    one group, the padding within the 3x3 window, the LLVM kernels compiled and the convolution tiles' AVX-512 shapes
+    one group, the padding within the 3x3 window, a conv output of at least one pooling window, the LLVM kernels compiled and the convolution tiles' AVX-512 shapes
     (the only ones this was measured and tested with; AVX2 hosts keep the direct tiles);
     ``EMBER_WINOGRAD=0`` in the environment turns it off (the direct tiles run)."""
     if os.environ.get("EMBER_WINOGRAD", "1") == "0":
         return False
     if w.dtype != np.float32 or w.ndim != 4 or tuple(w.shape[2:]) != (3, 3):
         return False
-    if tuple(stride) != (1, 1) or tuple(dilation) != (1, 1) or groups != 1 or len(x_shape) != 4:
+    if tuple(stride) != (1, 1) or tuple(dilation) != (1, 1) or groups != 1:
         return False
     if not all(0 <= p <= 2 for p in padding) or out_hw[0] < 2 or out_hw[1] < 2:
         return False
