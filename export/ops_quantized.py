@@ -113,8 +113,9 @@ refuses(["fake_quantize_backward"], "it computes a gradient (the straight-throug
 @lowers("dynamic_quantized_linear")
 def _dynamic_quantized_linear(g, n):
     """The kernel's steps as ONNX ops: uint8 qparams from the input's min/max (range widened to 0, scale at
-    least float32 eps), QuantizeLinear, MatMulInteger with the int8 weight, ``float(acc) * (a_scale *
-    w_scale)`` + bias (float32, one rounding per op, as the kernel's epilogue)."""
+    least float32 eps), QuantizeLinear, MatMulInteger with the weight as uint8 codes around zero point 128 (see
+    ``_weight_u8``), ``float(acc) * (a_scale * w_scale)`` + bias (float32, one rounding per op, as the kernel's
+    epilogue)."""
     x, w, w_scale = n.inputs[:3]
     bias = n.inputs[3] if len(n.inputs) > 3 else None
     f32 = np.float32
@@ -130,7 +131,7 @@ def _dynamic_quantized_linear(g, n):
     else:
         codes = g.op("Clip", [g.op("Add", [g.op("Round", [g.op("Div", [x, scale])]), zpf]), zero, g.scalar(255, f32)])
         xq = g.op("Cast", [codes], to=onnx_dtype(np.uint8))
-    acc = g.op("MatMulInteger", [xq, g.op("Transpose", [w], perm=[1, 0]), zp])
+    acc = g.op("MatMulInteger", [xq, _weight_u8(g, w), zp, g.scalar(128, np.uint8)])
     y = g.op("Mul", [g.op("Cast", [acc], to=onnx_dtype(f32)), g.op("Mul", [scale, w_scale])])
     last = not n.attrs["relu"]
     if bias is not None:
@@ -139,6 +140,18 @@ def _dynamic_quantized_linear(g, n):
         y = g.op("Identity", [y], n.outputs)
     if not last:
         g.op("Relu", [y], n.outputs)
+
+
+def _weight_u8(g, w):
+    """The transposed (K, N) int8 weight as uint8 codes w + 128 with zero point 128: the same integer products.
+    ONNX Runtime computes uint8 x int8 MatMulInteger with ``vpmaddubsw`` on x86 CPUs without VNNI, whose int16
+    pair sums saturate for activations above 127 (outputs off by up to a few percent); uint8 x uint8 takes its
+    exact int16 kernel on every CPU. A constant weight is converted here (still one byte per weight)."""
+    const = g.constant_value(w)
+    if const is not None:
+        return g.const((np.asarray(const).T.astype(np.int16) + 128).astype(np.uint8), "w_u8")
+    shifted = g.op("Add", [g.op("Cast", [w], to=onnx_dtype(np.int32)), g.scalar(128, np.int32)])
+    return g.op("Transpose", [g.op("Cast", [shifted], to=onnx_dtype(np.uint8))], perm=[1, 0])
 
 
 @lowers("dynamic_quantized_mlp")

@@ -162,3 +162,21 @@ def test_fused_chain_of_the_runtime_exports_too(opset):
     model = check_export(fused, [rng.standard_normal((4, 20)).astype(np.float32)], opset=opset, batches=(1, 9),
                          atol=1e-6, rtol=1e-6)
     assert [n.op_type for n in model.graph.node].count("MatMulInteger") == 3
+
+
+def test_export_with_the_int8_weight_as_a_graph_input():
+    """A weight that is not a constant is shifted to uint8 codes (zero point 128) by ONNX ops, so ONNX Runtime
+    takes its exact uint8 x uint8 kernel on every CPU: its outputs match ember's."""
+    from ember.ops.registry import apply
+
+    w = rng.integers(-128, 128, (6, 20)).astype(np.int8)
+    w_scale = np.full(6, 0.01, np.float32)
+    bias = rng.standard_normal(6).astype(np.float32)
+
+    def layer(x, weight):
+        return apply("dynamic_quantized_linear", x, weight, ember.tensor(w_scale), ember.tensor(bias), relu=True)
+
+    # activations spanning the whole uint8 range, where saturating int16 pair sums would show
+    x = (rng.standard_normal((5, 20)) * 3).astype(np.float32)
+    model = check_export(layer, [x, w], atol=1e-6, rtol=1e-6)
+    assert "MatMulInteger" in [n.op_type for n in model.graph.node]
