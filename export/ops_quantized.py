@@ -131,7 +131,7 @@ def _dynamic_quantized_linear(g, n):
     else:
         codes = g.op("Clip", [g.op("Add", [g.op("Round", [g.op("Div", [x, scale])]), zpf]), zero, g.scalar(255, f32)])
         xq = g.op("Cast", [codes], to=onnx_dtype(np.uint8))
-    acc = g.op("MatMulInteger", [xq, _weight_u8(g, w), zp, g.scalar(128, np.uint8)])
+    acc = g.op("MatMulInteger", [xq, _weight_u8(g, w, transpose=True), zp, g.scalar(128, np.uint8)])
     y = g.op("Mul", [g.op("Cast", [acc], to=onnx_dtype(f32)), g.op("Mul", [scale, w_scale])])
     last = not n.attrs["relu"]
     if bias is not None:
@@ -142,16 +142,23 @@ def _dynamic_quantized_linear(g, n):
         g.op("Relu", [y], n.outputs)
 
 
-def _weight_u8(g, w):
-    """The transposed (K, N) int8 weight as uint8 codes w + 128 with zero point 128: the same integer products.
-    ONNX Runtime computes uint8 x int8 MatMulInteger with ``vpmaddubsw`` on x86 CPUs without VNNI, whose int16
-    pair sums saturate for activations above 127 (outputs off by up to a few percent); uint8 x uint8 takes its
-    exact int16 kernel on every CPU. A constant weight is converted here (still one byte per weight)."""
+def _weight_u8(g, w, transpose=False):
+    """The int8 weight (transposed when asked) as uint8 codes w + 128, to be read with zero point 128: the same
+    integer products. ONNX Runtime multiplies uint8 by int8 with ``vpmaddubsw`` on x86 CPUs without VNNI, whose int16
+    pair sums saturate for activations above 127 (outputs off by many steps); with uint8 weights it takes its exact
+    kernels on every CPU. A constant weight is converted here (still one byte per weight)."""
     const = g.constant_value(w)
     if const is not None:
-        return g.const((np.asarray(const).T.astype(np.int16) + 128).astype(np.uint8), "w_u8")
-    shifted = g.op("Add", [g.op("Cast", [w], to=onnx_dtype(np.int32)), g.scalar(128, np.int32)])
-    return g.op("Transpose", [g.op("Cast", [shifted], to=onnx_dtype(np.uint8))], perm=[1, 0])
+        c = np.asarray(const)
+        out = g.const(((c.T if transpose else c).astype(np.int16) + 128).astype(np.uint8), "w_u8")
+    else:
+        shifted = g.op("Add", [g.op("Cast", [w], to=onnx_dtype(np.int32)), g.scalar(128, np.int32)])
+        out = g.op("Cast", [shifted], to=onnx_dtype(np.uint8))
+        if transpose:
+            out = g.op("Transpose", [out], perm=[1, 0])
+    shape = tuple(g.shape(w))
+    g.values[out] = type(g.values[w])(out, "uint8", shape[::-1] if transpose else shape)
+    return out
 
 
 @lowers("dynamic_quantized_mlp")
@@ -176,7 +183,8 @@ def _declare_float(g, name, shape):
 
 @lowers("quantized_linear", "quantized_conv2d")
 def _quantized_layer(g, n):
-    """QDQ form: DequantizeLinear on the activation and the int8 weight (per output channel), the float
+    """QDQ form: DequantizeLinear on the activation and the weight (per output channel; as uint8 codes around 128,
+    see ``_weight_u8``), the float
     Gemm/MatMul or Conv with the float bias, ReLU, QuantizeLinear to the output's qparams (ONNX Runtime
     fuses the pattern into its int8 kernels). Within one output step of ember's integer arithmetic (its
     bias is rounded to int32 first)."""
@@ -185,9 +193,9 @@ def _quantized_layer(g, n):
     out_shape = g.shape(n.outputs[0])
     xf = g.lower("dequantize", [x, x_scale, x_zp], _declare_float(g, g.fresh("x_dq"), g.shape(x)), axis=None)
     per_channel = len(g.shape(w_scale)) == 1
-    w_zp = g.const(np.zeros(g.shape(w)[0] if per_channel else (), np.int8), "w_zp")
-    g.values[w_zp] = type(g.values[w])(w_zp, "int8", (g.shape(w)[0],) if per_channel else ())
-    wf = g.lower("dequantize", [w, w_scale, w_zp], _declare_float(g, g.fresh("w_dq"), g.shape(w)),
+    w_zp = g.const(np.full(g.shape(w)[0] if per_channel else (), 128, np.uint8), "w_zp")
+    g.values[w_zp] = type(g.values[w])(w_zp, "uint8", (g.shape(w)[0],) if per_channel else ())
+    wf = g.lower("dequantize", [_weight_u8(g, w), w_scale, w_zp], _declare_float(g, g.fresh("w_dq"), g.shape(w)),
                  axis=0 if per_channel else None)
     yf = _declare_float(g, g.fresh("y_float"), out_shape)
     if n.op == "quantized_conv2d":
