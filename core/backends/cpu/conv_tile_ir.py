@@ -214,26 +214,36 @@ def rows_ir(rows, nvec, v, name) -> str:
     """``name(a, lda, w, ldw, K, out, ldo)``: out[r*ldo + q] = sum_k a[r*lda + k] * w[k*ldw + q] for r < rows and
     q < nvec*v: a GEMM block with row-major A (its elements broadcast, one row pointer each) and row-major B
     (whole vectors), neither packed (f32_chain.py's layers). Sums in k order with fused multiply-adds, as the
-    forward tile's."""
+    forward tile's. The rows run in groups whose accumulators fit the vector registers (24 of AVX-512's 32; 12 of
+    AVX2's 16: 6 rows x 2 vectors, one pass over k per group)."""
     vt = _vec(v)
-    acc = [(r, h) for r in range(rows) for h in range(nvec)]
+    cap = max(1, (24 if v >= 16 else 12) // nvec)
+    groups = -(-rows // cap)
+    bounds = [rows * g // groups for g in range(groups + 1)]
     lines = [f"define void @{name}(float* %a, i64 %lda, float* %w, i64 %ldw, i64 %K, float* %out, i64 %ldo) {{",
              "entry:"]
     for r in range(rows):
         lines += [f"  %ro{r} = mul i64 %lda, {r}", f"  %ar{r} = getelementptr float, float* %a, i64 %ro{r}"]
-    lines += ["  br label %loop", "loop:", "  %k = phi i64 [0, %entry], [%k1, %loop]"]
-    lines += [f"  %a{r}_{h} = phi {vt} [zeroinitializer, %entry], [%n{r}_{h}, %loop]" for r, h in acc]
-    lines += ["  %wo = mul i64 %k, %ldw", "  %wb = getelementptr float, float* %w, i64 %wo"]
-    lines += [_load(f"wv{h}", "%wb", h * v, v) for h in range(nvec)]
-    for r in range(rows):
-        lines += [f"  %xp{r} = getelementptr float, float* %ar{r}, i64 %k", f"  %xs{r} = load float, float* %xp{r}",
-                  _splat(f"xv{r}", f"%xs{r}", v)]
-        lines += [f"  %n{r}_{h} = call {vt} @llvm.fma.v{v}f32({vt} %wv{h}, {vt} %xv{r}, {vt} %a{r}_{h})"
-                  for h in range(nvec)]
-    lines += ["  %k1 = add i64 %k, 1", "  %more = icmp ult i64 %k1, %K",
-              "  br i1 %more, label %loop, label %done", "done:"]
-    lines += store_accumulators(acc, "float", vt, v)
-    lines += ["  ret void", "}"]
+    lines.append("  br label %loop0")
+    for g in range(groups):
+        rs = range(bounds[g], bounds[g + 1])
+        acc = [(r, h) for r in rs for h in range(nvec)]
+        start = "entry" if g == 0 else f"done{g - 1}"
+        lines += [f"loop{g}:", f"  %k{g} = phi i64 [0, %{start}], [%k{g}n, %loop{g}]"]
+        lines += [f"  %a{r}_{h} = phi {vt} [zeroinitializer, %{start}], [%n{r}_{h}, %loop{g}]" for r, h in acc]
+        lines += [f"  %wo{g} = mul i64 %k{g}, %ldw", f"  %wb{g} = getelementptr float, float* %w, i64 %wo{g}"]
+        lines += [_load(f"wv{g}_{h}", f"%wb{g}", h * v, v) for h in range(nvec)]
+        for r in rs:
+            lines += [f"  %xp{r} = getelementptr float, float* %ar{r}, i64 %k{g}",
+                      f"  %xs{r} = load float, float* %xp{r}", _splat(f"xv{r}", f"%xs{r}", v)]
+            lines += [f"  %n{r}_{h} = call {vt} @llvm.fma.v{v}f32({vt} %wv{g}_{h}, {vt} %xv{r}, {vt} %a{r}_{h})"
+                      for h in range(nvec)]
+        nxt = f"loop{g + 1}" if g + 1 < groups else "fin"
+        lines += [f"  %k{g}n = add i64 %k{g}, 1", f"  %more{g} = icmp ult i64 %k{g}n, %K",
+                  f"  br i1 %more{g}, label %loop{g}, label %done{g}", f"done{g}:"]
+        lines += store_accumulators(acc, "float", vt, v)
+        lines.append(f"  br label %{nxt}")
+    lines += ["fin:", "  ret void", "}"]
     return "\n".join(lines)
 
 

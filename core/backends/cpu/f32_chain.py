@@ -5,11 +5,12 @@ Run a layer at a time, an mlp paid per layer its Python glue, a BLAS call on one
 BLAS's packing of both operands. Here one native task (helpers.py) runs the whole chain on the calling thread
 and, when it joins in time, one helper: both claim units of each layer from a shared counter, from opposite
 ends (so each finds its weights in its own cache call after call), and meet at a barrier between layers. The
-multiply-adds run in LLVM-IR tiles (conv_tile_ir.py) on row-major data, with each layer's weights transposed to
-(K, N padded) once (``_Plan``, held by the runtime's prepared kernel), so nothing is packed per call:
+multiply-adds run in LLVM-IR tiles (conv_tile_ir.py) on row-major data, with each layer's weights transposed
+once (``_Plan``, held by the runtime's prepared kernel), so nothing is packed per call:
 
-- from GEMM_MIN_ROWS rows on, a unit is a block of up to 12 rows x 32 output columns (AVX-512): the GEMM tile
-  broadcasts the rows' inputs and loads the weights' columns as vectors (24 accumulators in registers);
+- from GEMM_MIN_ROWS rows on, a unit is a block of up to 12 rows x 32 output columns (AVX-512; 16 with AVX2): the
+  GEMM tile broadcasts the rows' inputs and loads the weights' columns as vectors from the unit's panel (24
+  accumulators in registers; AVX2 runs the 12 rows as two groups of 6, 12 accumulators);
 - below it, row by row: a unit is a block of the one-row tile's columns (128 with AVX-512; 16 for narrow
   layers) of every row.
 
@@ -38,7 +39,7 @@ PAR_MIN_MACS = 1 << 18  # multiply-adds from which a chain is split with the hel
 # then the addresses of the GEMM tiles for 1 .. BLOCK_ROWS rows.
 X, WS, M, GEMM, NL, K0, Y, BCOLS, BT = range(9)
 HEAD = BT + BLOCK_ROWS
-# Per layer: K, N, units, the transposed weights' address ((K, N padded) float32), bias (float32, padded), relu,
+# Per layer: K, N, units, the transposed weights' address ((K, N padded) float32, or its GEMM panels), bias (float32, padded), relu,
 # the workspace byte offset of its output ((rows, N padded) float32) and its row length (N padded), and for the
 # row path its tile's offsets table (k * N padded), address and columns.
 LK, LN, LUNITS, LW, LBIAS, LRELU, LOUT, LLD, LOFFS, LTILE, LPB = range(11)
@@ -83,14 +84,14 @@ def _epilogue(t, li, r0, r1, c0, c1, last):
 @_inline
 def _gemm_unit(t, li, u, last):
     """Unit u of layer li: rows rb * BLOCK_ROWS ... (up to BLOCK_ROWS) x output columns cb * BCOLS ... (the row-major
-    GEMM tile: the input rows broadcast, the transposed weights' columns as vectors)."""
+    GEMM tile: the input rows broadcast, the weights' panel of columns as vectors)."""
     b = HEAD + F * li
     m, bc, ld = t[M], t[BCOLS], t[b + LLD]
     nrb = (m + BLOCK_ROWS - 1) // BLOCK_ROWS
     r0, c0 = (u % nrb) * BLOCK_ROWS, (u // nrb) * bc
     rows = min(BLOCK_ROWS, m - r0)
     src, sld = _source(t, li)
-    _at.call(t[BT + rows - 1], (src + 4 * r0 * sld, sld, t[b + LW] + 4 * c0, ld, t[b + LK],
+    _at.call(t[BT + rows - 1], (src + 4 * r0 * sld, sld, t[b + LW] + 4 * c0 * t[b + LK], bc, t[b + LK],
                                 t[WS] + t[b + LOUT] + 4 * (r0 * ld + c0), ld))
     _epilogue(t, li, r0, r0 + rows, c0, c0 + bc, last)
 
@@ -161,35 +162,49 @@ def available() -> bool:
 
 
 class _Plan(NativePlan):
-    """The weights of a chain transposed and padded once, and per batch size the task's table and workspace
-    size."""
+    """The weights of a chain transposed and padded once per layout its calls need, and per batch size the task's
+    table and workspace size. The row path reads each layer's weights as (K, N padded) rows (whole vectors of the
+    one-row tile's columns); the GEMM tiles read them in panels of their columns ((N padded / BCOLS, K, BCOLS): one
+    unit streams its panel from consecutive memory; measured on AVX2, ember's mlp at B=64 went from ~850 to ~500-660
+    us with them). Each layout is made on the first call that needs it (a server at batch 1 never holds panels)."""
 
     def __init__(self, layers):
         rows, (self.bcols, blocks) = row_tiles(), block_tiles()
-        self.blocks, self.keep, self.dims = list(blocks), [], []
+        self.blocks, self.layers, self.dims, self._layouts = list(blocks), [], [], {}
         for w, b, relu in layers:
             n, k = w.shape
             rpb, rtile = rows[0] if n >= rows[0][0] else rows[-1]  # narrow layers: the narrow row tile
             step = max(rpb, self.bcols)
             np_ = -(-n // step) * step
-            wt = np.zeros((k, np_), np.float32)
-            wt[:, :n] = w.T
             bias = np.zeros(np_, np.float32)
             if b is not None:
                 bias[:n] = b
-            offs = np.arange(k, dtype=np.int64) * np_
-            self.keep += [wt, bias, offs]
-            self.dims.append((k, n, np_, wt.ctypes.data, bias.ctypes.data, int(bool(relu)), offs.ctypes.data, rtile,
-                              rpb))
+            self.layers.append((w, bias))
+            self.dims.append((k, n, np_, bias.ctypes.data, int(bool(relu)), rtile, rpb))
         self.k0 = layers[0][0].shape[1]
         self.macs = sum(k * n for k, n, *_ in self.dims)
+
+    def _layout(self, gemm):
+        """Per layer (weights address, offsets table address) of the GEMM panels or the row path's rows."""
+        if gemm not in self._layouts:
+            keep, addrs = [], []
+            for (w, _), (k, n, np_, *_) in zip(self.layers, self.dims):
+                wt = np.zeros((k, np_), np.float32)
+                wt[:, :n] = w.T
+                if gemm:
+                    wt = np.ascontiguousarray(wt.reshape(k, np_ // self.bcols, self.bcols).transpose(1, 0, 2))
+                offs = np.arange(k, dtype=np.int64) * np_
+                keep += [wt, offs]
+                addrs.append((wt.ctypes.data, offs.ctypes.data))
+            self._layouts[gemm] = (addrs, keep)
+        return self._layouts[gemm][0]
 
     def _table(self, m):
         """(the table for m rows, the workspace's size in bytes, the output's byte offset in it)."""
         gemm = m >= GEMM_MIN_ROWS
         size, fields = 0, []
         nrb = -(-m // BLOCK_ROWS)
-        for k, n, np_, wt, bias, relu, offs, rtile, rpb in self.dims:
+        for (k, n, np_, bias, relu, rtile, rpb), (wt, offs) in zip(self.dims, self._layout(gemm)):
             units = (np_ // self.bcols) * nrb if gemm else np_ // rpb
             fields.append([k, n, units, wt, bias, relu, size, np_, offs, rtile, rpb])
             size += align64(4 * m * np_)
