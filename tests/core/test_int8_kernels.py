@@ -3,6 +3,9 @@ accumulators, and the kernels' documented float32 epilogue formulas (so outputs 
 the dynamic path also against torch's MinMaxObserver and dynamically quantized Linear."""
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import warnings
 
 import numba
@@ -305,6 +308,19 @@ def _torch_dynamic_linear(w, w_scale, bias):
     return lin
 
 
+def _host_has_vnni():
+    import llvmlite.binding as llvm
+
+    llvm.initialize_native_target()
+    return bool(llvm.get_host_cpu_features().get("avx512vnni", False))
+
+
+# torch's fbgemm multiplies uint8 activations by int8 weights with vpdpbusd on AVX-512 VNNI CPUs (exact), but with
+# vpmaddubsw on AVX2 ones, whose int16 pair sums saturate for activations above 127: why its modules quantize
+# activations with reduce_range. Its full-range op is a reference only where it is exact.
+_FBGEMM_EXACT_U8 = _host_has_vnni()
+
+
 @pytest.mark.parametrize("m,k,n", [(1, 784, 16), (16, 100, 24), (64, 256, 10)])
 def test_qlinear_dynamic_vs_torch(m, k, n):
     """Each output is within half an activation step times the row's L1 norm of the dequantized
@@ -333,6 +349,8 @@ def test_qlinear_dynamic_vs_torch(m, k, n):
     assert (np.abs(ours - exact) <= s_ours / 2 * l1 + fp).all()
     assert (np.abs(theirs - exact) <= s_torch / 2 * l1 + fp).all()
     assert (np.abs(ours - theirs) <= (s_ours + s_torch) / 2 * l1 + fp).all()
+    if not _FBGEMM_EXACT_U8:  # fbgemm's u8s8 kernel saturates int16 pair sums above 127 (see _FBGEMM_EXACT_U8)
+        return
     diff = np.abs(ours - theirs_full)
     assert (diff <= s_ours * l1 + fp).all()
     if m >= 16:
@@ -415,3 +433,38 @@ def test_tile_compiles_to_multiply_add_pairs():
     assert madd >= 16 and asm.count("vpmulld") == 0
     if "avx512vnni" in feats:
         assert asm.count("vpdpwssd") >= 16
+
+
+def test_each_ir_tile_kind_is_exact(tmp_path):
+    """The int32 GEMM through the AVX2 tile (forced with EMBER_INT8_TILE=avx2, so a VNNI machine tests it too) and
+    through the numba tiles (EMBER_INT8_VNNI=0) equals numpy's int64 product, at saturating extremes and odd
+    sizes (tails of the 32-column tile, single rows, the conv path's im2row rows)."""
+    script = tmp_path / "tile.py"
+    script.write_text(
+        "import sys, numpy as np\n"
+        "from ember.backends.cpu import int8_kernels as K, vnni\n"
+        "import ember.ops.qlinear\n"
+        "from ember.ops.registry import get_op\n"
+        "rng = np.random.default_rng(3)\n"
+        "for m, k, n in [(1, 7, 5), (5, 40, 33), (16, 784, 64), (37, 100, 70)]:\n"
+        "    a = rng.integers(0, 256, (m, k)).astype(np.uint8)\n"
+        "    w = rng.integers(-128, 128, (n, k)).astype(np.int8)\n"
+        "    a[0], w[0] = 255, -128\n"
+        "    zp = int(rng.integers(0, 256))\n"
+        "    want = (a.astype(np.int64) - zp) @ w.T.astype(np.int64)\n"
+        "    assert (K.qgemm(a, zp, K.pack_weight(w)) == want).all(), (m, k, n)\n"
+        "x = rng.integers(0, 256, (2, 5, 9, 8)).astype(np.uint8)\n"
+        "wc = rng.integers(-128, 128, (40, 5, 3, 3)).astype(np.int8)\n"
+        "f = lambda v: np.asarray(v, np.float32)\n"
+        "got = get_op('quantized_conv2d').kernels['cpu'](x, f(0.1), np.asarray(7, np.uint8), wc, np.full(40, 0.01, np.float32),\n"
+        "    f(0.5), np.asarray(3, np.uint8), stride=(2, 1), padding=(1, 1), dilation=(1, 1), groups=1, relu=False)\n"
+        "print(vnni.kind(), got.astype(np.int64).sum())\n")
+    outs = {}
+    for name, env in (("avx2", {"EMBER_INT8_TILE": "avx2"}), ("numba", {"EMBER_INT8_VNNI": "0"})):
+        res = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
+                             env={**os.environ, **env})
+        assert res.returncode == 0, res.stderr[-3000:]
+        outs[name] = res.stdout.split()
+    assert outs["numba"][0] == "0"
+    assert outs["avx2"][0] in ("2", "0")  # 0: this CPU has no AVX2
+    assert outs["avx2"][1] == outs["numba"][1]  # the strided conv (im2row GEMM) gives the same codes either way

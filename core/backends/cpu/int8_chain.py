@@ -60,7 +60,7 @@ def _rows_range(out, r0, r1, dst, addr):
 X, WS, M, K0, NL, RANGE_FN, RANGES, STATUS, WS_SIZE = range(9)
 HEAD = 9
 # Per layer: the int8 weight rows (N, Kp), their VNNI layout (address, 4 dims), column sums (int32), w_scale and
-# bias (float32, 2N), relu, the VNNI tile's address, whether it runs, Kp, N, and the byte offsets in the workspace
+# bias (float32, 2N), relu, the IR tile's address, its kind (0: none; vnni.kind()), Kp, N, and the byte offsets in the workspace
 # of the layer's uint8 activations (M, Kp) and float32 outputs (M, N).
 W, VNNI, V0, V1, V2, V3, COLS, WSB, RELU, TILE, USE, KP, N, ACT, OUT = range(15)
 F = 15
@@ -70,13 +70,13 @@ _inline = numba.njit(inline="always", fastmath=False, error_model="numpy")
 
 @_inline
 def _layer(t, li):
-    """Layer li's constant fields: (weight rows, VNNI layout, column sums, w_scale + bias, relu, tile, use, Kp, N)."""
+    """Layer li's constant fields: (weight rows, IR tile layout, column sums, w_scale + bias, relu, tile, kind, Kp, N)."""
     b = HEAD + F * li
     kp, n = t[b + KP], t[b + N]
     return (_array(t[b + W], (n, kp), np.int8),
             _array(t[b + VNNI], (t[b + V0], t[b + V1], t[b + V2], t[b + V3]), np.int8),
             _array(t[b + COLS], n, np.int32), _array(t[b + WSB], 2 * n, np.float32), t[b + RELU] != 0, t[b + TILE],
-            t[b + USE] != 0, kp, n)
+            t[b + USE], kp, n)
 
 
 @_inline

@@ -88,7 +88,7 @@ def _qconv_kernel(x, fill, flip, w, geom, ep, outs, xp, rows, xp_w, rows_w):
         b0 = ci * chunk
         b1 = min(b0 + chunk, n_)
         nrows = (b1 - b0) * le
-        scratch = new_scratch(cog, outs)
+        scratch = new_scratch(cog, outs, w.shape[1])
         _to_nhwc(x, b0, b1, xp[ci], hp, wp, ph, pw, fill, flip)
         r = rows[ci]
         for g in range(groups):

@@ -104,7 +104,7 @@ class PackedWeight(NamedTuple):
     k: int
     col_sums: np.ndarray
     kernel_size: tuple | None = None  # (kh, kw) when packed from a 4-d conv weight
-    vnni: np.ndarray = np.zeros((1, 1, _vnni.TILE_N, 4), np.int8)  # vnni.pack(data) where the VNNI tile runs
+    vnni: np.ndarray = np.zeros((1, 1, _vnni.TILE_N, 4), np.int8)  # vnni.pack(data) where an IR tile runs
 
     def unpack(self) -> np.ndarray:
         """The int8 weight as it was given to ``pack_weight`` ((N, K), or (Cout, C/groups, kh, kw))."""
@@ -202,7 +202,7 @@ def epilogue(mode, packed, a_zp, bias_i32=None, mult=_NO_VEC_F32, out_zp=_F0, lo
     tile = _vnni.tile_address()
     use = tile != 0 and packed.vnni.shape[0] * _vnni.TILE_N >= packed.n
     return (mode, a_zp, packed.col_sums, bias, mult, out_zp, lo, hi, a_scale, w_scale, bias_f, bool(relu),
-            packed.vnni, tile if use else 0, use)
+            packed.vnni, tile if use else 0, _vnni.kind() if use else 0)
 
 
 def zero_point_u8(dtype, a_zp, shape, op):

@@ -1,15 +1,22 @@
-"""An AVX-512 VNNI micro-kernel for the int8 GEMM: ``vpdpbusd`` (64 uint8 x int8 products summed in
-groups of four into 16 int32 lanes per instruction).
+"""The int8 GEMM's LLVM-IR micro-kernels: 4 rows x 32 columns of raw int32 sums of uint8 activations times int8
+weights, one per x86 CPU kind (``kind()``):
 
-LLVM does not derive ``vpdpbusd`` from numba's loops (they compile to ``vpdpwssd`` on int16 pairs, a
-quarter of the work per instruction), so the 4-row x 32-column tile is written in LLVM IR with the
-intrinsic, compiled once per process by llvmlite for the host CPU, and called from the numba kernels
-through a ctypes function pointer passed as an argument (which keeps those kernels cacheable).
-Measured on this machine (AMD Zen 4), one thread: ~225 G multiply-adds/s against ~48 for the numba
-tiles. Without VNNI (or with ``EMBER_INT8_VNNI=0``) the no-op stand-in is passed and the numba tiles run.
+- VNNI (AVX-512 VNNI): ``vpdpbusd`` (64 uint8 x int8 products summed in groups of four into 16 int32 lanes per
+  instruction). Measured on AMD Zen 4, one thread: ~225 G multiply-adds/s against ~48 for the numba tiles.
+- AVX2: ``vpmaddwd`` on int16 pairs (16 exact products summed in pairs into 8 int32 lanes per instruction, then
+  ``vpaddd``). The driver (int8_gemm.gemm_rows) widens each block of activation rows to int16 once, so the tile
+  broadcasts a pair of them with one load; the 32 columns run as two passes of 16 (8 accumulators each: the
+  16 ymm registers). Not ``vpmaddubsw``: its int16 pair sums saturate for uint8 x int8 (255 * 127 * 2 > 32767).
 
-Weight layout (``pack``): per block of 32 output columns, for each group of 4 k: 32 x 4 bytes
-(column-major within the group), i.e. an array (N/32, Kp/4, 32, 4) int8, zero-padded past N.
+LLVM does not derive either from numba's loops (they compile to ``vpmaddwd`` with one product per int32 lane: a
+quarter of VNNI's work per instruction, half of the AVX2 tile's), so the tiles are written in LLVM IR, compiled
+once per process by llvmlite for the host CPU, and called from the numba kernels through an address passed as an
+argument (which keeps those kernels cacheable). ``EMBER_INT8_VNNI=0`` turns both off (the numba tiles run);
+``EMBER_INT8_TILE=avx2`` picks the AVX2 tile on a VNNI machine (to test it there).
+
+Weight layout (``pack``), per block of 32 output columns: VNNI, for each group of 4 k, 32 x 4 bytes (column-major
+within the group): (N/32, Kp/4, 32, 4) int8; AVX2, for each pair of k, 32 x 2 int16: the same bytes viewed as
+(N/32, Kp/2, 32, 4) int8. Zero-padded past N.
 """
 from __future__ import annotations
 
@@ -76,6 +83,50 @@ done:
 }}
 
 """
+
+
+def _avx2_ir() -> str:
+    """tile2(a, lda, w, kp, out, ldo): as ``tile`` with int16 activation rows (lda in bytes) and the AVX2 layout."""
+    vt, wt = "<8 x i32>", "<16 x i16>"
+    lines = ["define void @tile2(i8* %a0, i64 %lda, i8* %w, i64 %kp, i32* %out, i64 %ldo) {", "entry:",
+             "  %pairs = lshr i64 %kp, 1"]
+    for r in range(1, 4):
+        lines.append(f"  %a{r} = getelementptr i8, i8* %a{r - 1}, i64 %lda")
+    lines.append("  br label %loop0")
+    for half in range(2):
+        start = "entry" if half == 0 else "done0"
+        acc = [(r, h) for r in range(4) for h in range(2)]
+        lines += [f"loop{half}:", f"  %k{half} = phi i64 [0, %{start}], [%k{half}n, %loop{half}]"]
+        lines += [f"  %c{half}{r}{h} = phi {vt} [zeroinitializer, %{start}], [%n{half}{r}{h}, %loop{half}]"
+                  for r, h in acc]
+        lines += [f"  %wo{half} = mul i64 %k{half}, 128", f"  %wb{half} = getelementptr i8, i8* %w, i64 %wo{half}"]
+        for h in range(2):
+            lines += [f"  %wp{half}{h} = getelementptr i8, i8* %wb{half}, i64 {64 * half + 32 * h}",
+                      f"  %wq{half}{h} = bitcast i8* %wp{half}{h} to {wt}*",
+                      f"  %wv{half}{h} = load {wt}, {wt}* %wq{half}{h}, align 1"]
+        lines.append(f"  %ao{half} = shl i64 %k{half}, 2")
+        for r in range(4):
+            lines += [f"  %ap{half}{r} = getelementptr i8, i8* %a{r}, i64 %ao{half}",
+                      f"  %aq{half}{r} = bitcast i8* %ap{half}{r} to i32*",
+                      f"  %as{half}{r} = load i32, i32* %aq{half}{r}, align 1",
+                      f"  %ai{half}{r} = insertelement {vt} undef, i32 %as{half}{r}, i32 0",
+                      f"  %ab{half}{r} = shufflevector {vt} %ai{half}{r}, {vt} undef, <8 x i32> zeroinitializer",
+                      f"  %av{half}{r} = bitcast {vt} %ab{half}{r} to {wt}"]
+            for h in range(2):
+                lines += [f"  %p{half}{r}{h} = call {vt} @llvm.x86.avx2.pmadd.wd({wt} %av{half}{r}, {wt} %wv{half}{h})",
+                          f"  %n{half}{r}{h} = add {vt} %c{half}{r}{h}, %p{half}{r}{h}"]
+        lines += [f"  %k{half}n = add i64 %k{half}, 1", f"  %more{half} = icmp ult i64 %k{half}n, %pairs",
+                  f"  br i1 %more{half}, label %loop{half}, label %done{half}", f"done{half}:"]
+        for r, h in acc:
+            lines += [f"  %oo{half}{r}{h} = mul i64 %ldo, {r}", f"  %oh{half}{r}{h} = add i64 %oo{half}{r}{h}, "
+                      f"{16 * half + 8 * h}", f"  %op{half}{r}{h} = getelementptr i32, i32* %out, i64 %oh{half}{r}{h}",
+                      f"  %oq{half}{r}{h} = bitcast i32* %op{half}{r}{h} to {vt}*",
+                      f"  store {vt} %n{half}{r}{h}, {vt}* %oq{half}{r}{h}, align 4"]
+        lines.append(f"  br label %{'loop1' if half == 0 else 'fin'}")
+    lines += ["fin:", "  ret void", "}", f"declare {vt} @llvm.x86.avx2.pmadd.wd({wt}, {wt})"]
+    return "\n".join(lines)
+
+
 _NOOP_IR = """
 define void @noop(i8* %a0, i64 %lda, i8* %w, i64 %kp, i32* %out, i64 %ldo) {
   ret void
@@ -85,15 +136,23 @@ define void @noop(i8* %a0, i64 %lda, i8* %w, i64 %kp, i32* %out, i64 %ldo) {
 _STATE = {}
 
 
+VNNI, AVX2 = 1, 2  # kind(): which tile runs (0: none)
+
+
 def _compile():
     import llvmlite.binding as llvm
 
     llvm.initialize_native_target()
     llvm.initialize_native_asmprinter()
     features = llvm.get_host_cpu_features()
-    usable = (os.environ.get("EMBER_INT8_VNNI", "1") != "0" and features.get("avx512vnni", False)
-              and features.get("avx512f", False) and features.get("avx512bw", False))
-    mod = llvm.parse_assembly((_IR if usable else "") + _NOOP_IR)
+    on = os.environ.get("EMBER_INT8_VNNI", "1") != "0"
+    kind = 0
+    if on and all(features.get(f, False) for f in ("avx512vnni", "avx512f", "avx512bw")) and \
+            os.environ.get("EMBER_INT8_TILE", "") != "avx2":
+        kind = VNNI
+    elif on and features.get("avx2", False):
+        kind = AVX2
+    mod = llvm.parse_assembly({VNNI: _IR, AVX2: _avx2_ir()}.get(kind, "") + _NOOP_IR)
     mod.verify()
     tm = llvm.Target.from_default_triple().create_target_machine(cpu=llvm.get_host_cpu_name(),
                                                                   features=features.flatten(), opt=3)
@@ -101,21 +160,28 @@ def _compile():
     engine.finalize_object()
     _STATE["engine"] = engine  # keeps the machine code alive
     _STATE["noop"] = _SIG(engine.get_function_address("noop"))
-    _STATE["tile"] = _SIG(engine.get_function_address("tile")) if usable else None
+    _STATE["kind"] = kind
+    _STATE["tile"] = _SIG(engine.get_function_address("tile" if kind == VNNI else "tile2")) if kind else None
 
 
 def tile():
-    """The VNNI tile function, or None when this CPU (or EMBER_INT8_VNNI=0) rules it out."""
+    """The tile function of this CPU's kind, or None when none runs (no AVX2, or EMBER_INT8_VNNI=0)."""
     if "noop" not in _STATE:
         try:
             _compile()
         except Exception:  # no llvmlite codegen for this target: the numba tiles remain
-            _STATE.update(noop=None, tile=None)
+            _STATE.update(noop=None, tile=None, kind=0)
     return _STATE["tile"]
 
 
+def kind() -> int:
+    """VNNI, AVX2, or 0 when no IR tile runs."""
+    tile()
+    return _STATE["kind"]
+
+
 def tile_address() -> int:
-    """The VNNI tile's machine address (for ``intrinsics.call``), or 0 where it does not run."""
+    """The tile's machine address (for ``intrinsics.call``), or 0 where none runs."""
     addr = _STATE.get("addr")
     if addr is None:
         addr = _STATE["addr"] = address(tile())
@@ -123,9 +189,12 @@ def tile_address() -> int:
 
 
 def pack(data: np.ndarray) -> np.ndarray:
-    """(N, Kp) int8 rows (Kp a multiple of 4) -> the tile's layout (ceil(N/32), Kp/4, 32, 4)."""
+    """(N, Kp) int8 rows (Kp a multiple of 4) -> the tile's layout (see the module docstring)."""
     n, kp = data.shape
     nb = -(-n // TILE_N)
     padded = np.zeros((nb * TILE_N, kp), np.int8)
     padded[:n] = data
+    if kind() == AVX2:
+        pairs = padded.astype(np.int16).reshape(nb, TILE_N, kp // 2, 2).transpose(0, 2, 1, 3)
+        return np.ascontiguousarray(pairs).view(np.int8)
     return np.ascontiguousarray(padded.reshape(nb, TILE_N, kp // 4, 4).transpose(0, 2, 1, 3))
