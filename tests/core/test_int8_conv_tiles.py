@@ -1,5 +1,6 @@
-"""The int8 VNNI convolution tile (backends/cpu/int8_conv_tiled.py) bit-exact against the numpy reference of
-test_int8_kernels.py, with and without the fused 2x2 max pool; skipped where the CPU lacks AVX-512 VNNI."""
+"""The int8 convolution tile (backends/cpu/int8_conv_tiled.py: AVX-512 VNNI, or AVX2) bit-exact against the numpy
+reference of test_int8_kernels.py, with and without the fused 2x2 max pool; skipped where neither can run (the AVX2
+tile on a VNNI machine: test_int8_kernels.test_each_ir_tile_kind_is_exact)."""
 from __future__ import annotations
 
 import numpy as np
@@ -11,7 +12,7 @@ from ember.backends.cpu.int8_conv import qconv2d
 
 from .test_int8_kernels import acts, ref_conv_acc, ref_requant, weights
 
-pytestmark = pytest.mark.skipif(T.tile() is None, reason="needs AVX-512 VNNI (and llvmlite's native codegen)")
+pytestmark = pytest.mark.skipif(T.tile() is None, reason="needs AVX-512 VNNI or AVX2 (and llvmlite's native codegen)")
 RNG = np.random.default_rng(11)
 
 # (N, C, H, W), (Cout, kh, kw), padding, dilation

@@ -438,7 +438,8 @@ def test_tile_compiles_to_multiply_add_pairs():
 def test_each_ir_tile_kind_is_exact(tmp_path):
     """The int32 GEMM through the AVX2 tile (forced with EMBER_INT8_TILE=avx2, so a VNNI machine tests it too) and
     through the numba tiles (EMBER_INT8_VNNI=0) equals numpy's int64 product, at saturating extremes and odd
-    sizes (tails of the 32-column tile, single rows, the conv path's im2row rows)."""
+    sizes (tails of the 32-column tile, single rows, the conv path's im2row rows); the AVX2 conv tile and the numba
+    im2row path give the same codes."""
     script = tmp_path / "tile.py"
     script.write_text(
         "import sys, numpy as np\n"
@@ -456,9 +457,13 @@ def test_each_ir_tile_kind_is_exact(tmp_path):
         "x = rng.integers(0, 256, (2, 5, 9, 8)).astype(np.uint8)\n"
         "wc = rng.integers(-128, 128, (40, 5, 3, 3)).astype(np.int8)\n"
         "f = lambda v: np.asarray(v, np.float32)\n"
-        "got = get_op('quantized_conv2d').kernels['cpu'](x, f(0.1), np.asarray(7, np.uint8), wc, np.full(40, 0.01, np.float32),\n"
-        "    f(0.5), np.asarray(3, np.uint8), stride=(2, 1), padding=(1, 1), dilation=(1, 1), groups=1, relu=False)\n"
-        "print(vnni.kind(), got.astype(np.int64).sum())\n")
+        "conv = get_op('quantized_conv2d').kernels['cpu']\n"
+        "sums = []\n"
+        "for stride in ((2, 1), (1, 1)):  # the im2row GEMM, then the direct conv tile (int8_conv_tiled.py)\n"
+        "    got = conv(x, f(0.1), np.asarray(7, np.uint8), wc, np.full(40, 0.01, np.float32), f(0.5),\n"
+        "               np.asarray(3, np.uint8), stride=stride, padding=(1, 1), dilation=(1, 1), groups=1, relu=False)\n"
+        "    sums.append(int((got.astype(np.int64) * np.arange(got.size).reshape(got.shape) % 1009).sum()))\n"
+        "print(vnni.kind(), *sums)\n")
     outs = {}
     for name, env in (("avx2", {"EMBER_INT8_TILE": "avx2"}), ("numba", {"EMBER_INT8_VNNI": "0"})):
         res = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
@@ -467,4 +472,4 @@ def test_each_ir_tile_kind_is_exact(tmp_path):
         outs[name] = res.stdout.split()
     assert outs["numba"][0] == "0"
     assert outs["avx2"][0] in ("2", "0")  # 0: this CPU has no AVX2
-    assert outs["avx2"][1] == outs["numba"][1]  # the strided conv (im2row GEMM) gives the same codes either way
+    assert outs["avx2"][1:] == outs["numba"][1:]  # both convolutions give the same codes either way

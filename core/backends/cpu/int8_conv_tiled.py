@@ -13,8 +13,10 @@ dropped. Channels past C are zero weights; the padding holds the zero point, so 
 (``float32(acc - a_zp*col_sum + bias) * multiplier``, rounded half to even, clamped), optionally
 followed by the 2x2 max pool of the codes (quantized_conv2d_pool).
 
-Used for groups == 1, stride 1, at least 4 input channels, when the CPU has AVX-512 VNNI
-(``EMBER_INT8_VNNI=0`` turns it off with the GEMM tile); otherwise int8_conv.py's im2row path runs.
+Used for groups == 1, stride 1, at least 4 input channels, when the CPU has AVX-512 VNNI, or AVX2: then the
+tile of int8_conv_avx2.py (same call and layouts, ``vpmaddwd`` on int16 pairs) with the weights in its ``pairs``
+layout (``tile_weights``). ``EMBER_INT8_VNNI=0`` turns both off with the GEMM tile; otherwise int8_conv.py's im2row
+path runs.
 """
 from __future__ import annotations
 
@@ -24,6 +26,7 @@ import os
 
 import numpy as np
 
+from . import int8_conv_avx2 as _avx2
 from .int8_kernels import cached_per_array
 from .helpers import finish, post
 from .intrinsics import call
@@ -67,15 +70,22 @@ def _ir(np_=NP, name="qfwd") -> str:
 
 
 def tile():
-    """The compiled VNNI conv tile (a ctypes function pointer), or None where it cannot run."""
+    """The compiled conv tile (a ctypes function pointer): VNNI, else AVX2 (int8_conv_avx2.py; also where
+    ``EMBER_INT8_TILE=avx2``), or None where neither can run (or ``EMBER_INT8_VNNI=0``)."""
     if "tile" not in _STATE:
-        _STATE["tile"] = None
+        _STATE["tile"], _STATE["kind"] = None, 0
         if os.environ.get("EMBER_INT8_VNNI", "1") != "0":
-            decl = "declare <16 x i32> @llvm.x86.avx512.vpdpbusd.512(<16 x i32>, <16 x i32>, <16 x i32>)\n"
-            ir = decl + "\n".join([_ir()] + [_ir(n, f"qfwd{n}") for n in range(1, NP)]) + pool_ir("i32")
-            engine = compile_module(ir, require=("avx512vnni", "avx512f", "avx512bw"))
+            engine, kind = None, 0
+            if os.environ.get("EMBER_INT8_TILE", "") != "avx2":
+                decl = "declare <16 x i32> @llvm.x86.avx512.vpdpbusd.512(<16 x i32>, <16 x i32>, <16 x i32>)\n"
+                ir = decl + "\n".join([_ir()] + [_ir(n, f"qfwd{n}") for n in range(1, NP)]) + pool_ir("i32")
+                engine, kind = compile_module(ir, require=("avx512vnni", "avx512f", "avx512bw")), 1
+            if engine is None:
+                ir = _avx2.DECL + "\n".join([_avx2.tile_ir(NCO, NP, "qfwd")] + [_avx2.tile_ir(NCO, n, f"qfwd{n}")
+                                                                            for n in range(1, NP)]) + pool_ir("i32")
+                engine, kind = compile_module(ir, require=("avx2",)), 2
             if engine is not None:
-                _STATE["engine"] = engine
+                _STATE["engine"], _STATE["kind"] = engine, kind
                 _STATE["tile"] = _SIG(engine.get_function_address("qfwd"))
                 _STATE["tile_addr"] = engine.get_function_address("qfwd")
                 _STATE["tails"] = [0] + [engine.get_function_address(f"qfwd{n}") for n in range(1, NP)]
@@ -101,6 +111,18 @@ def _build_quads(w):
     return np.ascontiguousarray(q).view(np.int32).reshape(ncb, c4 * kh * kw, NCO)
 
 
+_PAIRS: dict = {}
+
+
+def tile_weights(w: np.ndarray) -> np.ndarray:
+    """The weights in the layout of the tile that runs here: ``quads``, or for the AVX2 tile their int16 pairs
+    (int8_conv_avx2.pairs); cached per weight array."""
+    tile()
+    if _STATE["kind"] == 2:
+        return cached_per_array(_PAIRS, w, lambda a: _avx2.pairs(quads(a)))
+    return quads(w)
+
+
 def quads(w: np.ndarray) -> np.ndarray:
     """int8 (Cout, C, kh, kw) -> int32 (ceil(Cout/NCO), ceil(C/4)*kh*kw, NCO): per block of NCO output channels
     and (quad, i, j) step, each output channel's four weights of that quad's channels at tap (i, j), as the
@@ -124,7 +146,7 @@ def _qfwd_slice(x, fill, flip, hp, wp, ph, pw, offs, wq, tile, tail, lpad, a_zp,
     ``monotonic`` (all multipliers >= 0) lets the pool run on the int32 sums before one requantization."""
     post(sync)
     n, c, h, w_ = x.shape
-    ncb, k4, nco = wq.shape
+    ncb, k4, nco = wq.shape[0], wq.shape[1], NCO  # (the AVX2 pairs hold two int32 per channel and step)
     co = out.shape[1]
     ho = out.shape[2] * 2 if pool else out.shape[2]
     wo = out.shape[3] * 2 if pool else out.shape[3]
@@ -202,7 +224,7 @@ def qconv2d(xu, fill, flip, w, padding, dilation, ep, out, pool=False):
     """Runs the tile over uint8 images xu (N, C, H, W) (flip: XOR applied to each code; fill: the padding
     code) with int8 weight w (Cout, C, kh, kw), the requantization epilogue tuple ``ep`` of int8_kernels,
     writing out (N, Cout, Ho, Wo) or, with ``pool``, (N, Cout, Ho//2, Wo//2)."""
-    wq = quads(w)
+    wq = tile_weights(w)
     geo, _, parts = _plan(xu.shape, w.shape, wq, padding, dilation, pool)
     epi, monotonic = _epilogue_fields(ep)
     _launch(xu, out, _head(fill, flip, geo, wq) + epi, (pool, monotonic, _STATE["pool"]), parts)
@@ -252,7 +274,7 @@ class PreparedQConv:
 
     def __init__(self, w, zp, ep, padding, dilation, pool):
         self.w, self.zp, self.pool = w, np.uint8(zp), bool(pool)
-        self.wq = quads(w)
+        self.wq = tile_weights(w)
         self.epi, self.monotonic = _epilogue_fields(ep)
         self.padding, self.dilation = tuple(padding), tuple(dilation)
         self.per_shape: dict = {}
