@@ -60,23 +60,25 @@ def _rows_range(out, r0, r1, dst, addr):
 X, WS, M, K0, NL, RANGE_FN, RANGES, STATUS, WS_SIZE = range(9)
 HEAD = 9
 # Per layer: the int8 weight rows (N, Kp), their VNNI layout (address, 4 dims), column sums (int32), w_scale and
-# bias (float32, 2N), relu, the IR tile's address, its kind (0: none; vnni.kind()), Kp, N, and the byte offsets in the workspace
-# of the layer's uint8 activations (M, Kp) and float32 outputs (M, N).
-W, VNNI, V0, V1, V2, V3, COLS, WSB, RELU, TILE, USE, KP, N, ACT, OUT = range(15)
-F = 15
+# bias (float32, 2N), relu, the IR tile's address, its kind (0: none; vnni.kind()), the 16-column AVX2 tile's
+# address, Kp, N, and the byte offsets in the workspace of the layer's uint8 activations (M, Kp) and float32 outputs
+# (M, N).
+W, VNNI, V0, V1, V2, V3, COLS, WSB, RELU, TILE, USE, HALF, KP, N, ACT, OUT = range(16)
+F = 16
 
 _inline = numba.njit(inline="always", fastmath=False, error_model="numpy")
 
 
 @_inline
 def _layer(t, li):
-    """Layer li's constant fields: (weight rows, IR tile layout, column sums, w_scale + bias, relu, tile, kind, Kp, N)."""
+    """Layer li's constant fields: (weight rows, IR tile layout, column sums, w_scale + bias, relu, tile, kind, half
+    tile, Kp, N)."""
     b = HEAD + F * li
     kp, n = t[b + KP], t[b + N]
     return (_array(t[b + W], (n, kp), np.int8),
             _array(t[b + VNNI], (t[b + V0], t[b + V1], t[b + V2], t[b + V3]), np.int8),
             _array(t[b + COLS], n, np.int32), _array(t[b + WSB], 2 * n, np.float32), t[b + RELU] != 0, t[b + TILE],
-            t[b + USE], kp, n)
+            t[b + USE], t[b + HALF], kp, n)
 
 
 @_inline
@@ -129,11 +131,11 @@ def _chain(t, ctl, gen, role, part):
             ws[t[STATUS]:t[STATUS] + 8].view(np.int64)[0] = li + 1  # layer li's input holds NaN or Inf
             break
         scale, zpf = _qparams(lo, hi)
-        w, vnni, col_sums, wsb, relu, tile, use, kp, n = _layer(t, li)
+        w, vnni, col_sums, wsb, relu, tile, use, half, kp, n = _layer(t, li)
         au, out = _views(t, ws, li, m)
         src = x if li == 0 else _views(t, ws, li - 1, m)[1]
         ep = (MODE_DEQUANT, int(zpf), col_sums, no_bias, no_mult, f0, f0, f0, scale, wsb[:n], wsb[n:], relu, vnni,
-              tile, use)
+              tile, use, half)
         outs = (no_i32, no_u8, out.reshape((m, n, 1)))
         acc = mine[li + 1]
         b = 0
@@ -176,12 +178,12 @@ class _Plan(NativePlan):
         self.keep, fields, self.dims = [], [], []
         for p, s, b, relu in layers:
             head, tail = _dequant_parts(p, s, b, bool(relu))
-            ws, bf, _, vnni, tile, use = tail
+            ws, bf, _, vnni, tile, use, half = tail
             cols, wsb = np.ascontiguousarray(head[0], np.int32), np.concatenate([ws, bf]).astype(np.float32)
             self.keep += [p.data, vnni, cols, wsb]
             kp, n = p.data.shape[1], p.n
             fields.append([p.data.ctypes.data, vnni.ctypes.data, *vnni.shape, cols.ctypes.data, wsb.ctypes.data,
-                           int(relu), int(tile), int(use), kp, n, 0, 0])
+                           int(relu), int(tile), int(use), int(half), kp, n, 0, 0])
             self.dims.append((kp, n))
         self.fields = np.array(fields, np.int64)
         self.k0 = layers[0][0].k

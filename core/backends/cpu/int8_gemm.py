@@ -205,7 +205,7 @@ def gemm_rows(a, m0, nr, row_base, w, n0, n1, ep, outs, rows_per_image, scratch)
         img[r], pos[r] = img[r - 1], pos[r - 1] + 1
         if pos[r] == rows_per_image:
             img[r], pos[r] = img[r] + 1, 0
-    wv, tile, kind = ep[12], ep[13], ep[14]
+    wv, tile, kind, half = ep[12], ep[13], ep[14], ep[15]
     if kind != 0 and n0 % 32 == 0:  # the IR tile (vnni.py): 4 rows x 32 columns (one row repeated when nr = 1)
         if kind == 2:  # the AVX2 tile reads the rows widened to int16
             for r in range(nr):
@@ -217,7 +217,8 @@ def gemm_rows(a, m0, nr, row_base, w, n0, n1, ep, outs, rows_per_image, scratch)
             a_ptr = a16[4 * t:].ctypes.data if kind == 2 else a[m0 + 4 * t:].ctypes.data
             acc_t = acc[4 * t:]
             for nb in range(n0 // 32, (n1 + 31) // 32):
-                call(tile, (a_ptr, lda, wv[nb].ctypes.data, kp, acc_t[:, nb * 32 - n0:].ctypes.data, acc.shape[1]))
+                fn = half if half != 0 and n1 - nb * 32 <= 16 else tile  # (AVX2: 16 columns when no more are real)
+                call(fn, (a_ptr, lda, wv[nb].ctypes.data, kp, acc_t[:, nb * 32 - n0:].ctypes.data, acc.shape[1]))
     elif nr >= 4:
         for t in range(nr // 4):
             acc_t = acc[4 * t:]

@@ -202,7 +202,7 @@ def epilogue(mode, packed, a_zp, bias_i32=None, mult=_NO_VEC_F32, out_zp=_F0, lo
     tile = _vnni.tile_address()
     use = tile != 0 and packed.vnni.shape[0] * _vnni.TILE_N >= packed.n
     return (mode, a_zp, packed.col_sums, bias, mult, out_zp, lo, hi, a_scale, w_scale, bias_f, bool(relu),
-            packed.vnni, tile if use else 0, _vnni.kind() if use else 0)
+            packed.vnni, tile if use else 0, _vnni.kind() if use else 0, _vnni.half_tile_address() if use else 0)
 
 
 def zero_point_u8(dtype, a_zp, shape, op):

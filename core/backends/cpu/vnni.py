@@ -85,15 +85,16 @@ done:
 """
 
 
-def _avx2_ir() -> str:
-    """tile2(a, lda, w, kp, out, ldo): as ``tile`` with int16 activation rows (lda in bytes) and the AVX2 layout."""
+def _avx2_ir(halves=2, name="tile2") -> str:
+    """tile2(a, lda, w, kp, out, ldo): as ``tile`` with int16 activation rows (lda in bytes) and the AVX2 layout;
+    with ``halves`` = 1 only the block's first 16 columns (a layer's last block when no more are real)."""
     vt, wt = "<8 x i32>", "<16 x i16>"
-    lines = ["define void @tile2(i8* %a0, i64 %lda, i8* %w, i64 %kp, i32* %out, i64 %ldo) {", "entry:",
+    lines = [f"define void @{name}(i8* %a0, i64 %lda, i8* %w, i64 %kp, i32* %out, i64 %ldo) {{", "entry:",
              "  %pairs = lshr i64 %kp, 1"]
     for r in range(1, 4):
         lines.append(f"  %a{r} = getelementptr i8, i8* %a{r - 1}, i64 %lda")
     lines.append("  br label %loop0")
-    for half in range(2):
+    for half in range(halves):
         start = "entry" if half == 0 else "done0"
         acc = [(r, h) for r in range(4) for h in range(2)]
         lines += [f"loop{half}:", f"  %k{half} = phi i64 [0, %{start}], [%k{half}n, %loop{half}]"]
@@ -122,8 +123,8 @@ def _avx2_ir() -> str:
                       f"{16 * half + 8 * h}", f"  %op{half}{r}{h} = getelementptr i32, i32* %out, i64 %oh{half}{r}{h}",
                       f"  %oq{half}{r}{h} = bitcast i32* %op{half}{r}{h} to {vt}*",
                       f"  store {vt} %n{half}{r}{h}, {vt}* %oq{half}{r}{h}, align 4"]
-        lines.append(f"  br label %{'loop1' if half == 0 else 'fin'}")
-    lines += ["fin:", "  ret void", "}", f"declare {vt} @llvm.x86.avx2.pmadd.wd({wt}, {wt})"]
+        lines.append(f"  br label %{'loop1' if half + 1 < halves else 'fin'}")
+    lines += ["fin:", "  ret void", "}"]
     return "\n".join(lines)
 
 
@@ -152,7 +153,8 @@ def _compile():
         kind = VNNI
     elif on and features.get("avx2", False):
         kind = AVX2
-    mod = llvm.parse_assembly({VNNI: _IR, AVX2: _avx2_ir()}.get(kind, "") + _NOOP_IR)
+    avx2 = "declare <8 x i32> @llvm.x86.avx2.pmadd.wd(<16 x i16>, <16 x i16>)\n" + _avx2_ir() + "\n" + _avx2_ir(1, "tile2h")
+    mod = llvm.parse_assembly({VNNI: _IR, AVX2: avx2}.get(kind, "") + _NOOP_IR)
     mod.verify()
     tm = llvm.Target.from_default_triple().create_target_machine(cpu=llvm.get_host_cpu_name(),
                                                                   features=features.flatten(), opt=3)
@@ -162,6 +164,7 @@ def _compile():
     _STATE["noop"] = _SIG(engine.get_function_address("noop"))
     _STATE["kind"] = kind
     _STATE["tile"] = _SIG(engine.get_function_address("tile" if kind == VNNI else "tile2")) if kind else None
+    _STATE["half"] = engine.get_function_address("tile2h") if kind == AVX2 else 0
 
 
 def tile():
@@ -170,7 +173,7 @@ def tile():
         try:
             _compile()
         except Exception:  # no llvmlite codegen for this target: the numba tiles remain
-            _STATE.update(noop=None, tile=None, kind=0)
+            _STATE.update(noop=None, tile=None, kind=0, half=0)
     return _STATE["tile"]
 
 
@@ -178,6 +181,12 @@ def kind() -> int:
     """VNNI, AVX2, or 0 when no IR tile runs."""
     tile()
     return _STATE["kind"]
+
+
+def half_tile_address() -> int:
+    """The AVX2 tile of 16 columns' machine address (0 where it does not run)."""
+    tile()
+    return _STATE.get("half", 0)
 
 
 def tile_address() -> int:
