@@ -87,13 +87,31 @@ done:
 
 def _avx2_ir(halves=2, name="tile2") -> str:
     """tile2(a, lda, w, kp, out, ldo): as ``tile`` with int16 activation rows (lda in bytes) and the AVX2 layout;
-    with ``halves`` = 1 only the block's first 16 columns (a layer's last block when no more are real)."""
+    with ``halves`` = 1 only the block's first 16 columns (a layer's last block when no more are real). lda = 0
+    (one row, repeated) takes a one-row loop over all the columns at once (4 accumulators), not four equal rows."""
     vt, wt = "<8 x i32>", "<16 x i16>"
     lines = [f"define void @{name}(i8* %a0, i64 %lda, i8* %w, i64 %kp, i32* %out, i64 %ldo) {{", "entry:",
              "  %pairs = lshr i64 %kp, 1"]
     for r in range(1, 4):
         lines.append(f"  %a{r} = getelementptr i8, i8* %a{r - 1}, i64 %lda")
-    lines.append("  br label %loop0")
+    lines += ["  %one = icmp eq i64 %lda, 0", "  br i1 %one, label %row, label %loop0"]
+    nv = 2 * halves  # the one-row loop: every column's vector in one pass
+    lines += ["row:", "  %rk = phi i64 [0, %entry], [%rkn, %row]"]
+    lines += [f"  %rc{h} = phi {vt} [zeroinitializer, %entry], [%rn{h}, %row]" for h in range(nv)]
+    lines += ["  %rwo = mul i64 %rk, 128", "  %rwb = getelementptr i8, i8* %w, i64 %rwo", "  %rao = shl i64 %rk, 2",
+              "  %rap = getelementptr i8, i8* %a0, i64 %rao", "  %raq = bitcast i8* %rap to i32*",
+              "  %ras = load i32, i32* %raq, align 1", f"  %rai = insertelement {vt} undef, i32 %ras, i32 0",
+              f"  %rab = shufflevector {vt} %rai, {vt} undef, <8 x i32> zeroinitializer", f"  %rav = bitcast {vt} %rab to {wt}"]
+    for h in range(nv):
+        lines += [f"  %rwp{h} = getelementptr i8, i8* %rwb, i64 {32 * h}", f"  %rwq{h} = bitcast i8* %rwp{h} to {wt}*",
+                  f"  %rwv{h} = load {wt}, {wt}* %rwq{h}, align 1",
+                  f"  %rp{h} = call {vt} @llvm.x86.avx2.pmadd.wd({wt} %rav, {wt} %rwv{h})", f"  %rn{h} = add {vt} %rc{h}, %rp{h}"]
+    lines += ["  %rkn = add i64 %rk, 1", "  %rmore = icmp ult i64 %rkn, %pairs", "  br i1 %rmore, label %row, label %rowdone",
+              "rowdone:"]
+    for h in range(nv):
+        lines += [f"  %ro{h} = getelementptr i32, i32* %out, i64 {8 * h}", f"  %rq{h} = bitcast i32* %ro{h} to {vt}*",
+                  f"  store {vt} %rn{h}, {vt}* %rq{h}, align 4"]
+    lines.append("  br label %fin")
     for half in range(halves):
         start = "entry" if half == 0 else "done0"
         acc = [(r, h) for r in range(4) for h in range(2)]
