@@ -195,7 +195,7 @@ def new_scratch(n, outs, kp):
 def gemm_rows(a, m0, nr, row_base, w, n0, n1, ep, outs, rows_per_image, scratch):
     """Rows m0 .. m0+nr of ``a`` (nr = 1, or a multiple of 4 up to BLOCK_ROWS) times weight rows n0 .. n1,
     finished by the epilogue; they are output rows row_base + m0 ... (output row g is [g // L, :, g % L]).
-    ``scratch`` is ``new_scratch(n1 - n0, outs)``."""
+    ``scratch`` is ``new_scratch(n1 - n0, outs, Kp)``."""
     acc, img, pos, stage_q, stage_f, a16 = scratch
     kp = a.shape[1]
     g = row_base + m0
