@@ -196,7 +196,8 @@ class _Plan(NativePlan):
                 offs = np.arange(k, dtype=np.int64) * np_
                 keep += [wt, offs]
                 addrs.append((wt.ctypes.data, offs.ctypes.data))
-            self._layouts[gemm] = (addrs, keep)
+            # (setdefault: when two threads build it at once, both use the first one stored, whose arrays it keeps)
+            return self._layouts.setdefault(gemm, (addrs, keep))[0]
         return self._layouts[gemm][0]
 
     def _table(self, m):
