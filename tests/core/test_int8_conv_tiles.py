@@ -1,6 +1,6 @@
 """The int8 convolution tile (backends/cpu/int8_conv_tiled.py: AVX-512 VNNI, or AVX2) bit-exact against the numpy
 reference of test_int8_kernels.py, with and without the fused 2x2 max pool; skipped where neither can run (the AVX2
-tile on a VNNI machine: test_int8_kernels.test_each_ir_tile_kind_is_exact)."""
+tile on a VNNI machine: test_int8_tile_kinds.py)."""
 from __future__ import annotations
 
 import numpy as np

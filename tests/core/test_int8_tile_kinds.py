@@ -1,0 +1,66 @@
+"""Each kind of the int8 kernels' inner tiles against the numpy references of test_int8_kernels.py, whatever CPU runs
+the tests: the AVX2 tiles (forced with EMBER_INT8_TILE=avx2, so a VNNI machine tests them too) and the numba tiles
+(EMBER_INT8_VNNI=0). The tile is chosen once per process, so each kind runs in its own subprocess, which writes its
+results for this process to check."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from .test_int8_kernels import ref_acc, ref_conv_acc, ref_requant
+
+GEMMS = [(1, 7, 5), (5, 40, 33), (16, 784, 64), (37, 100, 70)]  # single rows, tails of the 32-column block
+CONV_STRIDES = [(2, 1), (1, 1)]  # the im2row GEMM, then the direct conv tile (int8_conv_tiled.py)
+
+_SCRIPT = """
+import sys
+import numpy as np
+from ember.backends.cpu import int8_conv_tiled, int8_kernels as K, vnni
+from ember.backends.cpu.int8_conv import qconv2d
+inp = np.load(sys.argv[1])
+res = {"gemm_kind": vnni.kind(), "conv_tile": int(int8_conv_tiled.tile() is not None)}
+for i in range(len(GEMMS)):
+    res[f"gemm{i}"] = K.qgemm(inp[f"a{i}"], int(inp[f"zp{i}"]), K.pack_weight(inp[f"w{i}"]))
+for i, stride in enumerate(STRIDES):
+    res[f"conv{i}"] = qconv2d(inp["x"], 7, K.pack_weight(inp["wc"]), stride, 1, 1, 1, inp["bias"], inp["mult"], 3,
+                              False, weight=inp["wc"])
+np.savez(sys.argv[2], **res)
+"""
+
+
+@pytest.mark.parametrize("kind", ["avx2", "numba"])
+def test_tile_kind_matches_the_numpy_references(kind, tmp_path):
+    rng = np.random.default_rng(3)
+    inp = {}
+    for i, (m, k, n) in enumerate(GEMMS):
+        a, w = rng.integers(0, 256, (m, k)).astype(np.uint8), rng.integers(-128, 128, (n, k)).astype(np.int8)
+        a[0], w[0] = 255, -128  # saturating extremes
+        inp.update({f"a{i}": a, f"w{i}": w, f"zp{i}": np.int64(rng.integers(0, 256))})
+    inp.update(x=rng.integers(0, 256, (2, 5, 9, 8)).astype(np.uint8),  # 5 channels: a quad and a padded one
+               wc=rng.integers(-128, 128, (40, 5, 3, 3)).astype(np.int8),  # 40 outputs: 8-channel blocks, a tail
+               bias=rng.integers(-4000, 4000, 40).astype(np.int32), mult=rng.uniform(2e-4, 3e-3, 40).astype(np.float32))
+    np.savez(tmp_path / "in.npz", **inp)
+    script = tmp_path / "run.py"
+    script.write_text(f"GEMMS = {GEMMS!r}\nSTRIDES = {CONV_STRIDES!r}\n" + _SCRIPT)
+    env = {"EMBER_INT8_TILE": "avx2"} if kind == "avx2" else {"EMBER_INT8_VNNI": "0"}
+    res = subprocess.run([sys.executable, str(script), str(tmp_path / "in.npz"), str(tmp_path / "out.npz")],
+                         capture_output=True, text=True, env={**os.environ, **env})
+    assert res.returncode == 0, res.stderr[-3000:]
+    out = np.load(tmp_path / "out.npz")
+    if kind == "avx2":
+        if int(out["gemm_kind"]) == 0:
+            pytest.skip("no AVX2 (or no llvmlite native codegen)")
+        assert int(out["gemm_kind"]) == 2 and int(out["conv_tile"]) == 1
+    else:
+        assert int(out["gemm_kind"]) == 0 and int(out["conv_tile"]) == 0
+    for i in range(len(GEMMS)):
+        np.testing.assert_array_equal(out[f"gemm{i}"], ref_acc(inp[f"a{i}"], int(inp[f"zp{i}"]), inp[f"w{i}"]),
+                                      err_msg=f"GEMM {GEMMS[i]}")
+    for i, stride in enumerate(CONV_STRIDES):
+        acc = ref_conv_acc(inp["x"], 7, inp["wc"], stride, (1, 1), (1, 1), 1)
+        want = ref_requant(acc.transpose(0, 2, 3, 1), inp["bias"], inp["mult"], 3, False, np.uint8).transpose(0, 3, 1, 2)
+        np.testing.assert_array_equal(out[f"conv{i}"], want, err_msg=f"conv, stride {stride}")
