@@ -22,11 +22,11 @@ from __future__ import annotations
 
 import ctypes
 import functools
-import os
 
 import numpy as np
 
 from . import int8_conv_avx2 as _avx2
+from . import vnni as _vnni
 from .int8_kernels import cached_per_array
 from .helpers import finish, post
 from .intrinsics import call
@@ -70,20 +70,19 @@ def _ir(np_=NP, name="qfwd") -> str:
 
 
 def tile():
-    """The compiled conv tile (a ctypes function pointer): VNNI, else AVX2 (int8_conv_avx2.py; also where
-    ``EMBER_INT8_TILE=avx2``), or None where neither can run (or ``EMBER_INT8_VNNI=0``)."""
+    """The compiled conv tile (a ctypes function pointer) of the kind the GEMM's tile is (``vnni.kind()``): VNNI, or
+    AVX2 (int8_conv_avx2.py); None where neither runs."""
     if "tile" not in _STATE:
         _STATE["tile"], _STATE["kind"] = None, 0
-        if os.environ.get("EMBER_INT8_VNNI", "1") != "0":
-            engine, kind = None, 0
-            if os.environ.get("EMBER_INT8_TILE", "") != "avx2":
+        kind = _vnni.kind()  # the GEMM's choice (CPU features, EMBER_INT8_VNNI, EMBER_INT8_TILE), made once
+        if kind:
+            if kind == _vnni.VNNI:
                 decl = "declare <16 x i32> @llvm.x86.avx512.vpdpbusd.512(<16 x i32>, <16 x i32>, <16 x i32>)\n"
                 ir = decl + "\n".join([_ir()] + [_ir(n, f"qfwd{n}") for n in range(1, NP)]) + pool_ir("i32")
-                engine, kind = compile_module(ir, require=("avx512vnni", "avx512f", "avx512bw")), 1
-            if engine is None:
+            else:
                 ir = _avx2.DECL + "\n".join([_avx2.tile_ir(NCO, NP, "qfwd")] + [_avx2.tile_ir(NCO, n, f"qfwd{n}")
                                                                             for n in range(1, NP)]) + pool_ir("i32")
-                engine, kind = compile_module(ir, require=("avx2",)), 2
+            engine = compile_module(ir)
             if engine is not None:
                 _STATE["engine"], _STATE["kind"] = engine, kind
                 _STATE["tile"] = _SIG(engine.get_function_address("qfwd"))
@@ -118,7 +117,7 @@ def tile_weights(w: np.ndarray) -> np.ndarray:
     """The weights in the layout of the tile that runs here: ``quads``, or for the AVX2 tile their int16 pairs
     (int8_conv_avx2.pairs); cached per weight array."""
     tile()
-    if _STATE["kind"] == 2:
+    if _STATE["kind"] == _vnni.AVX2:
         return cached_per_array(_PAIRS, w, lambda a: _avx2.pairs(quads(a)))
     return quads(w)
 
