@@ -35,6 +35,13 @@ def _linear_act(g, n):
     _activation(g, n.attrs["act"], y, n.outputs)
 
 
+@lowers("linear_relu")
+def _linear_relu(g, n):
+    """nn.Sequential's eager Linear -> ReLU op (a tracer records the two ops; this covers a direct call)."""
+    y = g.lower("linear", n.inputs, like=n.outputs[0])
+    _activation(g, "relu", y, n.outputs)
+
+
 @lowers("linear_mlp")
 def _linear_mlp(g, n):
     """The chain the runtime fuses on CPU, lowered one linear (+ relu) layer at a time."""

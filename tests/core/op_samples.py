@@ -15,7 +15,7 @@ import numpy as np
 import ember
 import ember.nn.functional as F
 import ember.ops.sorting as _sorting  # registers tril/triu/sort/topk (until ember's __init__ imports it)
-from ember.ops import conv_pool
+from ember.ops import conv_pool, linear_relu
 from ember.ops.index import encode_index
 from ember.ops.registry import apply
 
@@ -240,6 +240,9 @@ SAMPLES: dict[str, list[Sample]] = {
                               [_n(2, 2, 4, 5), _n(3, 2, 3, 3), _n(3)], note="float64: the plain kernels' path"),
                        Sample(lambda x, w: conv_pool.conv2d_maxpool(x, w, None, (1, 1), (0, 1), (2, 1), 2),
                               [_n(1, 4, 7, 5), _n(2, 2, 2, 3)], note="odd conv output (5x5), groups, dilation")],
+    "linear_relu": [Sample(linear_relu.linear_relu, [_n(5, 3), _n(4, 3), _n(4)],
+                           note="float64 (the kernels of both dtypes are numba-compiled)"),
+                    Sample(linear_relu.linear_relu, [_n(3, 6), _n(2, 6)], note="no bias")],
     "max_pool2d": [Sample(lambda x: F.max_pool2d(x, 2), [_distinct(1, 2, 4, 4)]),
                    Sample(lambda x: F.max_pool2d(x, 3, stride=2, padding=1), [_distinct(1, 1, 5, 5)])],
     "avg_pool2d": [Sample(lambda x: F.avg_pool2d(x, 2), [_n(1, 2, 4, 4)]),

@@ -192,6 +192,16 @@ def test_fused_ops_of_the_runtime(opset):
 
 
 @pytest.mark.parametrize("opset", [OPSETS[0], OPSETS[-1]])
+def test_linear_relu_called_directly_exports(opset):
+    """nn.Sequential's eager Linear -> ReLU op (a tracer records linear and relu; a direct call records it)."""
+    from ember.ops.linear_relu import linear_relu
+
+    w, b = ember.tensor(_x(3, 4)), ember.tensor(_x(3))
+    check_export(lambda x: linear_relu(x, w, b), [_x(2, 4)], opset=opset, batches=(1, 5))
+    check_export(lambda x: linear_relu(x, w), [_x(2, 4)], opset=opset, batches=(1, 5))
+
+
+@pytest.mark.parametrize("opset", [OPSETS[0], OPSETS[-1]])
 def test_fused_linear_chain_of_the_runtime_exports_layer_by_layer(opset):
     """The CPU runtime fuses linear -> relu -> linear -> linear into one linear_mlp node; that graph exports one
     layer at a time and ONNX Runtime reproduces ember's outputs."""
