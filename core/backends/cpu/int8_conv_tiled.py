@@ -155,10 +155,10 @@ def _qfwd_slice(x, fill, flip, hp, wp, ph, pw, offs, wq, tile, tail, lpad, a_zp,
     xq[:] = fill
     per = out.shape[2] * out.shape[3]  # outputs per channel
     stage = np.empty(co * per + 16, np.int32)  # + the pool's overhang
-    corr_e = np.empty(max(1, co * per), np.int64)  # per output element: -a_zp * col_sum + bias, multiplier
+    corr_e = np.empty(max(1, co * per), np.float64)  # per output element: -a_zp * col_sum + bias (exact), multiplier
     mult_e = np.empty(max(1, co * per), np.float32)
     for oc in range(co):
-        corr_e[oc * per:(oc + 1) * per] = -a_zp * np.int64(col_sums[oc]) + bias_i[oc]
+        corr_e[oc * per:(oc + 1) * per] = np.float64(-a_zp * np.int64(col_sums[oc]) + bias_i[oc])
         mult_e[oc * per:(oc + 1) * per] = mult[oc]
     buf = np.empty(ncb * nco * lpad + 16, np.int32)[:ncb * nco * lpad].reshape(ncb * nco, lpad)  # + overhang
     xq32 = xq.view(np.uint32)
@@ -213,9 +213,9 @@ def _qfwd_slice(x, fill, flip, hp, wp, ph, pw, offs, wq, tile, tail, lpad, a_zp,
                 for y in range(ho):
                     st[y * wo:(y + 1) * wo] = row[y * wp:y * wp + wo]
         flat = out[i].reshape(co * per)
-        for j in range(co * per):  # one vectorised requantization pass over the image's channels
-            v = np.float32(np.int64(stage[j]) + corr_e[j]) * mult_e[j]
-            flat[j] = int(min(max(np.rint(v) + out_zp, lo), hi))
+        for j in range(co * per):  # one vectorised requantization pass over the image's channels (float64 sums of
+            v = np.float32(np.float64(stage[j]) + corr_e[j]) * mult_e[j]  # int32 values: exact; AVX2 has no int64
+            flat[j] = np.int32(min(max(np.rint(v) + out_zp, lo), hi))  # vector conversions)
     finish(sync)
 
 

@@ -125,6 +125,7 @@ def _finish(acc, nr, n0, n1, img, pos, ep, outs, stage_q, stage_f):
     mode, a_zp, col_sums, bias_i, mult, out_zp, lo, hi, a_scale, w_scale, bias_f, relu = ep[:12]
     out_i, out_q, out_f = outs
     nc = n1 - n0
+    zp64 = np.float64(a_zp)  # (products and sums of int32 values below 2^53: float64 holds them exactly)
     cs = col_sums[n0:n1]
     bi = bias_i[n0:n1]
     for r in range(nr):
@@ -135,16 +136,16 @@ def _finish(acc, nr, n0, n1, img, pos, ep, outs, stage_q, stage_f):
         elif mode == MODE_REQUANT:
             sq = stage_q[r]
             m = mult[n0:n1]
-            for j in range(nc):
-                v = np.float32(np.int64(row[j]) - a_zp * np.int64(cs[j]) + bi[j]) * m[j]
-                sq[j] = int(min(max(np.rint(v) + out_zp, lo), hi))
+            for j in range(nc):  # (the int32 sums in float64: exact, and vectorised on AVX2 as int64 is not)
+                v = np.float32(np.float64(row[j]) - (zp64 * np.float64(cs[j]) - np.float64(bi[j]))) * m[j]
+                sq[j] = np.int32(min(max(np.rint(v) + out_zp, lo), hi))
         else:
             sf = stage_f[r]
             ws = w_scale[n0:n1]
             bf = bias_f[n0:n1]
             floor = np.float32(0) if relu else np.float32(-np.inf)
             for j in range(nc):
-                y = np.float32(np.int64(row[j]) - a_zp * np.int64(cs[j])) * (a_scale * ws[j]) + bf[j]
+                y = np.float32(np.float64(row[j]) - zp64 * np.float64(cs[j])) * (a_scale * ws[j]) + bf[j]
                 sf[j] = max(y, floor)
     if mode == MODE_INT32:
         _copy_out(acc, out_i, nr, n0, nc, img, pos)
