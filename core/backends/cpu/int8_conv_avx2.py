@@ -6,8 +6,10 @@ are ``vpmaddwd`` on int16 pairs, exact (``vpmaddubsw`` would saturate uint8 x in
 8 positions x 4 channels; masking and shifting its 16-bit words gives channels (0, 2) and (1, 3) of each position as
 int16 pairs, and each output channel's weights come pre-split the same way (``pairs``: (w0, w2) and (w1, w3) as two
 int16 pairs per step), so two ``vpmaddwd`` and two ``vpaddd`` add a step's four channels into 8 positions' sums.
-The block runs as passes of 4 channels x up to 24 positions (12 accumulators: the 16 ymm registers), each over all
-steps (the input stays in L1 between passes).
+The block runs as passes of 4 channels x up to 16 positions (8 accumulators, 4 activation and 2 weight registers of
+the 16 ymm), each over all steps (the input stays in L1 between passes). Passes of 24 positions (12 accumulators)
+spilled accumulators to the stack every step (~30 extra moves a step): one thread, conv2 of the cnn, 63-67 against
+70-71 G multiply-adds/s.
 """
 from __future__ import annotations
 
@@ -31,7 +33,7 @@ def tile_ir(nco: int, np_: int, name: str) -> str:
     p (bytes x + offs[k] + 4p) for r < nco, p < 16*np_; w = ``pairs`` of one block of nco channels."""
     lines = [f"define void @{name}(i8* %x, i64* %offs, i64 %K, i32* %w, i32* %out, i64 %ldo) {{", "entry:",
              "  br label %loop0"]
-    passes = [(cg, pg) for cg in _groups(nco, 4) for pg in _groups(2 * np_, 3)]
+    passes = [(cg, pg) for cg in _groups(nco, 4) for pg in _groups(2 * np_, 2)]
     for i, (cg, pg) in enumerate(passes):
         acc = [(r, h) for r in cg for h in pg]
         start = "entry" if i == 0 else f"done{i - 1}"
