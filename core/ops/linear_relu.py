@@ -13,7 +13,6 @@ import numpy as np
 
 from ..backends.cpu.jit import njit
 from ..tensor import Tensor
-from .activation import _relu_bw
 from .linalg import _linear_cpu, _linear_gw, _linear_rule, _mm
 from .registry import apply, backward, kernel, register_op
 
@@ -71,15 +70,10 @@ def _linear_relu_bw(ctx, g):
     y = ctx.outputs[0]
     needs = ctx.needs_input_grad
     has_bias = len(needs) > 2
-    ga = g._data
-    if ga.__class__ is not np.ndarray or ga.dtype != y._data.dtype:
-        gm = apply(_relu_bw, g, y)  # (the unfused ops)
-        gb = gm.sum(0) if has_bias and needs[2] else None
-    else:
-        gma = np.empty(ga.shape, ga.dtype)
-        gba = np.empty(ga.shape[1], ga.dtype)
-        _mask_colsum(np.ascontiguousarray(ga), y._data, gma, gba)
-        gm, gb = Tensor._wrap(gma), Tensor._wrap(gba)
+    ga = np.ascontiguousarray(g._data)  # (the op runs on the CPU only: its output's gradient is a numpy array)
+    gma, gba = np.empty(ga.shape, ga.dtype), np.empty(ga.shape[1], ga.dtype)
+    _mask_colsum(ga, y._data, gma, gba)
+    gm, gb = Tensor._wrap(gma), Tensor._wrap(gba)
     gx = _mm(gm, w) if needs[0] else None
     gw = apply(_linear_gw, gm, x) if needs[1] else None
     if not has_bias:

@@ -74,28 +74,24 @@ def test_kink_and_nan_match_torch():
         np.testing.assert_allclose(e.grad.numpy(), t.grad.numpy(), rtol=1e-6, atol=1e-6)
 
 
-def test_training_steps_match_the_unfused_modules():
-    """20 SGD-momentum steps of an mlp through Sequential (fused) and through the same modules called one by one."""
-    m, _ = _pair(np.float32, sizes=(16, 32, 24, 5))
-    m2, _ = _pair(np.float32, sizes=(16, 32, 24, 5))
-    m2.load_state_dict(m.state_dict())
+def test_training_steps_match_torch():
+    """20 SGD-momentum steps of an mlp through Sequential (Linear -> ReLU fused) against torch's on the same batches."""
+    m, tm = _pair(np.float32, sizes=(16, 32, 24, 5))
     o1 = ember.optim.SGD(m.parameters(), lr=0.05, momentum=0.9)
-    o2 = ember.optim.SGD(m2.parameters(), lr=0.05, momentum=0.9)
+    o2 = torch.optim.SGD(tm.parameters(), lr=0.05, momentum=0.9)
     for step in range(20):
-        x = ember.from_numpy(RNG.standard_normal((12, 16)).astype(np.float32))
-        t = ember.from_numpy(RNG.integers(0, 5, 12))
-        for model, opt, fused in ((m, o1, True), (m2, o2, False)):
-            opt.zero_grad()
-            h = x
-            if fused:
-                h = model(h)
-            else:
-                for mod in model:
-                    h = mod(h)
-            F.cross_entropy(h, t).backward()
-            opt.step()
-    for (name, a), b in zip(m.named_parameters(), m2.parameters()):
-        np.testing.assert_allclose(a.detach().numpy(), b.detach().numpy(), rtol=1e-5, atol=1e-6, err_msg=name)
+        x = RNG.standard_normal((12, 16)).astype(np.float32)
+        t = RNG.integers(0, 5, 12)
+        o1.zero_grad()
+        out = m(ember.from_numpy(x))
+        assert out.grad_fn is not None
+        F.cross_entropy(out, ember.from_numpy(t)).backward()
+        o1.step()
+        o2.zero_grad()
+        torch.nn.functional.cross_entropy(tm(torch.from_numpy(x)), torch.from_numpy(t)).backward()
+        o2.step()
+    for (name, a), b in zip(m.named_parameters(), tm.parameters()):
+        np.testing.assert_allclose(a.detach().numpy(), b.detach().numpy(), rtol=1e-4, atol=1e-5, err_msg=name)
 
 
 def test_sequential_keeps_the_modules_apart_where_it_must():
