@@ -328,7 +328,7 @@ class Helpers:
         self.pool = None
 
     def run(self, fn, parts) -> None:
-        if len(parts) > 1:
+        if len(parts) > 1 and not numba.config.DISABLE_JIT:  # (plain Python kernels cannot post or spin)
             pool = self.pool
             if pool is None:
                 pool = self.pool = self._make()

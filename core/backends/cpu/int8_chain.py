@@ -29,7 +29,7 @@ from . import jit
 from . import range_ir as _range_ir
 from .helpers import ARRIVE, CTL_SIZE, NONE
 from .int8_gemm import BLOCK_ROWS, MODE_DEQUANT, PAR_MIN_MACS, PAR_MIN_ROWS, linear_rows
-from .int8_kernels import _dequant_parts, _qparams, _quantize_rows, cached_per_arrays
+from .int8_kernels import _dequant_parts, _qparams, _quantize_rows, cached_per_arrays, qlinear_dynamic
 from .jit import njit
 from .native_tools import (NativePlan, NativeTask, align64, array_at as _array, barrier, join as _join, take as _take,
                            thread_of)
@@ -175,6 +175,7 @@ class _Plan(NativePlan):
     workspace layout; holds the arrays the table points at."""
 
     def __init__(self, layers):
+        self.layers = tuple(layers)
         self.keep, fields, self.dims = [], [], []
         for p, s, b, relu in layers:
             head, tail = _dequant_parts(p, s, b, bool(relu))
@@ -222,6 +223,10 @@ def run(x, plan_) -> np.ndarray:
     if x.ndim < 1 or x.shape[-1] != k0:
         raise ValueError(f"dynamic_chain: input has {x.shape[-1] if x.ndim else 0} features, the first layer "
                          f"expects {k0} (input shape {x.shape})")
+    if numba.config.DISABLE_JIT:  # the task is machine code; as Python the layers run one by one (the same values)
+        for p, s, b, relu in plan_.layers:
+            x = qlinear_dynamic(x, p, s, b, relu=relu)
+        return x
     lead = x.shape[:-1]
     x2 = jit.f32c(x.reshape(-1, k0))
     m = x2.shape[0]

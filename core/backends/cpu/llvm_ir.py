@@ -19,7 +19,12 @@ def address(fn) -> int:
 
 def compile_module(ir: str, require=()):
     """An llvmlite MCJIT engine holding ``ir`` compiled for the host CPU (keep it alive while its functions
-    are used), or None when a feature in ``require`` (e.g. "avx512vnni") is missing or LLVM refuses."""
+    are used), or None when a feature in ``require`` (e.g. "avx512vnni") is missing or LLVM refuses, and under
+    ``NUMBA_DISABLE_JIT=1``: the kernels are called through ``intrinsics.call``, which plain Python cannot run."""
+    import numba
+
+    if numba.config.DISABLE_JIT:
+        return None
     try:
         import llvmlite.binding as llvm
 

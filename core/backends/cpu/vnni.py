@@ -23,6 +23,7 @@ from __future__ import annotations
 import ctypes
 import os
 
+import numba
 import numpy as np
 
 from .llvm_ir import address
@@ -164,7 +165,7 @@ def _compile():
     llvm.initialize_native_target()
     llvm.initialize_native_asmprinter()
     features = llvm.get_host_cpu_features()
-    on = os.environ.get("EMBER_INT8_VNNI", "1") != "0"
+    on = os.environ.get("EMBER_INT8_VNNI", "1") != "0" and not numba.config.DISABLE_JIT  # (tiles need ``call``)
     kind = 0
     if on and all(features.get(f, False) for f in ("avx512vnni", "avx512f", "avx512bw")) and \
             os.environ.get("EMBER_INT8_TILE", "") != "avx2":
