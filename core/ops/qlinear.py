@@ -15,6 +15,7 @@ from numba import prange
 from ..backends.cpu import int8_chain as _chain
 from ..backends.cpu import int8_conv as _qconv
 from ..backends.cpu import int8_conv_tiled as _qconv_tiled
+from ..backends.cpu import int8_winograd as _qwino
 from ..backends.cpu import int8_kernels as _ik
 from ..backends.cpu import jit
 from ..backends.cpu.conv_tiled import requant_row
@@ -234,6 +235,10 @@ def qconv_prepare(op, inputs, attrs, pool):
     short = _prepared_short_k(w, xz, bias_i32, mult, yz, geometry, relu, pool)
     if short is not None:
         return lambda x: short(x) if x.dtype == np.uint8 and short_k(x, w, geometry[3]) else qconv_apply(
+            _uint8_input(op, x), xz, w, pw, bias_i32, mult, yz, *geometry, relu, pool)
+    if pool and _qwino.usable(w, *geometry, mult):  # 3x3 + pool on AVX2: exact integer Winograd
+        wino = _qwino.PreparedPool(w, xz, bias_i32, mult, yz, max(0, yz) if relu else 0, 255, geometry[1])
+        return lambda x: wino(x) if _qwino.fits(x, w, geometry[1]) else qconv_apply(
             _uint8_input(op, x), xz, w, pw, bias_i32, mult, yz, *geometry, relu, pool)
     if tuple(geometry[0]) == (1, 1) and geometry[3] == 1 and w.shape[1] >= 4 and _qconv_tiled.tile() is not None:
         ep, dt = _ik.requant_epilogue(pw, xz, bias_i32, mult, yz, relu, "uint8", None, None, op)
