@@ -38,5 +38,6 @@ from .qat import (  # noqa: F401
 )
 from .qconfig import (  # noqa: F401
     QConfig, default_dynamic_qconfig, default_per_channel_qconfig, default_qat_qconfig, default_qconfig,
-    get_default_qat_qconfig, get_default_qconfig, per_channel_dynamic_qconfig, qconfig_equals,
+    get_default_qat_qconfig, get_default_qconfig, per_channel_7bit_dynamic_qconfig, per_channel_dynamic_qconfig,
+    qconfig_equals,
 )

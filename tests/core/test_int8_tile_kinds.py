@@ -25,6 +25,8 @@ inp = np.load(sys.argv[1])
 res = {"gemm_kind": vnni.kind(), "conv_tile": int(int8_conv_tiled.tile() is not None)}
 for i in range(len(GEMMS)):
     res[f"gemm{i}"] = K.qgemm(inp[f"a{i}"], int(inp[f"zp{i}"]), K.pack_weight(inp[f"w{i}"]))
+    p7 = K.pack_weight(inp[f"w7_{i}"])
+    res[f"gemm7_{i}"], res[f"kind7_{i}"] = K.qgemm(inp[f"a{i}"], int(inp[f"zp{i}"]), p7), p7.tile_kind
 for i, stride in enumerate(STRIDES):
     res[f"conv{i}"] = qconv2d(inp["x"], 7, K.pack_weight(inp["wc"]), stride, 1, 1, 1, inp["bias"], inp["mult"], 3,
                               False, weight=inp["wc"])
@@ -39,7 +41,9 @@ def test_tile_kind_matches_the_numpy_references(kind, tmp_path):
     for i, (m, k, n) in enumerate(GEMMS):
         a, w = rng.integers(0, 256, (m, k)).astype(np.uint8), rng.integers(-128, 128, (n, k)).astype(np.int8)
         a[0], w[0] = 255, -128  # saturating extremes
-        inp.update({f"a{i}": a, f"w{i}": w, f"zp{i}": np.int64(rng.integers(0, 256))})
+        w7 = rng.integers(-64, 65, (n, k)).astype(np.int8)  # 7-bit weights: the U8S8 tile on AVX2 hosts
+        w7[0], w7[-1] = -64, 64
+        inp.update({f"a{i}": a, f"w{i}": w, f"w7_{i}": w7, f"zp{i}": np.int64(rng.integers(0, 256))})
     inp.update(x=rng.integers(0, 256, (2, 5, 9, 8)).astype(np.uint8),  # 5 channels: a quad and a padded one
                wc=rng.integers(-128, 128, (40, 5, 3, 3)).astype(np.int8),  # 40 outputs: 8-channel blocks, a tail
                bias=rng.integers(-4000, 4000, 40).astype(np.int32), mult=rng.uniform(2e-4, 3e-3, 40).astype(np.float32))
@@ -55,11 +59,14 @@ def test_tile_kind_matches_the_numpy_references(kind, tmp_path):
         if int(out["gemm_kind"]) == 0:
             pytest.skip("no AVX2 (or no llvmlite native codegen)")
         assert int(out["gemm_kind"]) == 2 and int(out["conv_tile"]) == 1
+        assert all(int(out[f"kind7_{i}"]) == 3 for i in range(len(GEMMS)))  # (vnni.U8S8)
     else:
         assert int(out["gemm_kind"]) == 0 and int(out["conv_tile"]) == 0
     for i in range(len(GEMMS)):
         np.testing.assert_array_equal(out[f"gemm{i}"], ref_acc(inp[f"a{i}"], int(inp[f"zp{i}"]), inp[f"w{i}"]),
                                       err_msg=f"GEMM {GEMMS[i]}")
+        np.testing.assert_array_equal(out[f"gemm7_{i}"], ref_acc(inp[f"a{i}"], int(inp[f"zp{i}"]), inp[f"w7_{i}"]),
+                                      err_msg=f"GEMM {GEMMS[i]}, 7-bit weights")
     for i, stride in enumerate(CONV_STRIDES):
         acc = ref_conv_acc(inp["x"], 7, inp["wc"], stride, (1, 1), (1, 1), 1)
         want = ref_requant(acc.transpose(0, 2, 3, 1), inp["bias"], inp["mult"], 3, False, np.uint8).transpose(0, 3, 1, 2)

@@ -105,6 +105,7 @@ class PackedWeight(NamedTuple):
     col_sums: np.ndarray
     kernel_size: tuple | None = None  # (kh, kw) when packed from a 4-d conv weight
     vnni: np.ndarray = np.zeros((1, 1, _vnni.TILE_N, 4), np.int8)  # vnni.pack(data) where an IR tile runs
+    tile_kind: int = 0  # the tile ``vnni`` is laid out for (vnni.layout_kind), 0: none
 
     def unpack(self) -> np.ndarray:
         """The int8 weight as it was given to ``pack_weight`` ((N, K), or (Cout, C/groups, kh, kw))."""
@@ -139,7 +140,7 @@ def pack_weight(w) -> PackedWeight:
     data[:, :k] = rows
     col_sums = rows.sum(axis=1, dtype=np.int64).astype(np.int32)
     if _vnni.tile() is not None:
-        return PackedWeight(data, n, k, col_sums, ks, _vnni.pack(data))
+        return PackedWeight(data, n, k, col_sums, ks, _vnni.pack(data), _vnni.layout_kind(data))
     return PackedWeight(data, n, k, col_sums, ks)
 
 
@@ -200,10 +201,11 @@ def epilogue(mode, packed, a_zp, bias_i32=None, mult=_NO_VEC_F32, out_zp=_F0, lo
     """The epilogue tuple ``ep`` of the kernels (every field typed the same in every call, so each
     kernel compiles once per output dtype); a_zp is in the kernels' uint8 space."""
     bias = np.zeros(packed.n, np.int32) if bias_i32 is None else bias_i32
-    tile = _vnni.tile_address()
+    layout = packed.tile_kind
+    tile = _vnni.tile_address(layout) if layout else 0
     use = tile != 0 and packed.vnni.shape[0] * _vnni.TILE_N >= packed.n
     return (mode, a_zp, packed.col_sums, bias, mult, out_zp, lo, hi, a_scale, w_scale, bias_f, bool(relu),
-            packed.vnni, tile if use else 0, _vnni.kind() if use else 0, _vnni.half_tile_address() if use else 0)
+            packed.vnni, tile if use else 0, layout if use else 0, _vnni.half_tile_address(layout) if use else 0)
 
 
 def zero_point_u8(dtype, a_zp, shape, op):
