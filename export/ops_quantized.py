@@ -234,10 +234,20 @@ def _quantized_max_pool2d(g, n):
 
 @lowers("quantized_conv2d_pool")
 def _quantized_conv2d_pool(g, n):
-    """The int8 convolution's own lowering, then MaxPool 2x2 / stride 2 on its uint8 codes."""
+    """The int8 convolution's own lowering, then MaxPool 2x2 / stride 2 on its uint8 codes (after ``requantize``'s
+    lowering of the input for a folded ``in_requant``)."""
     codes = g.fresh("qconv_codes")
     x, w = n.inputs[0], n.inputs[3]
+    attrs = dict(n.attrs)
+    fold = attrs.pop("in_requant", None)
+    if fold is not None:
+        s1, z1, s2, z2 = fold
+        req = g.fresh("requantized")
+        g.values[req] = type(g.values[x])(req, "uint8", g.shape(x))
+        g.lower("requantize", [x, g.const(np.float32(s1)), g.const(np.uint8(z1)), g.const(np.float32(s2)),
+                               g.const(np.uint8(z2))], [req], dtype="uint8")
+        x = req
     nb, _, h, wd = g.shape(n.outputs[0])
     g.values[codes] = type(g.values[x])(codes, "uint8", (nb, g.shape(w)[0], None, None))
-    g.lower("quantized_conv2d", n.inputs, [codes], **n.attrs)
+    g.lower("quantized_conv2d", [x] + list(n.inputs[1:]), [codes], **attrs)
     g.op("MaxPool", [codes], n.outputs, kernel_shape=[2, 2], strides=[2, 2])

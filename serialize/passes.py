@@ -71,6 +71,9 @@ def optimize(graph: Graph, device: str = "cpu") -> Graph:
     fold_quantization(g)
     if device == "cpu":
         from .chains import fuse_dynamic_chains, fuse_linear_chains
+        from .qpasses import fold_requantize_into_convs
+
+        fold_requantize_into_convs(g)
 
         fuse_dynamic_chains(g)
         fuse_linear_chains(g)

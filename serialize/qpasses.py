@@ -11,6 +11,10 @@ repeated until neither applies:
   with the same kernels), or nothing at all when that table is the identity;
 - fuse: ``quantized_conv2d -> quantized_max_pool2d`` (2x2, stride 2) becomes ``quantized_conv2d_pool``.
 
+On CPU, ``fold_requantize_into_convs`` then gives a ``requantize`` read only by a ``quantized_conv2d_pool`` to that
+conv (its ``in_requant`` attribute): one node fewer, and the integer Winograd path looks the table up while it lays
+its input out.
+
 Only per-tensor dequantize with constant qparams, whose float output has no other reader, is moved.
 """
 from __future__ import annotations
@@ -97,6 +101,28 @@ def _fold(g, n, users, prod):
     g.nodes.remove(d)
     del g.values[d.outputs[0]]
     return 1
+
+
+def fold_requantize_into_convs(g: Graph) -> int:
+    """``requantize`` (uint8 codes in and out, constant per-tensor qparams) -> ``quantized_conv2d_pool`` as the one
+    reader becomes the conv with ``in_requant`` = (s1, z1, s2, z2); returns how many (CPU kernels only)."""
+    users, prod, made = _users(g), _producers(g), 0
+    for n in list(g.nodes):
+        r = prod.get(n.inputs[0]) if n.op == "quantized_conv2d_pool" and n.inputs else None
+        if r is None or r.op != "requantize" or r.attrs.get("dtype", "uint8") != "uint8" or n.attrs.get("in_requant"):
+            continue
+        out, c = r.outputs[0], g.constants
+        if len(users.get(out, ())) != 1 or out in g.outputs or np.dtype(g.values[r.inputs[0]].dtype) != np.uint8:
+            continue
+        if len(r.inputs) != 5 or not all(x in c and c[x].ndim == 0 for x in r.inputs[1:]):
+            continue
+        s1, z1, s2, z2 = (c[x] for x in r.inputs[1:])
+        n.attrs = {**n.attrs, "in_requant": (float(s1), int(z1), float(s2), int(z2))}
+        n.inputs = [r.inputs[0]] + list(n.inputs[1:])
+        g.nodes.remove(r)
+        del g.values[out]
+        made += 1
+    return made
 
 
 def _fuse_pool(g, pool, users, prod):

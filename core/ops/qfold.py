@@ -10,7 +10,9 @@ and both are exact:
   (scale > 0), so the max of the dequantized window is the dequantized max of the codes;
 - ``quantized_conv2d_pool`` is ``quantized_conv2d`` then a 2x2 / stride-2 ``quantized_max_pool2d``; a
   first layer (short reduction) pools its exact accumulators before the requantizing epilogue, which is
-  monotonic in them, so a quarter of the epilogue runs and the full-size codes are never written.
+  monotonic in them, so a quarter of the epilogue runs and the full-size codes are never written. On CPU its
+  optional attribute ``in_requant`` = (s1, z1, s2, z2) takes the ``requantize`` before it in too: its input codes
+  go through that table first (the integer Winograd path looks them up while laying the input out: no pass).
 
 They are never traced or saved (the passes run when a Program is built), but they have kernels,
 shape rules and ONNX lowerings like every registry op.
@@ -48,6 +50,12 @@ def requantize_table(q_dtype, s1, z1, s2, z2, dtype) -> np.ndarray:
         with _TABLES_LOCK:
             _TABLES[key] = table
     return table
+
+
+def fold_table(in_requant) -> np.ndarray:
+    """The uint8 -> uint8 table of a ``quantized_conv2d_pool``'s ``in_requant`` = (s1, z1, s2, z2)."""
+    s1, z1, s2, z2 = in_requant
+    return requantize_table(np.uint8, np.float32(s1), np.uint8(z1), np.float32(s2), np.uint8(z2), "uint8")
 
 
 def _check_codes(op, q):
@@ -146,7 +154,7 @@ def _qmax_pool_cpu(x, *, kernel_size, stride, padding, dilation, ceil_mode):
     return out
 
 
-def _qconv_pool_rule(x, *params, stride, padding, dilation, groups, relu=False):
+def _qconv_pool_rule(x, *params, stride, padding, dilation, groups, relu=False, in_requant=None):
     from .qlinear import _qc_rule
 
     n, c, h, w = _qc_rule(x, *params, stride=stride, padding=padding, dilation=dilation, groups=groups, relu=relu)
@@ -163,9 +171,12 @@ register_op("quantized_conv2d_pool", attrs={"stride": (1, 1), "padding": (0, 0),
 
 @kernel("quantized_conv2d_pool")
 def _qconv_pool_cpu(x, x_scale, x_zp, w, w_scale, y_scale, y_zp, bias=None, *, stride, padding, dilation, groups,
-                    relu=False):
+                    relu=False, in_requant=None):
     from . import qlinear as ql
 
+    if in_requant is not None:
+        _check_codes("quantized_conv2d_pool", x)
+        x = _lookup(x, fold_table(in_requant)) if x.dtype == np.uint8 else x  # (int8: the conv's own error)
     return ql._qc_cpu(x, x_scale, x_zp, w, w_scale, y_scale, y_zp, bias, stride=stride, padding=padding,
                       dilation=dilation, groups=groups, relu=relu, pool=True)
 

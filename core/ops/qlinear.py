@@ -225,10 +225,26 @@ def qconv_apply(x, xz, w, pw, bias_i32, mult, yz, stride, padding, dilation, gro
 
 
 def qconv_prepare(op, inputs, attrs, pool):
-    """The prepared kernel of quantized_conv2d (pool False) and quantized_conv2d_pool."""
+    """The prepared kernel of quantized_conv2d (pool False) and quantized_conv2d_pool (with its ``in_requant``)."""
     fixed = _fixed_requant(op, inputs)
     if fixed is None:
         return None
+    in_requant = attrs.pop("in_requant", None)
+    if in_requant is not None:  # the input's table first: inside the Winograd layout pass, else one lookup
+        from .qfold import _check_codes, _lookup, fold_table
+
+        table = fold_table(in_requant)
+        inner = qconv_prepare(op, inputs, attrs, pool)
+        wino = getattr(inner, "wino", None)
+        if wino is not None:
+            folded = wino.with_table(table)
+            w, pad = inputs[3], attrs["padding"]
+            return lambda x: folded(x) if _qwino.fits(x, w, pad) else inner(_lookup(x, table))
+
+        def run(x):
+            _check_codes(op, x)
+            return inner(_lookup(x, table) if x.dtype == np.uint8 else x)  # (int8 codes: the kernel's error)
+        return run
     xz, w, pw, bias_i32, mult, yz = fixed
     geometry = tuple(attrs[k] for k in ("stride", "padding", "dilation", "groups"))
     relu = bool(attrs.get("relu", False))
@@ -238,8 +254,12 @@ def qconv_prepare(op, inputs, attrs, pool):
             _uint8_input(op, x), xz, w, pw, bias_i32, mult, yz, *geometry, relu, pool)
     if pool and _qwino.usable(w, *geometry, mult):  # 3x3 + pool on AVX2: exact integer Winograd
         wino = _qwino.PreparedPool(w, xz, bias_i32, mult, yz, max(0, yz) if relu else 0, 255, geometry[1])
-        return lambda x: wino(x) if _qwino.fits(x, w, geometry[1]) else qconv_apply(
-            _uint8_input(op, x), xz, w, pw, bias_i32, mult, yz, *geometry, relu, pool)
+
+        def run(x):
+            return wino(x) if _qwino.fits(x, w, geometry[1]) else qconv_apply(
+                _uint8_input(op, x), xz, w, pw, bias_i32, mult, yz, *geometry, relu, pool)
+        run.wino = wino  # (for in_requant: the same layer with the input table inside)
+        return run
     if tuple(geometry[0]) == (1, 1) and geometry[3] == 1 and w.shape[1] >= 4 and _qconv_tiled.tile() is not None:
         ep, dt = _ik.requant_epilogue(pw, xz, bias_i32, mult, yz, relu, "uint8", None, None, op)
         tiled = _qconv_tiled.PreparedQConv(w, xz, ep, geometry[1], geometry[2], pool)

@@ -175,3 +175,38 @@ def test_quantized_conv2d_pool_is_the_conv_then_pooling_of_its_codes(c_in, k, re
     # the QDQ lowering of an int8 conv is within one output step of ember's integer arithmetic
     check_export(lambda xx: apply("quantized_conv2d_pool", xx, *t, **attrs), [x], opset=21, batches=(1, 4),
                  atol=1, rtol=0)
+
+
+@pytest.mark.parametrize("c_in", [1, 16])  # the short-K float path (table then conv), integer Winograd (in its layout)
+def test_requantize_folded_into_a_conv_pool_is_the_table_then_the_conv(c_in):
+    """``in_requant`` (CPU runtime): the op's kernel, its prepared kernel and its ONNX lowering all compute
+    requantize(x, s1, z1, s2, z2) then the conv + pool."""
+    x = rng.integers(0, 256, (5, c_in, 14, 14)).astype(np.uint8)
+    w = rng.integers(-128, 128, (32, c_in, 3, 3)).astype(np.int8)
+    params = [*qparams(0.03, 100), w, (rng.random(32) * 0.01 + 1e-3).astype(np.float32), *qparams(0.07, 90),
+              (rng.standard_normal(32) * 50).astype(np.float32)]
+    fold = (0.021, 7, 0.03, 100)
+    attrs = dict(stride=(1, 1), padding=(1, 1), dilation=(1, 1), groups=1, relu=True)
+    codes = kernel("requantize")(x, *qparams(fold[0], fold[1]), *qparams(fold[2], fold[3]))
+    want = kernel("quantized_conv2d_pool")(codes, *params, **attrs)
+    op = get_op("quantized_conv2d_pool")
+    np.testing.assert_array_equal(op.kernels["cpu"](x, *params, **attrs, in_requant=fold), want)
+    run = op.prepared["cpu"]([None] + [np.asarray(p) for p in params], dict(attrs, in_requant=fold))
+    np.testing.assert_array_equal(run(x), want)
+    np.testing.assert_array_equal(run(x[:1]), want[:1])
+    t = [ember.from_numpy(np.asarray(p)) for p in params]
+    check_export(lambda xx: apply("quantized_conv2d_pool", xx, *t, **attrs, in_requant=fold), [x], opset=21,
+                 batches=(1, 4), atol=1, rtol=0)
+
+
+def test_the_cpu_runtime_folds_the_requantize_before_a_conv_pool():
+    prog = trace(_static_cnn(), ember.randn(2, 1, 12, 12), input_names=["x"], output_names=["y"])
+    cpu, cuda = optimize(prog.graph), optimize(prog.graph, device="cuda")
+    convs = [n for n in cpu.nodes if n.op == "quantized_conv2d_pool"]
+    assert convs[0].attrs.get("in_requant") is None and convs[1].attrs["in_requant"] is not None
+    assert convs[1].inputs[0] == convs[0].outputs[0]  # no requantize between them
+    assert all("in_requant" not in n.attrs for n in cuda.nodes)  # (a CPU kernel attribute)
+    raw, folded = Program(prog.graph, optimize=False), Program(cpu, optimize=False)
+    for b in (1, 3, 17):
+        x = rng.standard_normal((b, 1, 12, 12)).astype(np.float32)
+        np.testing.assert_array_equal(folded.run({"x": x})["y"], raw.run({"x": x})["y"])
