@@ -91,11 +91,39 @@ done:
 """
 
 
-def _avx2_ir(halves=2, name="tile2") -> str:
+def _avx2_ir(halves=2, name="tile2", u8s8=False) -> str:
     """tile2(a, lda, w, kp, out, ldo): as ``tile`` with int16 activation rows (lda in bytes) and the AVX2 layout;
     with ``halves`` = 1 only the block's first 16 columns (a layer's last block when no more are real). lda = 0
-    (one row, repeated) takes a one-row loop over all the columns at once (4 accumulators), not four equal rows."""
-    vt, wt = "<8 x i32>", "<16 x i16>"
+    (one row, repeated) takes a one-row loop over all the columns at once (4 accumulators), not four equal rows.
+
+    With ``u8s8`` the U8S8 tile (tile7): uint8 rows and the VNNI layout, for weights of 7 bits (|w| <= 64):
+    ``vpmaddubsw`` (32 uint8 x int8 products summed in pairs into int16: exact, at most 2 * 255 * 64 = 32640) then
+    ``vpmaddwd`` by ones (the pairs of pairs into int32) and ``vpaddd``: a column's four products in 3 instructions,
+    where the int16 tile needs 4 for two columns' worth (measured on Zen 3, one thread, 32 x 784 -> 512: ~96 G
+    multiply-adds/s against ~63)."""
+    vt, wt = "<8 x i32>", ("<32 x i8>" if u8s8 else "<16 x i16>")
+    # a step: 4 k of uint8 (a 32-byte weight row of 8 columns x 4) or 2 k of int16 (a 128-byte row of 32 x 2 int16)
+    bound, k_step, w_step, a_shift = ("%kp", 4, 32, 0) if u8s8 else ("%pairs", 1, 128, 2)
+    ones = "<" + ", ".join(["i16 1"] * 16) + ">"
+
+    def product(tag, a, w, acc_in, acc_out):
+        if not u8s8:
+            return [f"  %p{tag} = call {vt} @llvm.x86.avx2.pmadd.wd({wt} {a}, {wt} {w})", f"  {acc_out} = add {vt} {acc_in}, %p{tag}"]
+        return [f"  %s{tag} = call <16 x i16> @llvm.x86.avx2.pmadd.ub.sw({wt} {a}, {wt} {w})",
+                f"  %p{tag} = call {vt} @llvm.x86.avx2.pmadd.wd(<16 x i16> %s{tag}, <16 x i16> {ones})",
+                f"  {acc_out} = add {vt} {acc_in}, %p{tag}"]
+
+    def bcast(tag, row, k):
+        off = [f"  %ao{tag} = shl i64 {k}, {a_shift}"] if a_shift else [f"  %ao{tag} = add i64 {k}, 0"]
+        return off + [f"  %ap{tag} = getelementptr i8, i8* {row}, i64 %ao{tag}", f"  %aq{tag} = bitcast i8* %ap{tag} to i32*",
+                      f"  %as{tag} = load i32, i32* %aq{tag}, align 1", f"  %ai{tag} = insertelement {vt} undef, i32 %as{tag}, i32 0",
+                      f"  %ab{tag} = shufflevector {vt} %ai{tag}, {vt} undef, <8 x i32> zeroinitializer",
+                      f"  %av{tag} = bitcast {vt} %ab{tag} to {wt}"]
+
+    def wload(tag, base, off):
+        return [f"  %wp{tag} = getelementptr i8, i8* {base}, i64 {off}", f"  %wq{tag} = bitcast i8* %wp{tag} to {wt}*",
+                f"  %wv{tag} = load {wt}, {wt}* %wq{tag}, align 1"]
+
     lines = [f"define void @{name}(i8* %a0, i64 %lda, i8* %w, i64 %kp, i32* %out, i64 %ldo) {{", "entry:",
              "  %pairs = lshr i64 %kp, 1"]
     for r in range(1, 4):
@@ -104,16 +132,11 @@ def _avx2_ir(halves=2, name="tile2") -> str:
     nv = 2 * halves  # the one-row loop: every column's vector in one pass
     lines += ["row:", "  %rk = phi i64 [0, %entry], [%rkn, %row]"]
     lines += [f"  %rc{h} = phi {vt} [zeroinitializer, %entry], [%rn{h}, %row]" for h in range(nv)]
-    lines += ["  %rwo = mul i64 %rk, 128", "  %rwb = getelementptr i8, i8* %w, i64 %rwo", "  %rao = shl i64 %rk, 2",
-              "  %rap = getelementptr i8, i8* %a0, i64 %rao", "  %raq = bitcast i8* %rap to i32*",
-              "  %ras = load i32, i32* %raq, align 1", f"  %rai = insertelement {vt} undef, i32 %ras, i32 0",
-              f"  %rab = shufflevector {vt} %rai, {vt} undef, <8 x i32> zeroinitializer", f"  %rav = bitcast {vt} %rab to {wt}"]
+    lines += [f"  %rwo = mul i64 %rk, {w_step}", "  %rwb = getelementptr i8, i8* %w, i64 %rwo"] + bcast("r", "%a0", "%rk")
     for h in range(nv):
-        lines += [f"  %rwp{h} = getelementptr i8, i8* %rwb, i64 {32 * h}", f"  %rwq{h} = bitcast i8* %rwp{h} to {wt}*",
-                  f"  %rwv{h} = load {wt}, {wt}* %rwq{h}, align 1",
-                  f"  %rp{h} = call {vt} @llvm.x86.avx2.pmadd.wd({wt} %rav, {wt} %rwv{h})", f"  %rn{h} = add {vt} %rc{h}, %rp{h}"]
-    lines += ["  %rkn = add i64 %rk, 1", "  %rmore = icmp ult i64 %rkn, %pairs", "  br i1 %rmore, label %row, label %rowdone",
-              "rowdone:"]
+        lines += wload(f"r{h}", "%rwb", 32 * h) + product(f"r{h}", "%avr", f"%wvr{h}", f"%rc{h}", f"%rn{h}")
+    lines += [f"  %rkn = add i64 %rk, {k_step}", f"  %rmore = icmp ult i64 %rkn, {bound}",
+              "  br i1 %rmore, label %row, label %rowdone", "rowdone:"]
     for h in range(nv):
         lines += [f"  %ro{h} = getelementptr i32, i32* %out, i64 {8 * h}", f"  %rq{h} = bitcast i32* %ro{h} to {vt}*",
                   f"  store {vt} %rn{h}, {vt}* %rq{h}, align 4"]
@@ -124,84 +147,14 @@ def _avx2_ir(halves=2, name="tile2") -> str:
         lines += [f"loop{half}:", f"  %k{half} = phi i64 [0, %{start}], [%k{half}n, %loop{half}]"]
         lines += [f"  %c{half}{r}{h} = phi {vt} [zeroinitializer, %{start}], [%n{half}{r}{h}, %loop{half}]"
                   for r, h in acc]
-        lines += [f"  %wo{half} = mul i64 %k{half}, 128", f"  %wb{half} = getelementptr i8, i8* %w, i64 %wo{half}"]
+        lines += [f"  %wo{half} = mul i64 %k{half}, {w_step}", f"  %wb{half} = getelementptr i8, i8* %w, i64 %wo{half}"]
         for h in range(2):
-            lines += [f"  %wp{half}{h} = getelementptr i8, i8* %wb{half}, i64 {64 * half + 32 * h}",
-                      f"  %wq{half}{h} = bitcast i8* %wp{half}{h} to {wt}*",
-                      f"  %wv{half}{h} = load {wt}, {wt}* %wq{half}{h}, align 1"]
-        lines.append(f"  %ao{half} = shl i64 %k{half}, 2")
-        for r in range(4):
-            lines += [f"  %ap{half}{r} = getelementptr i8, i8* %a{r}, i64 %ao{half}",
-                      f"  %aq{half}{r} = bitcast i8* %ap{half}{r} to i32*",
-                      f"  %as{half}{r} = load i32, i32* %aq{half}{r}, align 1",
-                      f"  %ai{half}{r} = insertelement {vt} undef, i32 %as{half}{r}, i32 0",
-                      f"  %ab{half}{r} = shufflevector {vt} %ai{half}{r}, {vt} undef, <8 x i32> zeroinitializer",
-                      f"  %av{half}{r} = bitcast {vt} %ab{half}{r} to {wt}"]
-            for h in range(2):
-                lines += [f"  %p{half}{r}{h} = call {vt} @llvm.x86.avx2.pmadd.wd({wt} %av{half}{r}, {wt} %wv{half}{h})",
-                          f"  %n{half}{r}{h} = add {vt} %c{half}{r}{h}, %p{half}{r}{h}"]
-        lines += [f"  %k{half}n = add i64 %k{half}, 1", f"  %more{half} = icmp ult i64 %k{half}n, %pairs",
-                  f"  br i1 %more{half}, label %loop{half}, label %done{half}", f"done{half}:"]
-        for r, h in acc:
-            lines += [f"  %oo{half}{r}{h} = mul i64 %ldo, {r}", f"  %oh{half}{r}{h} = add i64 %oo{half}{r}{h}, "
-                      f"{16 * half + 8 * h}", f"  %op{half}{r}{h} = getelementptr i32, i32* %out, i64 %oh{half}{r}{h}",
-                      f"  %oq{half}{r}{h} = bitcast i32* %op{half}{r}{h} to {vt}*",
-                      f"  store {vt} %n{half}{r}{h}, {vt}* %oq{half}{r}{h}, align 4"]
-        lines.append(f"  br label %{'loop1' if half + 1 < halves else 'fin'}")
-    lines += ["fin:", "  ret void", "}"]
-    return "\n".join(lines)
-
-
-def _u8s8_ir(halves=2, name="tile7") -> str:
-    """tile7(a, lda, w, kp, out, ldo): ``tile`` (uint8 rows, the VNNI layout: per 4 k, 32 columns x 4 bytes) on AVX2
-    for weights of 7 bits (|w| <= 64): ``vpmaddubsw`` (32 uint8 x int8 products summed in pairs into int16: exact, at
-    most 2 * 255 * 64 = 32640) then ``vpmaddwd`` by ones (the pairs of pairs into int32) and ``vpaddd``: a column's
-    four products in 3 instructions, where the int16 tile needs 4 for two columns' worth (measured on Zen 3, one
-    thread, 32 x 784 -> 512: ~96 G multiply-adds/s against ~63). Two passes of 16 columns (8 accumulators each);
-    with ``halves`` = 1 the first 16 only; lda = 0 takes a one-row loop over all the columns."""
-    vt, bt, st = "<8 x i32>", "<32 x i8>", "<16 x i16>"
-    ones = "<" + ", ".join(["i16 1"] * 16) + ">"
-    lines = [f"define void @{name}(i8* %a0, i64 %lda, i8* %w, i64 %kp, i32* %out, i64 %ldo) {{", "entry:"]
-    lines += [f"  %a{r} = getelementptr i8, i8* %a{r - 1}, i64 %lda" for r in range(1, 4)]
-    lines += ["  %one = icmp eq i64 %lda, 0", "  br i1 %one, label %row, label %loop0"]
-
-    def step(tag, a_name, wb, h, off, acc_in, acc_out):
-        return [f"  %wp{tag} = getelementptr i8, i8* {wb}, i64 {off}", f"  %wq{tag} = bitcast i8* %wp{tag} to {bt}*",
-                f"  %wv{tag} = load {bt}, {bt}* %wq{tag}, align 1",
-                f"  %s{tag} = call {st} @llvm.x86.avx2.pmadd.ub.sw({bt} {a_name}, {bt} %wv{tag})",
-                f"  %p{tag} = call {vt} @llvm.x86.avx2.pmadd.wd({st} %s{tag}, {st} {ones})",
-                f"  {acc_out} = add {vt} {acc_in}, %p{tag}"]
-
-    def bcast(tag, ptr, k):
-        return [f"  %ap{tag} = getelementptr i8, i8* {ptr}, i64 {k}", f"  %aq{tag} = bitcast i8* %ap{tag} to i32*",
-                f"  %as{tag} = load i32, i32* %aq{tag}, align 1", f"  %ai{tag} = insertelement {vt} undef, i32 %as{tag}, i32 0",
-                f"  %ab{tag} = shufflevector {vt} %ai{tag}, {vt} undef, <8 x i32> zeroinitializer",
-                f"  %av{tag} = bitcast {vt} %ab{tag} to {bt}"]
-    nv = 2 * halves  # the one-row loop: every column's vector in one pass
-    lines += ["row:", "  %rk = phi i64 [0, %entry], [%rkn, %row]"]
-    lines += [f"  %rc{h} = phi {vt} [zeroinitializer, %entry], [%rn{h}, %row]" for h in range(nv)]
-    lines += ["  %rwo = mul i64 %rk, 32", "  %rwb = getelementptr i8, i8* %w, i64 %rwo"] + bcast("r", "%a0", "%rk")
-    for h in range(nv):
-        lines += step(f"r{h}", "%avr", "%rwb", h, 32 * h, f"%rc{h}", f"%rn{h}")
-    lines += ["  %rkn = add i64 %rk, 4", "  %rmore = icmp ult i64 %rkn, %kp", "  br i1 %rmore, label %row, label %rowdone",
-              "rowdone:"]
-    for h in range(nv):
-        lines += [f"  %ro{h} = getelementptr i32, i32* %out, i64 {8 * h}", f"  %rq{h} = bitcast i32* %ro{h} to {vt}*",
-                  f"  store {vt} %rn{h}, {vt}* %rq{h}, align 4"]
-    lines.append("  br label %fin")
-    for half in range(halves):
-        start = "entry" if half == 0 else "done0"
-        acc = [(r, h) for r in range(4) for h in range(2)]
-        lines += [f"loop{half}:", f"  %k{half} = phi i64 [0, %{start}], [%k{half}n, %loop{half}]"]
-        lines += [f"  %c{half}{r}{h} = phi {vt} [zeroinitializer, %{start}], [%n{half}{r}{h}, %loop{half}]"
-                  for r, h in acc]
-        lines += [f"  %wo{half} = mul i64 %k{half}, 32", f"  %wb{half} = getelementptr i8, i8* %w, i64 %wo{half}"]
+            lines += wload(f"{half}{h}", f"%wb{half}", 64 * half + 32 * h)
         for r in range(4):
             lines += bcast(f"{half}{r}", f"%a{r}", f"%k{half}")
             for h in range(2):
-                lines += step(f"{half}{r}{h}", f"%av{half}{r}", f"%wb{half}", h, 64 * half + 32 * h, f"%c{half}{r}{h}",
-                              f"%n{half}{r}{h}")
-        lines += [f"  %k{half}n = add i64 %k{half}, 4", f"  %more{half} = icmp ult i64 %k{half}n, %kp",
+                lines += product(f"{half}{r}{h}", f"%av{half}{r}", f"%wv{half}{h}", f"%c{half}{r}{h}", f"%n{half}{r}{h}")
+        lines += [f"  %k{half}n = add i64 %k{half}, {k_step}", f"  %more{half} = icmp ult i64 %k{half}n, {bound}",
                   f"  br i1 %more{half}, label %loop{half}, label %done{half}", f"done{half}:"]
         for r, h in acc:
             lines += [f"  %oo{half}{r}{h} = mul i64 %ldo, {r}", f"  %oh{half}{r}{h} = add i64 %oo{half}{r}{h}, "
@@ -241,7 +194,7 @@ def _compile():
         kind = AVX2
     avx2 = ("declare <8 x i32> @llvm.x86.avx2.pmadd.wd(<16 x i16>, <16 x i16>)\n"
             "declare <16 x i16> @llvm.x86.avx2.pmadd.ub.sw(<32 x i8>, <32 x i8>)\n"
-            + "\n".join([_avx2_ir(), _avx2_ir(1, "tile2h"), _u8s8_ir(), _u8s8_ir(1, "tile7h")]))
+            + "\n".join([_avx2_ir(), _avx2_ir(1, "tile2h"), _avx2_ir(2, "tile7", True), _avx2_ir(1, "tile7h", True)]))
     mod = llvm.parse_assembly({VNNI: _IR, AVX2: avx2}.get(kind, "") + _NOOP_IR)
     mod.verify()
     tm = llvm.Target.from_default_triple().create_target_machine(cpu=llvm.get_host_cpu_name(),
