@@ -8,9 +8,12 @@ torch's weights, ``ember.quantize.quantize_dynamic`` (int8 weights per output ch
 activations quantized per call), saved and loaded with ``ember.serialize.load``; fp32 the same without
 quantization. ONNX Runtime: the fp32 ONNX file torch exports, and that file after
 ``onnxruntime.quantization.quantize_dynamic(weight_type=QInt8)`` (with ``reduce_range``, 7-bit weights, on CPUs
-without VNNI, as its docs advise); ember's 7-bit row is ``per_channel_7bit_dynamic_qconfig``, the same. Each side in its own process, 2
-threads, alternating for several rounds; each checks its output against torch fp32 first (int8 sides
-within 5% of the output range). The static cnn: ``fuse_modules`` (conv+relu), the x86 qconfig
+without VNNI, as its docs advise); ember's 7-bit row is ``per_channel_7bit_dynamic_qconfig``, the same. 2 threads,
+several rounds; in each, the ember sides run in one process, timed in turn in blocks of 25 (B=1) or 5 (B=64) calls
+(int8 against fp32 within the same tens of milliseconds: this VM's speed drifts more than that between processes
+seconds apart), then each ONNX
+Runtime side in its own process. Each side checks its output against torch fp32 first (int8 sides within 8% of the
+output range). The static cnn: ``fuse_modules`` (conv+relu), the x86 qconfig
 (histogram activations, per-channel weights), calibrated on 4 batches of 64 random images.
 """
 from __future__ import annotations
@@ -31,6 +34,7 @@ from bench_infer import _median_us, _set_threads  # noqa: E402
 
 BATCHES = (1, 64)
 SIDES = ("ember-fp32", "ember-int8", "ember-int8-7bit", "ort-fp32", "ort-int8", "ember-cnn-fp32", "ember-cnn-int8")
+EMBER_SIDES = tuple(s for s in SIDES if s.startswith("ember"))
 
 
 def _ember_side(tm, tmp, int8, name="mlp", w7=False):
@@ -86,34 +90,74 @@ def _ort_side(tm, tmp, threads, int8):
     return (lambda x: sess.run(None, {"x": x})), (lambda a: a), os.path.getsize(path)
 
 
-def worker(side, repeats, warmup, threads):
+def _checked_input(side, fn, wrap, tm, name, b, seed):
+    """The batch-b input of ``side`` after checking its output against torch fp32 (int8: within 8% of the range)."""
     import numpy as np
     import torch
-    from workloads import input_shape, torch_model
+    from workloads import input_shape
 
-    name = "cnn" if "cnn" in side else "mlp"
+    a = np.random.default_rng(seed).standard_normal(input_shape(name, b)).astype(np.float32)
+    x = wrap(a)
+    out = fn(x)
+    out = out[0] if isinstance(out, list) else out
+    got = out.numpy() if hasattr(out, "numpy") else np.asarray(out)
+    with torch.no_grad():
+        want = tm(torch.from_numpy(a)).numpy()
+    tol = 0.08 * (want.max() - want.min()) if "int8" in side else 1e-4
+    if got.shape != want.shape or np.abs(got - want).max() > tol:
+        raise AssertionError(f"{side}: output differs from torch fp32 by {np.abs(got - want).max()}")
+    return x
+
+
+def worker(side, repeats, warmup, threads):
+    """One ONNX Runtime side in this process: {"bytes": file size, "1": median us, "64": ...}."""
+    import torch
+    from workloads import torch_model
+
     torch.set_num_threads(threads)
     torch.manual_seed(0)
-    tm = torch_model(name).eval()
+    tm = torch_model("mlp").eval()
     with tempfile.TemporaryDirectory() as tmp:
-        if side.startswith("ember"):
-            fn, wrap, size = _ember_side(tm, tmp, "int8" in side, name, side.endswith("7bit"))
-        else:
-            fn, wrap, size = _ort_side(tm, tmp, threads, side.endswith("int8"))
-        rng = np.random.default_rng(0)
+        fn, wrap, size = _ort_side(tm, tmp, threads, side.endswith("int8"))
         res = {"bytes": size}
-        for b in BATCHES:
-            a = rng.standard_normal(input_shape(name, b)).astype(np.float32)
-            x = wrap(a)
-            out = fn(x)
-            out = out[0] if isinstance(out, list) else out
-            got = out.numpy() if hasattr(out, "numpy") else np.asarray(out)
-            with torch.no_grad():
-                want = tm(torch.from_numpy(a)).numpy()
-            tol = 0.08 * (want.max() - want.min()) if "int8" in side else 1e-4
-            if got.shape != want.shape or np.abs(got - want).max() > tol:
-                raise AssertionError(f"{side}: output differs from torch fp32 by {np.abs(got - want).max()}")
+        for i, b in enumerate(BATCHES):
+            x = _checked_input(side, fn, wrap, tm, "mlp", b, i)
             res[str(b)] = _median_us(fn, x, repeats if b == 1 else max(20, repeats // 5), warmup)
+    print(json.dumps(res))
+
+
+def ember_worker(repeats, warmup, threads):
+    """Every ember side in this one process, timed in turn in short blocks of calls (each block after one untimed
+    call: a side alternated call by call ran with cold caches, ~1.3x slower; this VM's speed drifts more between
+    processes seconds apart than int8 differs from fp32): {side: {"bytes": .., "1": us, "64": us}}."""
+    import torch
+    from workloads import torch_model
+
+    torch.set_num_threads(1)  # (torch only checks the outputs here: no OpenMP workers left spinning on our cores)
+    sides, res = {}, {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for side in EMBER_SIDES:
+            name = "cnn" if "cnn" in side else "mlp"
+            torch.manual_seed(0)
+            tm = torch_model(name).eval()
+            fn, wrap, size = _ember_side(tm, tmp, "int8" in side, name, side.endswith("7bit"))
+            sides[side] = (fn, [_checked_input(side, fn, wrap, tm, name, b, i) for i, b in enumerate(BATCHES)])
+            res[side] = {"bytes": size}
+    for i, b in enumerate(BATCHES):
+        n = repeats if b == 1 else max(20, repeats // 5)
+        for fn, xs in sides.values():
+            for _ in range(warmup):
+                fn(xs[i])
+        times, block = {side: [] for side in sides}, 25 if b == 1 else 5
+        for _ in range(-(-n // block)):  # (blocks of calls: each side's caches warm, the drift shared by all)
+            for side, (fn, xs) in sides.items():
+                fn(xs[i])
+                for _ in range(block):
+                    t0 = time.perf_counter()
+                    fn(xs[i])
+                    times[side].append(time.perf_counter() - t0)
+        for side in sides:
+            res[side][str(b)] = statistics.median(times[side]) * 1e6
     print(json.dumps(res))
 
 
@@ -132,9 +176,12 @@ def main():
     ap.add_argument("--warmup", type=int, default=20)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--worker", choices=SIDES, help=argparse.SUPPRESS)
+    ap.add_argument("--worker", choices=("ember",) + SIDES, help=argparse.SUPPRESS)
     args = ap.parse_args()
     _set_threads(args.threads)
+    if args.worker == "ember":
+        ember_worker(args.repeats, args.warmup, args.threads)
+        return
     if args.worker:
         worker(args.worker, args.repeats, args.warmup, args.threads)
         return
@@ -151,7 +198,9 @@ def main():
           f"rounds={args.rounds} x {args.repeats} calls (B=1)  cpu VNNI: {_cpu_has_vnni()}")
     runs = {s: [] for s in SIDES}
     for _ in range(args.rounds):
-        for side in SIDES:
+        for side, r in measure("ember", args).items():
+            runs[side].append(r)
+        for side in ("ort-fp32", "ort-int8"):
             runs[side].append(measure(side, args))
     print("| workload | B | ember fp32 us | ember int8 us | ORT fp32 us | ORT int8 us | ember int8 / ember fp32 "
           "| ember int8 / ORT int8 |")
