@@ -236,14 +236,13 @@ def qconv_prepare(op, inputs, attrs, pool):
         table = fold_table(in_requant)
         inner = qconv_prepare(op, inputs, attrs, pool)
         wino = getattr(inner, "wino", None)
-        if wino is not None:
-            folded = wino.with_table(table)
-            w, pad = inputs[3], attrs["padding"]
-            return lambda x: folded(x) if _qwino.fits(x, w, pad) else inner(_lookup(x, table))
+        folded, w, pad = (None if wino is None else wino.with_table(table)), inputs[3], attrs["padding"]
 
         def run(x):
             _check_codes(op, x)
-            return inner(_lookup(x, table) if x.dtype == np.uint8 else x)  # (int8 codes: the kernel's error)
+            if x.dtype != np.uint8:
+                return inner(x)  # (int8 codes: the kernel's own error)
+            return folded(x) if folded is not None and _qwino.fits(x, w, pad) else inner(_lookup(x, table))
         return run
     xz, w, pw, bias_i32, mult, yz = fixed
     geometry = tuple(attrs[k] for k in ("stride", "padding", "dilation", "groups"))
