@@ -16,7 +16,9 @@ in place and returns how many rewrites it made:
    ``conv2d_pool`` (the pooling happens as the conv result leaves its GEMM);
 6. ``fold_quantization`` (qpasses.py): a converted int8 model stays in uint8 between its int8 layers
    (dequantize moved past max pooling and reshape, dequantize -> quantize pairs become a table);
-7. ``fuse_dynamic_chains`` and ``fuse_linear_chains`` (chains.py, CPU only): dynamic_quantized_linear layers,
+7. ``fold_requantize_into_convs`` (qpasses.py, CPU only): a requantize read only by a quantized_conv2d_pool becomes
+   that conv's ``in_requant`` (its table looked up by the conv);
+   ``fuse_dynamic_chains`` and ``fuse_linear_chains`` (chains.py, CPU only): dynamic_quantized_linear layers,
    and float32 linear (+ relu) layers with constant weights, each feeding the next, become one
    ``dynamic_quantized_mlp`` / ``linear_mlp`` node (one native task for the whole chain);
 8. ``simplify_batch_reshapes`` (CPU only): a reshape to (batch, n1, ...) whose batch size is its input's own
