@@ -30,6 +30,8 @@ for i in range(len(GEMMS)):
 for i, stride in enumerate(STRIDES):
     res[f"conv{i}"] = qconv2d(inp["x"], 7, K.pack_weight(inp["wc"]), stride, 1, 1, 1, inp["bias"], inp["mult"], 3,
                               False, weight=inp["wc"])
+res["conv7"] = qconv2d(inp["x"], 7, K.pack_weight(inp["wc7"]), STRIDES[0], 1, 1, 1, inp["bias"], inp["mult"], 3,
+                       False, weight=inp["wc7"])  # (the im2row GEMM with 7-bit weights)
 np.savez(sys.argv[2], **res)
 """
 
@@ -46,6 +48,7 @@ def test_tile_kind_matches_the_numpy_references(kind, tmp_path):
         inp.update({f"a{i}": a, f"w{i}": w, f"w7_{i}": w7, f"zp{i}": np.int64(rng.integers(0, 256))})
     inp.update(x=rng.integers(0, 256, (2, 5, 9, 8)).astype(np.uint8),  # 5 channels: a quad and a padded one
                wc=rng.integers(-128, 128, (40, 5, 3, 3)).astype(np.int8),  # 40 outputs: 8-channel blocks, a tail
+               wc7=rng.integers(-64, 65, (40, 5, 3, 3)).astype(np.int8),
                bias=rng.integers(-4000, 4000, 40).astype(np.int32), mult=rng.uniform(2e-4, 3e-3, 40).astype(np.float32))
     np.savez(tmp_path / "in.npz", **inp)
     script = tmp_path / "run.py"
@@ -71,3 +74,6 @@ def test_tile_kind_matches_the_numpy_references(kind, tmp_path):
         acc = ref_conv_acc(inp["x"], 7, inp["wc"], stride, (1, 1), (1, 1), 1)
         want = ref_requant(acc.transpose(0, 2, 3, 1), inp["bias"], inp["mult"], 3, False, np.uint8).transpose(0, 3, 1, 2)
         np.testing.assert_array_equal(out[f"conv{i}"], want, err_msg=f"conv, stride {stride}")
+    acc = ref_conv_acc(inp["x"], 7, inp["wc7"], CONV_STRIDES[0], (1, 1), (1, 1), 1)
+    want = ref_requant(acc.transpose(0, 2, 3, 1), inp["bias"], inp["mult"], 3, False, np.uint8).transpose(0, 3, 1, 2)
+    np.testing.assert_array_equal(out["conv7"], want, err_msg="conv, 7-bit weights")
