@@ -126,7 +126,7 @@ def worker(side, repeats, warmup, threads):
     print(json.dumps(res))
 
 
-def ember_worker(repeats, warmup, threads):
+def ember_worker(repeats, warmup):
     """Every ember side in this one process, timed in turn in short blocks of calls (each block after one untimed
     call: a side alternated call by call ran with cold caches, ~1.3x slower; this VM's speed drifts more between
     processes seconds apart than int8 differs from fp32): {side: {"bytes": .., "1": us, "64": us}}."""
@@ -180,7 +180,7 @@ def main():
     args = ap.parse_args()
     _set_threads(args.threads)
     if args.worker == "ember":
-        ember_worker(args.repeats, args.warmup, args.threads)
+        ember_worker(args.repeats, args.warmup)  # (threads: set in the environment by _set_threads)
         return
     if args.worker:
         worker(args.worker, args.repeats, args.warmup, args.threads)

@@ -140,7 +140,8 @@ def pack_weight(w) -> PackedWeight:
     data[:, :k] = rows
     col_sums = rows.sum(axis=1, dtype=np.int64).astype(np.int32)
     if _vnni.tile() is not None:
-        return PackedWeight(data, n, k, col_sums, ks, _vnni.pack(data), _vnni.layout_kind(data))
+        layout = _vnni.layout_kind(data)  # (once: the layout, and the tile it selects)
+        return PackedWeight(data, n, k, col_sums, ks, _vnni.pack(data, layout), layout)
     return PackedWeight(data, n, k, col_sums, ks)
 
 

@@ -254,14 +254,14 @@ def layout_kind(data: np.ndarray) -> int:
     return k
 
 
-def pack(data: np.ndarray) -> np.ndarray:
-    """(N, Kp) int8 rows (Kp a multiple of 4) -> the layout of the tile ``layout_kind(data)`` (see the module
-    docstring)."""
+def pack(data: np.ndarray, layout: int | None = None) -> np.ndarray:
+    """(N, Kp) int8 rows (Kp a multiple of 4) -> the layout of the tile ``layout`` (default ``layout_kind(data)``;
+    see the module docstring)."""
     n, kp = data.shape
     nb = -(-n // TILE_N)
     padded = np.zeros((nb * TILE_N, kp), np.int8)
     padded[:n] = data
-    if layout_kind(data) == AVX2:
+    if (layout_kind(data) if layout is None else layout) == AVX2:
         pairs = padded.astype(np.int16).reshape(nb, TILE_N, kp // 2, 2).transpose(0, 2, 1, 3)
         return np.ascontiguousarray(pairs).view(np.int8)
     return np.ascontiguousarray(padded.reshape(nb, TILE_N, kp // 4, 4).transpose(0, 2, 1, 3))
