@@ -113,23 +113,25 @@ refuses(["fake_quantize_backward"], "it computes a gradient (the straight-throug
 @lowers("dynamic_quantized_linear")
 def _dynamic_quantized_linear(g, n):
     """The kernel's steps as ONNX ops: uint8 qparams from the input's min/max (range widened to 0, scale at
-    least float32 eps), QuantizeLinear, MatMulInteger with the weight as uint8 codes around zero point 128 (see
-    ``_weight_u8``), ``float(acc) * (a_scale * w_scale)`` + bias (float32, one rounding per op, as the kernel's
-    epilogue)."""
+    least float32 eps), QuantizeLinear (with ``reduce_range``, codes 0 .. 127: Round, Add and a Clip at 127, as
+    QuantizeLinear saturates at 255 and ties at both ends can round to 128), MatMulInteger with the weight as uint8
+    codes around zero point 128 (see ``_weight_u8``), ``float(acc) * (a_scale * w_scale)`` + bias (float32, one
+    rounding per op, as the kernel's epilogue)."""
     x, w, w_scale = n.inputs[:3]
     bias = n.inputs[3] if len(n.inputs) > 3 else None
     f32 = np.float32
+    qmax = 127 if n.attrs.get("reduce_range", False) else 255
     zero = g.scalar(0, f32)
     lo = g.op("Min", [g.reduce("ReduceMin", x, None, False), zero])
     hi = g.op("Max", [g.reduce("ReduceMax", x, None, False), zero])
-    scale = g.op("Max", [g.op("Div", [g.op("Sub", [hi, lo]), g.scalar(255, f32)]),
+    scale = g.op("Max", [g.op("Div", [g.op("Sub", [hi, lo]), g.scalar(qmax, f32)]),
                          g.scalar(np.finfo(f32).eps, f32)])
-    zpf = g.op("Clip", [g.op("Neg", [g.op("Round", [g.op("Div", [lo, scale])])]), zero, g.scalar(255, f32)])
+    zpf = g.op("Clip", [g.op("Neg", [g.op("Round", [g.op("Div", [lo, scale])])]), zero, g.scalar(qmax, f32)])
     zp = g.op("Cast", [zpf], to=onnx_dtype(np.uint8))
-    if g.opset <= ORT_QDQ_MAX_OPSET:
+    if g.opset <= ORT_QDQ_MAX_OPSET and qmax == 255:
         xq = g.op("QuantizeLinear", [x, scale, zp])
     else:
-        codes = g.op("Clip", [g.op("Add", [g.op("Round", [g.op("Div", [x, scale])]), zpf]), zero, g.scalar(255, f32)])
+        codes = g.op("Clip", [g.op("Add", [g.op("Round", [g.op("Div", [x, scale])]), zpf]), zero, g.scalar(qmax, f32)])
         xq = g.op("Cast", [codes], to=onnx_dtype(np.uint8))
     acc = g.op("MatMulInteger", [xq, _weight_u8(g, w, transpose=True), zp, g.scalar(128, np.uint8)])
     y = g.op("Mul", [g.op("Cast", [acc], to=onnx_dtype(f32)), g.op("Mul", [scale, w_scale])])
@@ -170,7 +172,8 @@ def _dynamic_quantized_mlp(g, n):
         w, w_scale, bias = params[3 * i:3 * i + 3]
         last = i == len(relus) - 1
         out = n.outputs if last else [_declare_float(g, g.fresh("chain"), lead + (g.shape(w)[0],))]
-        g.lower("dynamic_quantized_linear", [x, w, w_scale, bias], out, relu=bool(relu))
+        g.lower("dynamic_quantized_linear", [x, w, w_scale, bias], out, relu=bool(relu),
+                reduce_range=bool(n.attrs.get("reduce_range", False)))
         x = out[0]
 
 

@@ -3,7 +3,8 @@ node whose kernel runs the whole chain in one native task (backends/cpu/int8_cha
 threads split each layer's work once for the chain and meet at a barrier between layers, instead of a Python
 call, a kernel dispatch and a thread hand-off per layer.
 
-- ``fuse_dynamic_chains``: ``dynamic_quantized_linear`` layers (with biases) -> ``dynamic_quantized_mlp``;
+- ``fuse_dynamic_chains``: ``dynamic_quantized_linear`` layers (with biases and one ``reduce_range``) ->
+  ``dynamic_quantized_mlp``;
 - ``fuse_linear_chains``: float32 ``linear`` / ``linear_act(act="relu")`` layers with constant weights and
   biases -> ``linear_mlp``.
 
@@ -19,10 +20,14 @@ from .passes import _users
 MAX_CHAIN = 63  # the fused kernels' layer limit (int8_chain.MAX_LAYERS, f32_chain.MAX_LAYERS)
 
 
-def _fuse_chains(g: Graph, link, relu_of, params_of, op: str) -> int:
+def _fuse_chains(g: Graph, link, relu_of, params_of, op: str, shared=()) -> int:
     """Fuse every run of 2 .. MAX_CHAIN nodes for which ``link(node)`` holds, each node's output read only by the
-    next as its first input, into one ``op`` node with inputs (x, *params_of(node) per layer) and attribute
-    ``relus``; returns how many runs were fused."""
+    next as its first input and all with the same values of the attributes named in ``shared``, into one ``op``
+    node with inputs (x, *params_of(node) per layer) and attributes ``relus`` and ``shared``; returns how many runs
+    were fused."""
+    def key(n):
+        return tuple(n.attrs.get(a, get_op(n.op).attrs[a]) for a in shared)
+
     users = _users(g)
 
     def next_of(n):
@@ -31,7 +36,7 @@ def _fuse_chains(g: Graph, link, relu_of, params_of, op: str) -> int:
         if out in g.outputs or len(nxt) != 1 or nxt[0] is None:
             return None
         m = nxt[0]
-        if not link(m) or m.inputs[0] != out or out in m.inputs[1:]:
+        if not link(m) or m.inputs[0] != out or out in m.inputs[1:] or key(m) != key(n):
             return None
         return m
 
@@ -52,7 +57,7 @@ def _fuse_chains(g: Graph, link, relu_of, params_of, op: str) -> int:
         params = [name for m in chain for name in params_of(m)]
         for m in chain[:-1]:
             del g.values[m.outputs[0]]
-        n.op, n.inputs, n.attrs = op, [n.inputs[0]] + params, {"relus": relus}
+        n.op, n.inputs, n.attrs = op, [n.inputs[0]] + params, {"relus": relus, **dict(zip(shared, key(n)))}
         n.outputs, n.version = list(chain[-1].outputs), get_op(op).version
         drop.update(id(m) for m in chain[1:])
         fused += 1
@@ -63,7 +68,8 @@ def _fuse_chains(g: Graph, link, relu_of, params_of, op: str) -> int:
 def fuse_dynamic_chains(g: Graph) -> int:
     """``dynamic_quantized_linear`` chains (with biases) -> ``dynamic_quantized_mlp``; returns how many."""
     return _fuse_chains(g, lambda n: n.op == "dynamic_quantized_linear" and len(n.inputs) == 4,
-                        lambda n: bool(n.attrs.get("relu", False)), lambda n: n.inputs[1:], "dynamic_quantized_mlp")
+                        lambda n: bool(n.attrs.get("relu", False)), lambda n: n.inputs[1:], "dynamic_quantized_mlp",
+                        shared=("reduce_range",))
 
 
 def fuse_linear_chains(g: Graph) -> int:

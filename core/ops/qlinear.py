@@ -23,14 +23,18 @@ from .registry import kernel, prepared_kernel, register_op
 from .util import float32_input
 
 _PACKED: dict = {}  # id(weight array) -> (weakref to it, PackedWeight)
+_PACKED7: dict = {}  # the same for weights that meet 7-bit activations (dynamic layers with reduce_range)
 
 
-def packed(w: np.ndarray) -> _ik.PackedWeight:
-    """The kernels' layout of int8 weight ``w``, packed once per array."""
+def packed(w: np.ndarray, reduce_range: bool = False) -> _ik.PackedWeight:
+    """The kernels' layout of int8 weight ``w``, packed once per array (for activation codes up to 127 with
+    ``reduce_range``: on AVX2 hosts the faster U8S8 tile)."""
+    if reduce_range:
+        return _ik.cached_per_array(_PACKED7, w, lambda a: _ik.pack_weight(a, act_max=127))
     return _ik.cached_per_array(_PACKED, w, _ik.pack_weight)
 
 
-def _dql_rule(x, w, w_scale, bias=None, *, relu=False):
+def _dql_rule(x, w, w_scale, bias=None, *, relu=False, reduce_range=False):
     if len(w) != 2:
         raise RuntimeError(f"dynamic_quantized_linear: weight must be 2-D (out_features, in_features), got shape "
                            f"{tuple(w)}")
@@ -45,21 +49,23 @@ def _dql_rule(x, w, w_scale, bias=None, *, relu=False):
     return tuple(x[:-1]) + (w[0],)
 
 
-register_op("dynamic_quantized_linear", attrs={"relu": False}, shape=_dql_rule,
+register_op("dynamic_quantized_linear", attrs={"relu": False, "reduce_range": False}, shape=_dql_rule,
             doc="float32 x @ dequantized(int8 weight)^T + bias, with x quantized to uint8 per call from its own "
-                "min/max (torch's dynamic quantization); inputs (x, weight int8, w_scale, [bias])")
+                "min/max (torch's dynamic quantization; codes 0..127 with reduce_range, as torch's x86 backend); "
+                "inputs (x, weight int8, w_scale, [bias])")
 
 
 @kernel("dynamic_quantized_linear")
-def _dql_cpu(x, w, w_scale, bias=None, *, relu=False):
+def _dql_cpu(x, w, w_scale, bias=None, *, relu=False, reduce_range=False):
     if w.dtype != np.int8:
         raise TypeError(f"dynamic_quantized_linear: weight must be int8 (symmetric), got {w.dtype}")
     if x.dtype != np.float32:
         raise TypeError(f"dynamic_quantized_linear: input must be float32, got {x.dtype}")
-    return _ik.qlinear_dynamic(x, packed(w), w_scale, bias, relu=bool(relu))
+    rr = bool(reduce_range)
+    return _ik.qlinear_dynamic(x, packed(w, rr), w_scale, bias, relu=bool(relu), reduce_range=rr)
 
 
-def _dqmlp_rule(x, *params, relus=()):
+def _dqmlp_rule(x, *params, relus=(), reduce_range=False):
     if not params or len(params) % 3 or len(relus) != len(params) // 3:
         raise RuntimeError(f"dynamic_quantized_mlp: inputs are x then (weight, w_scale, bias) per layer with one "
                            f"relus entry each; got {len(params)} parameter inputs and relus={tuple(relus)}")
@@ -68,24 +74,24 @@ def _dqmlp_rule(x, *params, relus=()):
     return x
 
 
-register_op("dynamic_quantized_mlp", attrs={"relus": ()}, shape=_dqmlp_rule,
+register_op("dynamic_quantized_mlp", attrs={"relus": (), "reduce_range": False}, shape=_dqmlp_rule,
             doc="a chain of dynamic_quantized_linear layers, each feeding the next, in one kernel call (made by the "
                 "runtime's load-time passes on CPU, never saved); inputs (x, then weight, w_scale, bias per layer)")
 
 
-def _dqmlp_layers(params, relus):
+def _dqmlp_layers(params, relus, reduce_range):
     layers = []
     for i, relu in enumerate(relus):
         w, w_scale, bias = params[3 * i:3 * i + 3]
         if w.dtype != np.int8:
             raise TypeError(f"dynamic_quantized_mlp: weight {i} must be int8 (symmetric), got {w.dtype}")
-        layers.append((packed(w), w_scale, bias, bool(relu)))
-    return _chain.plan(layers)
+        layers.append((packed(w, bool(reduce_range)), w_scale, bias, bool(relu)))
+    return _chain.plan(layers, bool(reduce_range))
 
 
 @kernel("dynamic_quantized_mlp")
-def _dqmlp_cpu(x, *params, relus=()):
-    plan = _dqmlp_layers(params, relus)
+def _dqmlp_cpu(x, *params, relus=(), reduce_range=False):
+    plan = _dqmlp_layers(params, relus, reduce_range)
     return _chain.run(float32_input("dynamic_quantized_mlp", x), plan)
 
 
@@ -94,7 +100,7 @@ def _dqmlp_prepare(inputs, attrs):
     x, *params = inputs
     if x is not None or any(p is None for p in params):
         return None
-    plan = _dqmlp_layers(params, attrs.get("relus", ()))  # held here: no lookup per call
+    plan = _dqmlp_layers(params, attrs.get("relus", ()), attrs.get("reduce_range", False))  # (no lookup per call)
     return lambda x: _chain.run(float32_input("dynamic_quantized_mlp", x), plan)
 
 

@@ -26,14 +26,15 @@ def _layers(dims, seed=0, bias=True, relus=None):
     return out
 
 
-def _one_by_one(x, layers):
+def _one_by_one(x, layers, reduce_range=False):
     for w, s, b, relu in layers:
-        x = K.qlinear_dynamic(x, K.pack_weight(w), s, b, relu=relu)
+        x = K.qlinear_dynamic(x, K.pack_weight(w), s, b, relu=relu, reduce_range=reduce_range)
     return x
 
 
-def _chain(x, layers):
-    return C.dynamic_chain(x, [(K.pack_weight(w), s, b, relu) for w, s, b, relu in layers])
+def _chain(x, layers, reduce_range=False):
+    act_max = 127 if reduce_range else 255
+    return C.dynamic_chain(x, [(K.pack_weight(w, act_max), s, b, relu) for w, s, b, relu in layers], reduce_range)
 
 
 def _pools():
@@ -56,6 +57,23 @@ def test_chain_matches_the_reference_layer_by_layer(m):
     assert got.dtype == np.float32 and got.shape == (m, 10)
     np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-5)  # the reference's float32 products may round apart
     np.testing.assert_array_equal(got, _one_by_one(x, layers))
+
+
+@pytest.mark.parametrize("m", [1, 17, 64])
+def test_chain_with_seven_bit_activations(m):
+    """reduce_range (torch's x86 dynamic Linear): every layer's input quantized to 0 .. 127; the chain matches the
+    reference with those qparams and qlinear_dynamic layer by layer (with weights packed either way)."""
+    layers = _layers([96, 80, 48, 10], seed=5)
+    x = (np.random.default_rng(m).standard_normal((m, 96)) * 2).astype(np.float32)
+    ref = x
+    for w, s, b, relu in layers:
+        ref = ref_dynamic(ref, w, s, b, relu, reduce_range=True)
+    got = _chain(x, layers, reduce_range=True)
+    np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-5)
+    np.testing.assert_array_equal(got, _one_by_one(x, layers, reduce_range=True))
+    assert np.abs(got - _chain(x, layers)).max() > 0  # (the 8-bit chain is another computation)
+    with pytest.raises(ValueError, match=r"layer 0's weight was packed for activation codes up to 127"):
+        C.dynamic_chain(x, [(K.pack_weight(w, 127), s, b, relu) for w, s, b, relu in layers])
 
 
 @pytest.mark.parametrize("name", ["queue", "spinning", "sleeping", "serial"])

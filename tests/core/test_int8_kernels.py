@@ -46,18 +46,19 @@ def ref_requant(acc, bias, mult, out_zp, relu, dtype):
     return np.clip(np.rint(v) + np.float32(out_zp), lo, qmax).astype(dtype)
 
 
-def torch_qparams(x):
-    """torch's uint8 per-tensor qparams for x (MinMaxObserver, reduce_range=False)."""
-    obs = torch.ao.quantization.MinMaxObserver(dtype=torch.quint8, qscheme=torch.per_tensor_affine)
+def torch_qparams(x, reduce_range=False):
+    """torch's uint8 per-tensor qparams for x (MinMaxObserver; codes 0 .. 127 with reduce_range)."""
+    obs = torch.ao.quantization.MinMaxObserver(dtype=torch.quint8, qscheme=torch.per_tensor_affine, quant_min=0,
+                                               quant_max=127 if reduce_range else 255)
     obs(torch.from_numpy(np.ascontiguousarray(x)))
     scale, zp = obs.calculate_qparams()
     return np.float32(scale.item()), int(zp.item())
 
 
-def ref_dynamic(x, w, w_scale, bias, relu=False):
+def ref_dynamic(x, w, w_scale, bias, relu=False, reduce_range=False):
     """quantize x with torch's qparams (float32 division, rint), int64 GEMM, float32 dequantize."""
-    scale, zp = torch_qparams(x)
-    q = np.clip(np.rint(x / scale) + np.float32(zp), 0, 255)
+    scale, zp = torch_qparams(x, reduce_range)
+    q = np.clip(np.rint(x / scale) + np.float32(zp), 0, 127 if reduce_range else 255)
     acc = ref_acc(q.astype(np.uint8), zp, w)
     y = acc.astype(np.float32) * (scale * w_scale) + (np.zeros_like(w_scale) if bias is None else bias)
     return np.maximum(y, 0) if relu else y
@@ -239,12 +240,13 @@ def test_requant_params():
 # ---- dynamic quantization ---------------------------------------------------------------------
 
 @settings(deadline=None, max_examples=25)
-@given(lo=st.floats(-50, 50), span=st.floats(0, 80), n=st.integers(1, 60), seed=st.integers(0, 2 ** 16))
-def test_dynamic_qparams_match_torch_minmax_observer(lo, span, n, seed):
+@given(lo=st.floats(-50, 50), span=st.floats(0, 80), n=st.integers(1, 60), seed=st.integers(0, 2 ** 16),
+       reduce_range=st.booleans())
+def test_dynamic_qparams_match_torch_minmax_observer(lo, span, n, seed, reduce_range):
     x = np.random.default_rng(seed).uniform(lo, lo + span, n).astype(np.float32)
-    scale, zp = K.dynamic_qparams(x)
+    scale, zp = K.dynamic_qparams(x, reduce_range)
     assert scale.dtype == np.float32
-    assert (scale, zp) == torch_qparams(x)
+    assert (scale, zp) == torch_qparams(x, reduce_range)
 
 
 @pytest.mark.parametrize("n", [1, 15, 16, 17, 50, 64 * 784])

@@ -198,13 +198,14 @@ def test_quantized_linear_refuses_wrong_dtypes():
         apply("quantized_linear", *args)
 
 
-@pytest.mark.parametrize("per_channel,with_bias,relu", [(True, True, False), (False, True, True),
-                                                         (True, False, True)])
-def test_dynamic_quantized_linear_is_bit_identical(per_channel, with_bias, relu):
+@pytest.mark.parametrize("per_channel,with_bias,relu,reduce_range", [(True, True, False, True),
+                                                                      (False, True, True, False),
+                                                                      (True, False, True, True)])
+def test_dynamic_quantized_linear_is_bit_identical(per_channel, with_bias, relu, reduce_range):
     w, ws, b = _linear_params(7, 11, per_channel, with_bias)
     for x in (RNG.standard_normal((3, 2, 11)) * 3, RNG.random((5, 11)) + 0.5, np.zeros((2, 11))):
         args = (x.astype(np.float32), w, ws) + ((b,) if with_bias else ())
-        exact(*both("dynamic_quantized_linear", *args, relu=relu))
+        exact(*both("dynamic_quantized_linear", *args, relu=relu, reduce_range=reduce_range))
 
 
 def test_dynamic_quantized_linear_gives_nan_for_non_finite_input():

@@ -144,13 +144,36 @@ def test_dynamic_quantized_linear_takes_the_following_relu_and_chains_fuse():
     cuda = optimize(graph, "cuda")  # no CUDA kernel for the fused chain: the layers stay apart there
     assert _ops(cuda)["dynamic_quantized_linear"] == 3 and _ops(cuda)["dynamic_quantized_mlp"] == 0
     opt = optimize(graph)  # on CPU the three layers become one dynamic_quantized_mlp node
-    assert [(n.op, n.attrs) for n in opt.nodes] == [("dynamic_quantized_mlp", {"relus": (True, True, False)})]
+    assert [(n.op, n.attrs) for n in opt.nodes] == [("dynamic_quantized_mlp", {"relus": (True, True, False),
+                                                                               "reduce_range": True})]
     assert len(opt.nodes[0].inputs) == 1 + 3 * 3
     for b in (1, 37, 64):
         x = np.random.default_rng(b).standard_normal((b, 12)).astype(np.float32)
         want = Executor(graph).run({graph.inputs[0]: x})
         for fused in (g, opt):  # same arithmetic, ReLU in the epilogue, one kernel call: bit-identical
             np.testing.assert_array_equal(Executor(fused).run({graph.inputs[0]: x})[0], want[0])
+
+
+def test_dynamic_chains_fuse_only_layers_with_one_activation_range():
+    """A layer quantizing its input to 8 bits between 7-bit ones ends the chain: each fused node has one
+    reduce_range, and the program computes what the layers compute one by one."""
+    import ember.quantize as Q
+
+    ember.manual_seed(0)
+    full = Q.QConfig(activation=Q.PlaceholderObserver.with_args(dtype=ember.uint8, is_dynamic=True,
+                                                                 reduce_range=False),
+                     weight=Q.default_per_channel_weight_observer)
+    model = nn.Sequential(nn.Linear(12, 16), nn.ReLU(), nn.Linear(16, 8), nn.ReLU(), nn.Linear(8, 6), nn.ReLU(),
+                          nn.Linear(6, 3)).eval()
+    model = Q.quantize_dynamic(model, {"0": Q.per_channel_dynamic_qconfig, "2": Q.per_channel_dynamic_qconfig,
+                                       "4": full, "6": full})
+    graph = trace(model, ember.randn(2, 12)).graph
+    opt = optimize(graph)
+    assert [(n.op, n.attrs["reduce_range"]) for n in opt.nodes] == [("dynamic_quantized_mlp", True),
+                                                                     ("dynamic_quantized_mlp", False)]
+    x = np.random.default_rng(3).standard_normal((40, 12)).astype(np.float32)
+    np.testing.assert_array_equal(Executor(opt).run({graph.inputs[0]: x})[0],
+                                  Executor(graph).run({graph.inputs[0]: x})[0])
 
 
 def test_the_runtime_prepares_kernels_on_their_constant_inputs():

@@ -29,7 +29,7 @@ from . import jit
 from . import range_ir as _range_ir
 from .helpers import ARRIVE, CTL_SIZE, NONE
 from .int8_gemm import BLOCK_ROWS, MODE_DEQUANT, PAR_MIN_MACS, PAR_MIN_ROWS, linear_rows
-from .int8_kernels import _dequant_parts, _qparams, _quantize_rows, cached_per_arrays, qlinear_dynamic
+from .int8_kernels import _dequant_parts, _qparams, _quantize_rows, act_qmax, cached_per_arrays, qlinear_dynamic
 from .jit import njit
 from .native_tools import (NativePlan, NativeTask, align64, array_at as _array, barrier, join as _join, take as _take,
                            thread_of)
@@ -56,9 +56,10 @@ def _rows_range(out, r0, r1, dst, addr):
 
 # The task's int64 table: the input and workspace addresses (set per call by jit.run_native), the rows, the first
 # layer's K, the number of layers, the min/max IR kernel's address, the byte offsets in the workspace of the
-# per-thread ranges (2, L + 1, 16) float32 and of the status (int64), the workspace's size; then F fields per layer.
-X, WS, M, K0, NL, RANGE_FN, RANGES, STATUS, WS_SIZE = range(9)
-HEAD = 9
+# per-thread ranges (2, L + 1, 16) float32 and of the status (int64), the workspace's size, the largest activation
+# code (255, or 127 with reduce_range); then F fields per layer.
+X, WS, M, K0, NL, RANGE_FN, RANGES, STATUS, WS_SIZE, QMAX = range(10)
+HEAD = 10
 # Per layer: the int8 weight rows (N, Kp), their VNNI layout (address, 4 dims), column sums (int32), w_scale and
 # bias (float32, 2N), relu, the IR tile's address, its kind (0: none; vnni.kind()), the 16-column AVX2 tile's
 # address, Kp, N, and the byte offsets in the workspace of the layer's uint8 activations (M, Kp) and float32 outputs
@@ -95,7 +96,7 @@ def _chain(t, ctl, gen, role, part):
     me = thread_of(ctl, gen, role, part)
     if me < 0:
         return
-    m, nl, addr = t[M], t[NL], t[RANGE_FN]
+    m, nl, addr, qmax = t[M], t[NL], t[RANGE_FN], np.float32(t[QMAX])
     x = _array(t[X], (m, t[K0]), np.float32)
     ws = _array(t[WS], t[WS_SIZE], np.uint8)
     ranges = ws[t[RANGES]:t[RANGES] + 128 * (nl + 1)].view(np.float32).reshape((2, nl + 1, 16))
@@ -130,7 +131,7 @@ def _chain(t, ctl, gen, role, part):
         if bad != 0:
             ws[t[STATUS]:t[STATUS] + 8].view(np.int64)[0] = li + 1  # layer li's input holds NaN or Inf
             break
-        scale, zpf = _qparams(lo, hi)
+        scale, zpf = _qparams(lo, hi, qmax)
         w, vnni, col_sums, wsb, relu, tile, use, half, kp, n = _layer(t, li)
         au, out = _views(t, ws, li, m)
         src = x if li == 0 else _views(t, ws, li - 1, m)[1]
@@ -145,7 +146,7 @@ def _chain(t, ctl, gen, role, part):
             if b < 0 or b >= nblk:
                 break
             r0, r1 = b * BLOCK, min(m, b * BLOCK + BLOCK)
-            _quantize_rows(src, scale, zpf, au, r0, r1)
+            _quantize_rows(src, scale, zpf, au, r0, r1, qmax)
             linear_rows(au, w, ep, outs, r0, r1)
             if li + 1 < nl:
                 _rows_range(out, r0, r1, part_range, addr)
@@ -174,8 +175,8 @@ class _Plan(NativePlan):
     """The task's table for one set of layers: the constant fields (per layer, see F) and, per batch size, the
     workspace layout; holds the arrays the table points at."""
 
-    def __init__(self, layers):
-        self.layers = tuple(layers)
+    def __init__(self, layers, reduce_range=False):
+        self.layers, self.reduce_range, self.qmax = tuple(layers), bool(reduce_range), int(act_qmax(reduce_range))
         self.keep, fields, self.dims = [], [], []
         for p, s, b, relu in layers:
             head, tail = _dequant_parts(p, s, b, bool(relu))
@@ -198,23 +199,30 @@ class _Plan(NativePlan):
             size += align64(4 * m * n)
         ranges, status = size, size + 128 * (len(self.dims) + 1)
         size = status + 64
-        head = [0, 0, m, self.k0, len(self.dims), _range_ir.address(), ranges, status, size]
+        head = [0, 0, m, self.k0, len(self.dims), _range_ir.address(), ranges, status, size, self.qmax]
         return np.concatenate([np.array(head, np.int64), fields.ravel()]), size
 
 
 _PLANS: dict = {}  # ids of the layers' arrays and relus -> (weakrefs to the arrays, plan)
 
 
-def plan(layers) -> _Plan:
-    """The chain's plan for ``layers`` = [(PackedWeight, w_scale, bias or None, relu), ...], made once per set of
-    arrays (a ValueError when the layers do not chain)."""
+def plan(layers, reduce_range=False) -> _Plan:
+    """The chain's plan for ``layers`` = [(PackedWeight, w_scale, bias or None, relu), ...], each layer's input
+    quantized to codes 0 .. 255 (0 .. 127 with ``reduce_range``), made once per set of arrays (a ValueError when
+    the layers do not chain)."""
     if not layers or len(layers) > MAX_LAYERS:
         raise ValueError(f"dynamic_chain: needs 1 to {MAX_LAYERS} layers, got {len(layers)}")
+    qmax = int(act_qmax(reduce_range))
+    for i, (p, *_) in enumerate(layers):
+        if p.act_max < qmax:
+            raise ValueError(f"dynamic_chain: layer {i}'s weight was packed for activation codes up to {p.act_max}, "
+                             f"the chain's reach {qmax} (pack it with act_max={qmax})")
     for i, (a, b) in enumerate(zip(layers, layers[1:])):
         if b[0].k != a[0].n:
             raise ValueError(f"dynamic_chain: layer {i} has {a[0].n} outputs, layer {i + 1} expects {b[0].k} inputs")
     arrays = tuple(a for p, s, b, _ in layers for a in (p.data, s, b))
-    return cached_per_arrays(_PLANS, arrays, tuple(bool(r) for *_, r in layers), lambda: _Plan(layers), limit=1024)
+    extra = (tuple(bool(r) for *_, r in layers), qmax)
+    return cached_per_arrays(_PLANS, arrays, extra, lambda: _Plan(layers, reduce_range), limit=1024)
 
 
 def run(x, plan_) -> np.ndarray:
@@ -225,7 +233,7 @@ def run(x, plan_) -> np.ndarray:
                          f"expects {k0} (input shape {x.shape})")
     if numba.config.DISABLE_JIT:  # the task is machine code; as Python the layers run one by one (the same values)
         for p, s, b, relu in plan_.layers:
-            x = qlinear_dynamic(x, p, s, b, relu=relu)
+            x = qlinear_dynamic(x, p, s, b, relu=relu, reduce_range=plan_.reduce_range)
         return x
     lead = x.shape[:-1]
     x2 = jit.f32c(x.reshape(-1, k0))
@@ -246,7 +254,7 @@ def run(x, plan_) -> np.ndarray:
     return ws[out:out + 4 * m * n_last].view(np.float32).reshape(lead + (n_last,))
 
 
-def dynamic_chain(x, layers) -> np.ndarray:
+def dynamic_chain(x, layers, reduce_range=False) -> np.ndarray:
     """The dynamically quantized linear layers ``layers`` = [(PackedWeight, w_scale, bias or None, relu), ...]
     applied in turn to float32 x (..., K): what ``qlinear_dynamic`` one layer after the other returns."""
-    return run(np.asarray(x), plan(layers))
+    return run(np.asarray(x), plan(layers, reduce_range))

@@ -17,7 +17,7 @@ from numba import prange
 from . import int8_conv_tiled as _tiled
 from .conv_kernels import _scratch, out_size
 from .int8_gemm import BLOCK_ROWS
-from .int8_kernels import (_NO_F32, _NO_I32, PackedWeight, _inline, exact_kernel, gemm_rows,
+from .int8_kernels import (_NO_F32, _NO_I32, PackedWeight, _check_packed, _inline, exact_kernel, gemm_rows,
                            new_scratch, requant_epilogue, zero_point_u8)
 
 # Bytes of padded planes + rows per chunk of images (a quarter of the 1 MiB L2 per core).
@@ -126,6 +126,7 @@ def qconv2d(x, x_zero_point, packed, stride, padding, dilation, groups, bias_i32
         raise TypeError("qconv2d: expected a PackedWeight packed from a 4-d (Cout, C/groups, kh, kw) weight, got "
                         + ("one packed from a 2-d (N, K) weight" if isinstance(packed, PackedWeight)
                            else type(packed).__name__))
+    _check_packed(packed, "qconv2d")
     x = np.asarray(x)
     (sh, sw), (ph, pw), (dh, dw) = _pair(stride, "stride"), _pair(padding, "padding"), _pair(dilation, "dilation")
     kh, kw = packed.kernel_size

@@ -106,6 +106,7 @@ class PackedWeight(NamedTuple):
     kernel_size: tuple | None = None  # (kh, kw) when packed from a 4-d conv weight
     vnni: np.ndarray = np.zeros((1, 1, _vnni.TILE_N, 4), np.int8)  # vnni.pack(data) where an IR tile runs
     tile_kind: int = 0  # the tile ``vnni`` is laid out for (vnni.layout_kind), 0: none
+    act_max: int = 255  # the largest uint8 activation code its tile is exact for (127: ``pack_weight(act_max=127)``)
 
     def unpack(self) -> np.ndarray:
         """The int8 weight as it was given to ``pack_weight`` ((N, K), or (Cout, C/groups, kh, kw))."""
@@ -116,9 +117,14 @@ class PackedWeight(NamedTuple):
         return np.ascontiguousarray(w.reshape(self.n, kh, kw, self.k // (kh * kw)).transpose(0, 3, 1, 2))
 
 
-def pack_weight(w) -> PackedWeight:
+def pack_weight(w, act_max=255) -> PackedWeight:
     """Prepack a symmetric int8 weight once (at convert/load time): (N, K) for linear layers or
-    (Cout, C/groups, kh, kw) for convolutions."""
+    (Cout, C/groups, kh, kw) for convolutions. ``act_max`` = 127 packs a weight that will only meet activation
+    codes of 7 bits (``qlinear_dynamic(reduce_range=True)``): on AVX2 hosts the faster U8S8 tile, exact for
+    those whatever the weights (vnni.layout_kind), and refused by the kernels for full-range activations."""
+    if act_max not in (127, 255):
+        raise ValueError(f"pack_weight: act_max must be 255 (uint8 activations) or 127 (7-bit activations), "
+                         f"got {act_max!r}")
     w = np.asarray(w)
     if w.dtype != np.int8:
         raise TypeError(f"pack_weight: weight must be int8 (symmetric, zero point 0), got {w.dtype} "
@@ -140,51 +146,41 @@ def pack_weight(w) -> PackedWeight:
     data[:, :k] = rows
     col_sums = rows.sum(axis=1, dtype=np.int64).astype(np.int32)
     if _vnni.tile() is not None:
-        layout = _vnni.layout_kind(data)  # (once: the layout, and the tile it selects)
-        return PackedWeight(data, n, k, col_sums, ks, _vnni.pack(data, layout), layout)
-    return PackedWeight(data, n, k, col_sums, ks)
+        layout = _vnni.layout_kind(data, act_max)  # (once: the layout, and the tile it selects)
+        return PackedWeight(data, n, k, col_sums, ks, _vnni.pack(data, layout), layout, act_max)
+    return PackedWeight(data, n, k, col_sums, ks, act_max=act_max)
 
 
 @njit(fastmath=False)
-def _qparams(lo, hi):
-    """``dynamic_qparams`` from float32 lo = min(x), hi = max(x), as float32 (scale, zero point) (in
-    numba: numpy's scalar float32 operations cost more than a batch-1 GEMM)."""
+def _qparams(lo, hi, qmax):
+    """``dynamic_qparams`` from float32 lo = min(x), hi = max(x) for codes 0 .. qmax (float32 255 or 127), as
+    float32 (scale, zero point) (in numba: numpy's scalar float32 operations cost more than a batch-1 GEMM)."""
     lo = min(lo, np.float32(0))
     hi = max(hi, np.float32(0))
-    scale = max((hi - lo) / np.float32(255), np.float32(_EPS32))
-    return scale, min(max(-np.rint(lo / scale), np.float32(0)), np.float32(255))
+    scale = max((hi - lo) / qmax, np.float32(_EPS32))
+    return scale, min(max(-np.rint(lo / scale), np.float32(0)), qmax)
 
 
 @_inline
-def _quantize_rows(x, scale, zpf, out, r0, r1):
-    """out[m] = clip(rint(x[m] / scale) + zp, 0, 255) (float32 division) for rows r0 .. r1, zero-padded past K."""
+def _quantize_rows(x, scale, zpf, out, r0, r1, qmax):
+    """out[m] = clip(rint(x[m] / scale) + zp, 0, qmax) (float32 division) for rows r0 .. r1, zero-padded past K."""
     k_ = x.shape[1]
     for m in range(r0, r1):
         row = out[m]
         src = x[m]
         for k in range(k_):
             # (via int32: AVX2 has no vector float -> int64 conversion, and int() made this loop scalar, ~4x slower)
-            row[k] = np.int32(min(max(np.rint(src[k] / scale) + zpf, np.float32(0)), np.float32(255)))
+            row[k] = np.int32(min(max(np.rint(src[k] / scale) + zpf, np.float32(0)), qmax))
         for k in range(k_, out.shape[1]):
             row[k] = 0
 
 
 @njit(fastmath=False)
-def _quantize_dynamic(x, lo, hi, kp):
-    """(uint8 (M, kp) ``clip(rint(x / scale) + zp, 0, 255)`` (float32 division) zero-padded past K,
-    scale, zp) for float32 x (M, K) with min lo and max hi."""
-    scale, zpf = _qparams(lo, hi)
-    out = np.empty((x.shape[0], kp), np.uint8)
-    _quantize_rows(x, scale, zpf, out, 0, x.shape[0])
-    return out, scale, int(zpf)
-
-
-@njit(fastmath=False)
-def _dynamic_rows(x, scale, zpf, au, w, ep, outs, r0, r1, sync):
+def _dynamic_rows(x, scale, zpf, qmax, au, w, ep, outs, r0, r1, sync):
     """Rows r0 .. r1 of the dynamic linear layer: quantize them into au, then the GEMM and its dequantizing
     epilogue (a ``jit.run_parts`` kernel: each part quantizes its own rows)."""
     post(sync)
-    _quantize_rows(x, scale, zpf, au, r0, r1)
+    _quantize_rows(x, scale, zpf, au, r0, r1, qmax)
     linear_rows(au, w, ep, outs, r0, r1)
     finish(sync)
 
@@ -284,9 +280,13 @@ def _run_linear(a, packed, ep, outs):
     jit.run_parts(_linear_rows, [(a, packed.data, ep, outs, lo, hi) for lo, hi in _row_parts(a.shape[0], packed)])
 
 
-def _check_packed(packed, op):
+def _check_packed(packed, op, act_max=255):
     if not isinstance(packed, PackedWeight):
         raise TypeError(f"{op}: expected a PackedWeight from pack_weight, got {type(packed).__name__}")
+    if packed.act_max < act_max:
+        raise ValueError(f"{op}: the weight was packed for activation codes up to {packed.act_max} "
+                         f"(pack_weight(act_max={packed.act_max})), this call's reach {act_max}; pack it with "
+                         f"act_max={act_max}")
 
 
 def qgemm(a, a_zero_point, packed) -> np.ndarray:
@@ -342,31 +342,37 @@ def qlinear_fixed(a_zero_point, packed, bias_i32, multiplier, out_zero_point, re
     return lambda a: _requant_rows(a, a_zero_point, packed, ep, dt)
 
 
-def dynamic_qparams(x) -> tuple[np.float32, int]:
+def act_qmax(reduce_range) -> np.float32:
+    """The largest activation code of a dynamic layer: 255, or 127 with ``reduce_range``."""
+    return np.float32(127 if reduce_range else 255)
+
+
+def dynamic_qparams(x, reduce_range=False) -> tuple[np.float32, int]:
     """uint8 (scale, zero_point) of x from its min/max, as torch's MinMaxObserver computes them
-    (quint8, per tensor, reduce_range=False): the range is widened to include 0,
-    ``scale = max((max - min) / 255, eps)`` and ``zero_point = clip(-rint(min / scale), 0, 255)``,
-    all in float32."""
-    scale, zp = _dynamic_qparams(np.ascontiguousarray(x, dtype=np.float32).reshape(-1), "dynamic_qparams")
+    (quint8, per tensor): the range is widened to include 0, ``scale = max((max - min) / qmax, eps)`` and
+    ``zero_point = clip(-rint(min / scale), 0, qmax)``, all in float32; qmax = 255, or 127 with
+    ``reduce_range``."""
+    x2 = np.ascontiguousarray(x, dtype=np.float32).reshape(-1)
+    scale, zp = _dynamic_qparams(x2, "dynamic_qparams", act_qmax(reduce_range))
     return scale, int(zp)
 
 
 @njit(fastmath=False)
-def _range_qparams(x, addr):
+def _range_qparams(x, addr, qmax):
     """(scale, zero point, min, max, all finite) of float32 x through the IR min/max kernel at ``addr``."""
     lo, hi, finite = _range_ir.minmax(x, addr)
-    scale, zpf = _qparams(lo, hi)
+    scale, zpf = _qparams(lo, hi, qmax)
     return scale, zpf, lo, hi, finite
 
 
-def _dynamic_qparams(x2, op="qlinear_dynamic"):
-    """float32 (scale, zero point) of ``dynamic_qparams`` for the C-contiguous float32 x2, in one pass where the
-    IR kernel compiles."""
+def _dynamic_qparams(x2, op, qmax):
+    """float32 (scale, zero point) of ``dynamic_qparams`` for the C-contiguous float32 x2 and codes 0 .. qmax, in
+    one pass where the IR kernel compiles."""
     addr = _range_ir.address()
     if not addr:
-        scale, zpf = _qparams(*_finite_range(x2, op))
+        scale, zpf = _qparams(*_finite_range(x2, op), qmax)
         return np.float32(scale), np.float32(zpf)
-    scale, zpf, lo, hi, finite = _range_qparams(x2, addr)
+    scale, zpf, lo, hi, finite = _range_qparams(x2, addr, qmax)
     if not finite:
         raise ValueError(f"{op}: input holds NaN or Inf (finite values from {lo} to {hi}, shape {x2.shape})")
     return np.float32(scale), np.float32(zpf)  # (numba returns Python floats: keep the float32 math)
@@ -379,11 +385,13 @@ def _finite_range(x, op):
     return lo, hi
 
 
-def qlinear_dynamic(x, packed, w_scale, bias=None, relu=False) -> np.ndarray:
+def qlinear_dynamic(x, packed, w_scale, bias=None, relu=False, reduce_range=False) -> np.ndarray:
     """Dynamically quantized linear layer: float32 x (..., K) is quantized to uint8 with its own
-    per-tensor qparams (``dynamic_qparams``), multiplied by the packed int8 weight and dequantized
-    (``acc * float32(a_scale * w_scale[n]) + bias[n]``) in one call; float32 (..., N)."""
-    _check_packed(packed, "qlinear_dynamic")
+    per-tensor qparams (``dynamic_qparams``; codes 0 .. 127 with ``reduce_range``, as torch's x86 backend),
+    multiplied by the packed int8 weight and dequantized (``acc * float32(a_scale * w_scale[n]) + bias[n]``) in
+    one call; float32 (..., N)."""
+    qmax = act_qmax(reduce_range)
+    _check_packed(packed, "qlinear_dynamic", int(qmax))
     x = np.asarray(x)
     if x.ndim < 1 or x.shape[-1] != packed.k:
         raise ValueError(f"qlinear_dynamic: input has {x.shape[-1] if x.ndim else 0} features, weight expects "
@@ -395,11 +403,11 @@ def qlinear_dynamic(x, packed, w_scale, bias=None, relu=False) -> np.ndarray:
     out = np.empty((m, n), np.float32)
     if m == 0:
         return out.reshape(lead + (n,))
-    a_scale, zpf = _dynamic_qparams(x2)
+    a_scale, zpf = _dynamic_qparams(x2, "qlinear_dynamic", qmax)
     ep = (MODE_DEQUANT, int(zpf)) + head + (a_scale,) + tail
     au = np.empty((m, packed.data.shape[1]), np.uint8)
     outs = (_NO_I32, _NO_U8, out.reshape(m, n, 1))
-    jit.run_parts(_dynamic_rows, [(x2, a_scale, zpf, au, packed.data, ep, outs, lo, hi)
+    jit.run_parts(_dynamic_rows, [(x2, a_scale, zpf, qmax, au, packed.data, ep, outs, lo, hi)
                                   for lo, hi in _row_parts(m, packed)])
     return out.reshape(lead + (n,))
 

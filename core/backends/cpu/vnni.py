@@ -9,7 +9,9 @@ weights, one per x86 CPU kind (``kind()``):
   16 ymm registers). Not ``vpmaddubsw`` for these: its int16 pair sums saturate for uint8 x int8 (255 * 127 * 2 >
   32767).
 - U8S8 (AVX2 hosts, weights of 7 bits, |w| <= 64: ``per_channel_7bit_dynamic_qconfig``, ONNX Runtime's
-  ``reduce_range``): ``vpmaddubsw`` then ``vpmaddwd`` by ones, exact as 255 * 64 * 2 <= 32767, on the VNNI layout
+  ``reduce_range``; or activations of 7 bits, 0..127, with any int8 weights: the dynamic linear layer's
+  ``reduce_range``, torch's x86 default): ``vpmaddubsw`` then ``vpmaddwd`` by ones, exact as 255 * 64 * 2 <= 32767
+  and 127 * 128 * 2 <= 32768 (pair sums of -32512 .. 32258), on the VNNI layout
   and uint8 rows (no widening): ~96 G multiply-adds/s on one thread of Zen 3 against ~63 for the AVX2 tile. The
   layout, and so the tile, is chosen per weight when it is packed (``layout_kind``).
 
@@ -245,11 +247,13 @@ def tile_address(layout=0) -> int:
     return addr
 
 
-def layout_kind(data: np.ndarray) -> int:
+def layout_kind(data: np.ndarray, act_max: int = 255) -> int:
     """The tile kind ``pack`` lays (N, Kp) int8 weight rows out for: this host's kind, or U8S8 on AVX2 hosts for
-    weights of 7 bits (|w| <= W7: e.g. quantized with ``reduce_range``)."""
+    weights of 7 bits (|w| <= W7: e.g. quantized with ``reduce_range``) or, whatever the weights, when they only
+    ever meet activations of 7 bits (``act_max`` = 127: 2 * 127 * 128 <= 32768, the dynamic linear layer's
+    ``reduce_range``, as torch's x86 backend quantizes them)."""
     k = kind()
-    if k == AVX2 and data.size and int(np.abs(data.astype(np.int16)).max()) <= W7:
+    if k == AVX2 and (act_max <= 127 or (data.size and int(np.abs(data.astype(np.int16)).max()) <= W7)):
         return U8S8
     return k
 

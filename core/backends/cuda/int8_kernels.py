@@ -398,9 +398,10 @@ def _minmax_k(x, n, pmin, pmax):
 
 
 @jit
-def _qparams_k(pmin, pmax, nb, qs, qz):
+def _qparams_k(pmin, pmax, nb, qmax, qs, qz):
     """One block: reduce the partial min/max, then torch's MinMaxObserver qparams (int8_kernels._qparams), in
-    float32: scale = max((max(hi, 0) - min(lo, 0)) / 255, eps), zp = clip(-rint(lo / scale), 0, 255)."""
+    float32: scale = max((max(hi, 0) - min(lo, 0)) / qmax, eps), zp = clip(-rint(lo / scale), 0, qmax) (qmax 255,
+    or 127 with reduce_range)."""
     lo, hi = np.float32(np.inf), np.float32(-np.inf)
     for i in range(cuda.threadIdx.x, nb, TPB):
         lo, hi = _merge(lo, hi, pmin[i], pmax[i])
@@ -411,21 +412,21 @@ def _qparams_k(pmin, pmax, nb, qs, qz):
             return
         lo = min(lo, np.float32(0))
         hi = max(hi, np.float32(0))
-        scale = max((hi - lo) / np.float32(255), _EPS32)
+        scale = max((hi - lo) / np.float32(qmax), _EPS32)
         qs[0] = scale
-        qz[0] = _code(-(lo / scale), 0, 255)  # rint is odd, so -rint(v) = rint(-v)
+        qz[0] = _code(-(lo / scale), 0, qmax)  # rint is odd, so -rint(v) = rint(-v)
 
 
 @jit
-def _quantize_dynamic_k(x, qs, qz, out, n):
+def _quantize_dynamic_k(x, qs, qz, qmax, out, n):
     i = cuda.grid(1)
     if i < n:
         z = np.int64(qz[0])
-        out[i] = _code(x[i] / qs[0], -z, 255 - z) + z
+        out[i] = _code(x[i] / qs[0], -z, qmax - z) + z
 
 
 @kernel("dynamic_quantized_linear", "cuda")
-def _dql(x, w, w_scale, bias=None, *, relu=False):
+def _dql(x, w, w_scale, bias=None, *, relu=False, reduce_range=False):
     if w.dtype != np.int8:
         raise TypeError(f"dynamic_quantized_linear: weight must be int8 (symmetric), got {w.dtype}")
     if x.dtype != np.float32:
@@ -439,8 +440,9 @@ def _dql(x, w, w_scale, bias=None, *, relu=False):
     pmin, pmax = empty((nb,), np.float32), empty((nb,), np.float32)
     qs, qz = empty((1,), np.float32), empty((1,), np.int32)
     _minmax_k[nb, TPB](x.d, size, pmin.d, pmax.d)
-    _qparams_k[1, TPB](pmin.d, pmax.d, nb, qs.d, qz.d)
+    qmax = 127 if reduce_range else 255
+    _qparams_k[1, TPB](pmin.d, pmax.d, nb, qmax, qs.d, qz.d)
     xq = empty(x.shape, np.uint8)
-    _quantize_dynamic_k[blocks(size), TPB](x.d, qs.d, qz.d, xq.d, size)
+    _quantize_dynamic_k[blocks(size), TPB](x.d, qs.d, qz.d, qmax, xq.d, size)
     _, f1, f2 = channel_params(n, MODE_DEQUANT, qs, w_scale, qs, bias)
     return gemm(xq, k, qz, w, size // k, n, k, 1, 1, MODE_DEQUANT, out, None, f1, f2, None, relu)
