@@ -5,10 +5,11 @@
 
 Every side starts from the same torch mlp (torch.manual_seed(0)). ember: the workload traced with
 torch's weights, ``ember.quantize.quantize_dynamic`` (int8 weights per output channel, uint8
-activations quantized per call), saved and loaded with ``ember.serialize.load``; fp32 the same without
+activations quantized per call to 7 bits, as torch's x86 backend), saved and loaded with ``ember.serialize.load``; fp32 the same without
 quantization. ONNX Runtime: the fp32 ONNX file torch exports, and that file after
 ``onnxruntime.quantization.quantize_dynamic(weight_type=QInt8)`` (with ``reduce_range``, 7-bit weights, on CPUs
-without VNNI, as its docs advise); ember's 7-bit row is ``per_channel_7bit_dynamic_qconfig``, the same. 2 threads,
+without VNNI, as its docs advise); ember's 7-bit-weight row is ``per_channel_7bit_dynamic_qconfig``, the same
+(7-bit weights, 8-bit activations). 2 threads,
 several rounds; in each, the ember sides run in one process, timed in turn in blocks of 25 (B=1) or 5 (B=64) calls
 (int8 against fp32 within the same tens of milliseconds: this VM's speed drifts more than that between processes
 seconds apart), then each ONNX
@@ -208,10 +209,10 @@ def main():
     for b in BATCHES:
         med = {s: statistics.median(r[str(b)] for r in runs[s]) for s in SIDES}
         e8, e32, o8 = med["ember-int8"], med["ember-fp32"], med["ort-int8"]
-        print(f"| mlp dynamic int8 | {b} | {e32:.0f} | {e8:.0f} | {med['ort-fp32']:.0f} | {o8:.0f} | {e8 / e32:.2f} "
+        print(f"| mlp dynamic int8 (7-bit activations) | {b} | {e32:.0f} | {e8:.0f} | {med['ort-fp32']:.0f} | {o8:.0f} | {e8 / e32:.2f} "
               f"| {e8 / o8:.2f} |")
         e7 = med["ember-int8-7bit"]
-        print(f"| mlp dynamic int8, 7-bit weights | {b} | {e32:.0f} | {e7:.0f} | {med['ort-fp32']:.0f} | {o8:.0f} | "
+        print(f"| mlp dynamic int8, 7-bit weights (ORT's) | {b} | {e32:.0f} | {e7:.0f} | {med['ort-fp32']:.0f} | {o8:.0f} | "
               f"{e7 / e32:.2f} | {e7 / o8:.2f} |")
     for b in BATCHES:
         c32, c8 = (statistics.median(r[str(b)] for r in runs[s]) for s in ("ember-cnn-fp32", "ember-cnn-int8"))

@@ -8,7 +8,7 @@ from ember.nn import Linear, Module
 from ember.ops.quantized import quantize_per_channel, quantize_per_tensor
 from ember.ops.registry import apply
 
-from .observer import per_channel_symmetric, per_tensor_symmetric
+from .observer import PlaceholderObserver, per_channel_symmetric, per_tensor_symmetric
 
 
 def quantize_weight(weight, observer_factory, who, observer=None):
@@ -37,11 +37,17 @@ def quantize_weight(weight, observer_factory, who, observer=None):
 class DynamicLinear(Module):
     """``torch.ao.nn.quantized.dynamic.Linear``: int8 weights (per output channel by default), float32
     in and out; each call quantizes its input to uint8 from the input's own min/max, runs the int8 GEMM
-    and dequantizes, in one op (``dynamic_quantized_linear``). Inference only (no gradients)."""
+    and dequantizes, in one op (``dynamic_quantized_linear``). Inference only (no gradients).
 
-    def __init__(self, in_features, out_features, bias=True):
+    ``reduce_range`` (default True, as torch's x86 backend always does): the input's codes span 0 .. 127, not
+    0 .. 255. Products of those with any int8 weight pair-sum within int16, which x86 CPUs without VNNI need for
+    their fastest int8 instruction (``vpmaddubsw``); the layer's outputs are the same on every CPU. Set from the
+    qconfig's activation observer (``PlaceholderObserver.with_args(..., reduce_range=False)`` keeps 8 bits)."""
+
+    def __init__(self, in_features, out_features, bias=True, reduce_range=True):
         super().__init__()
         self.in_features, self.out_features = in_features, out_features
+        self.reduce_range = bool(reduce_range)
         self.register_buffer("weight", ember.zeros(out_features, in_features, dtype=ember.int8))
         self.register_buffer("w_scale", ember.ones(out_features))
         self.register_buffer("bias", ember.zeros(out_features) if bias else None)
@@ -50,7 +56,9 @@ class DynamicLinear(Module):
     def from_float(cls, mod: Linear, qconfig) -> "DynamicLinear":
         if not isinstance(mod, Linear):
             raise TypeError(f"DynamicLinear.from_float: expected an nn.Linear, got {type(mod).__name__}")
-        q = cls(mod.in_features, mod.out_features, bias=mod.bias is not None)
+        act = qconfig.activation() if qconfig.activation is not None else None
+        rr = act.reduce_range if isinstance(act, PlaceholderObserver) else None  # (others: torch ignores them too)
+        q = cls(mod.in_features, mod.out_features, bias=mod.bias is not None, reduce_range=rr is None or bool(rr))
         q.weight, q.w_scale = quantize_weight(mod.weight, qconfig.weight, "DynamicLinear.from_float")
         if mod.bias is not None:
             q.bias = mod.bias.detach().to(ember.float32).clone()
@@ -63,9 +71,9 @@ class DynamicLinear(Module):
 
     def forward(self, x):
         args = (x, self.weight, self.w_scale) + ((self.bias,) if self.bias is not None else ())
-        return apply("dynamic_quantized_linear", *args, relu=False)
+        return apply("dynamic_quantized_linear", *args, relu=False, reduce_range=self.reduce_range)
 
     def extra_repr(self):
         scheme = "per_channel" if self.w_scale.ndim else "per_tensor"
         return (f"in_features={self.in_features}, out_features={self.out_features}, dtype=int8, "
-                f"qscheme={scheme}_symmetric")
+                f"qscheme={scheme}_symmetric, reduce_range={self.reduce_range}")

@@ -362,11 +362,17 @@ class MovingAveragePerChannelMinMaxObserver(PerChannelMinMaxObserver):
 # ---- observers that record nothing -----------------------------------------------------------
 class PlaceholderObserver(ObserverBase):
     """Carries a dtype (and is_dynamic) to the converted module; observes nothing. Used for dynamic
-    quantization, where activations are quantized with their own min/max at run time."""
+    quantization, where activations are quantized with their own min/max at run time.
+
+    ``reduce_range`` (not in torch, whose dynamic Linear always quantizes its activations to 7 bits on x86):
+    whether a dynamic layer quantizes its activations to codes 0 .. 127; None leaves it to the layer
+    (``DynamicLinear``: True, as torch). False keeps 8 bits: more precision, and on x86 CPUs without VNNI the
+    slower int16 GEMM tile (docs/quantize-design.md)."""
 
     def __init__(self, dtype=_dt.float32, custom_op_name="", compute_dtype=None, quant_min=None, quant_max=None,
-                 qscheme=None, eps=None, is_dynamic=False):
+                 qscheme=None, eps=None, is_dynamic=False, reduce_range=None):
         super().__init__(dtype, is_dynamic=is_dynamic or bool(compute_dtype))
+        self.reduce_range = reduce_range
         self.qscheme = per_tensor_affine if qscheme is None else qscheme
         self.quant_min, self.quant_max = quant_min, quant_max
         self.eps = _EPS if eps is None else eps

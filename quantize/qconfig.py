@@ -42,10 +42,13 @@ default_per_channel_qconfig = QConfig(activation=default_observer, weight=defaul
 default_dynamic_qconfig = QConfig(activation=default_dynamic_quant_observer, weight=default_weight_observer)
 per_channel_dynamic_qconfig = QConfig(activation=default_dynamic_quant_observer,
                                       weight=default_per_channel_weight_observer)
-# Not in torch: ONNX Runtime's ``quantize_dynamic(reduce_range=True)``, per-channel 7-bit weights (-64..63). On x86
-# CPUs without VNNI the int8 GEMM then runs an exact ``vpmaddubsw`` tile, ~1.3x faster than the int16 one for 8-bit
-# weights (docs/quantize-design.md); elsewhere it only costs the weights a bit.
-per_channel_7bit_dynamic_qconfig = QConfig(activation=default_dynamic_quant_observer,
+# Dynamic layers quantize their activations to 7 bits (0..127) unless the activation placeholder says
+# reduce_range=False (DynamicLinear; torch's x86 backend always does): with those, x86 CPUs without VNNI run the
+# exact ``vpmaddubsw`` tile, ~1.5x faster than the int16 one (docs/quantize-design.md).
+# Not in torch: ONNX Runtime's ``quantize_dynamic(reduce_range=True)``, per-channel 7-bit weights (-64..63) and
+# 8-bit activations (the same tile, exact for those weights), when ORT's numerics are wanted.
+per_channel_7bit_dynamic_qconfig = QConfig(activation=PlaceholderObserver.with_args(dtype=_dt.uint8, is_dynamic=True,
+                                                                                    reduce_range=False),
                                            weight=PerChannelMinMaxObserver.with_args(
                                                dtype=_dt.int8, qscheme=per_channel_symmetric, reduce_range=True))
 default_qat_qconfig = QConfig(activation=default_fake_quant, weight=default_weight_fake_quant)

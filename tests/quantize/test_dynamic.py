@@ -65,8 +65,9 @@ def test_outputs_track_float_and_torch_dynamic_quantization():
     with torch.no_grad():
         theirs = tq_model(torch.from_numpy(x)).numpy()
     span = ref.max() - ref.min()
-    # int8 noise: both stay within a few percent of the float model's output range, and of each other
-    # (torch's x86 backend quantizes activations to 7 bits, so the two are not bit-identical)
+    # int8 noise: both stay within a few percent of the float model's output range, and of each other (both
+    # quantize activations to 7 bits, but torch's fbgemm picks its qparams its own way: not bit-identical)
+    assert all(m.reduce_range for m in q.modules() if isinstance(m, Q.nn.DynamicLinear))
     assert np.abs(got - ref).max() < 0.03 * span
     assert np.abs(theirs - ref).max() < 0.05 * span
     assert np.abs(got - theirs).max() < 0.05 * span
@@ -164,16 +165,20 @@ def test_traced_saved_loaded_in_a_fresh_process_and_smaller(tmp_path):
     assert load(tmp_path / "int8.ember").constants["0.weight"].dtype == ember.int8
 
 
+@pytest.mark.parametrize("reduce_range", [True, False])
 @pytest.mark.parametrize("opset", OPSETS)
-def test_onnx_export_matches_the_int8_runtime(opset):
-    """QuantizeLinear + MatMulInteger with the kernel's own qparams formula: ONNX Runtime and onnx.reference
-    reproduce ember's int8 outputs (same integer GEMM, same float32 epilogue)."""
-    q = Q.quantize_dynamic(_mlp())
+def test_onnx_export_matches_the_int8_runtime(opset, reduce_range):
+    """QuantizeLinear (or, for 7-bit activations, Round + Clip at 127) + MatMulInteger with the kernel's own
+    qparams formula: ONNX Runtime and onnx.reference reproduce ember's int8 outputs (same integer GEMM, same float32
+    epilogue)."""
+    act = Q.PlaceholderObserver.with_args(dtype=ember.uint8, is_dynamic=True, reduce_range=reduce_range)
+    q = Q.quantize_dynamic(_mlp(), {nn.Linear: Q.QConfig(activation=act, weight=Q.default_per_channel_weight_observer)})
+    assert all(m.reduce_range == reduce_range for m in q.modules() if isinstance(m, Q.nn.DynamicLinear))
     model = check_export(q, [rng.standard_normal((4, 20)).astype(np.float32)], opset=opset, batches=(1, 9),
                          atol=1e-6, rtol=1e-6)
     ops = [n.op_type for n in model.graph.node]
     assert ops.count("MatMulInteger") == 3
-    assert ("QuantizeLinear" in ops) == (opset <= 27)
+    assert ("QuantizeLinear" in ops) == (opset <= 27 and not reduce_range)
 
 
 @pytest.mark.parametrize("opset", [OPSETS[0], OPSETS[-1]])

@@ -314,6 +314,8 @@ def describe(obs, ember_side=True):
     """The settings that decide an observer's qparams, in torch's spelling."""
     d = dict(cls=type(obs).__name__)
     for key in ("quant_min", "quant_max", "reduce_range", "averaging_constant", "ch_axis", "bins", "is_dynamic"):
+        if key == "reduce_range" and type(obs).__name__ == "PlaceholderObserver":
+            continue  # (ember's PlaceholderObserver carries reduce_range for dynamic layers; torch's has none)
         if hasattr(obs, key):
             d[key] = getattr(obs, key)
     d["dtype"] = TORCH_DTYPE.get(obs.dtype, obs.dtype) if ember_side else obs.dtype
