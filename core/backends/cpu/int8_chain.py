@@ -216,7 +216,7 @@ def plan(layers, reduce_range=False) -> _Plan:
     for i, (p, *_) in enumerate(layers):
         if p.act_max < qmax:
             raise ValueError(f"dynamic_chain: layer {i}'s weight was packed for activation codes up to {p.act_max}, "
-                             f"the chain's reach {qmax} (pack it with act_max={qmax})")
+                             f"the chain's codes reach {qmax} (pack it with act_max={qmax})")
     for i, (a, b) in enumerate(zip(layers, layers[1:])):
         if b[0].k != a[0].n:
             raise ValueError(f"dynamic_chain: layer {i} has {a[0].n} outputs, layer {i + 1} expects {b[0].k} inputs")

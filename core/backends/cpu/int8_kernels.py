@@ -285,7 +285,7 @@ def _check_packed(packed, op, act_max=255):
         raise TypeError(f"{op}: expected a PackedWeight from pack_weight, got {type(packed).__name__}")
     if packed.act_max < act_max:
         raise ValueError(f"{op}: the weight was packed for activation codes up to {packed.act_max} "
-                         f"(pack_weight(act_max={packed.act_max})), this call's reach {act_max}; pack it with "
+                         f"(pack_weight(act_max={packed.act_max})), this call's codes reach {act_max}; pack it with "
                          f"act_max={act_max}")
 
 
