@@ -75,13 +75,19 @@ def test_kink_and_nan_match_torch():
 
 
 def test_training_steps_match_torch():
-    """20 SGD-momentum steps of an mlp through Sequential (Linear -> ReLU fused) against torch's on the same batches."""
+    """20 SGD-momentum steps of an mlp through Sequential (Linear -> ReLU fused) against torch's on the same batches.
+    (With unit-normal weights the float32 roundings grew past 1e-4 for some batches: worst over 15 draws now 3e-8.)"""
     m, tm = _pair(np.float32, sizes=(16, 32, 24, 5))
+    with torch.no_grad():  # weights of a trainable scale (unit-normal ones blow the logits up: chaotic float32 drift)
+        for (name, a), b in zip(m.named_parameters(), tm.parameters()):
+            scaled = b.numpy() / np.float32(np.sqrt(b.shape[-1]))
+            a.data, b.data = ember.from_numpy(scaled.copy()), torch.from_numpy(scaled.copy())
     o1 = ember.optim.SGD(m.parameters(), lr=0.05, momentum=0.9)
     o2 = torch.optim.SGD(tm.parameters(), lr=0.05, momentum=0.9)
+    rng = np.random.default_rng(5)  # (its own batches, whichever tests ran before it in this process)
     for step in range(20):
-        x = RNG.standard_normal((12, 16)).astype(np.float32)
-        t = RNG.integers(0, 5, 12)
+        x = rng.standard_normal((12, 16)).astype(np.float32)
+        t = rng.integers(0, 5, 12)
         o1.zero_grad()
         out = m(ember.from_numpy(x))
         assert out.grad_fn is not None
