@@ -169,7 +169,9 @@ def pool_codes_ir() -> str:
     """``pool_codes(src, wp, ho2, wo2, bias, dst, codes)``: dst[y*wo2 + x] = the max of the 2x2 block at (2y, 2x) of
     the rows src (row stride wp) plus ``bias``, codes[y*wo2 + x] = its place in the block (dy*2 + dx), the block
     scanned as max_pool2d does (bias added first; the first max on ties, the last NaN); 8 blocks a step. It reads up
-    to 16 floats past a row's 2*wo2 (the caller's layout has them) and writes nothing past wo2 (masked stores)."""
+    to 16 floats past a row's 2*wo2 (the caller's layout has them) and writes nothing past the plane's ho2*wo2: a
+    step that ends inside the plane stores all 8 (past its row: the next rows' places, written again when their turn
+    comes), the plane's last step(s) masked stores (which cost more: AVX2 scalarises the byte one)."""
     ev = "<8 x i32> <i32 0, i32 2, i32 4, i32 6, i32 8, i32 10, i32 12, i32 14>"
     od = "<8 x i32> <i32 1, i32 3, i32 5, i32 7, i32 9, i32 11, i32 13, i32 15>"
     return f"""
@@ -178,10 +180,19 @@ entry:
   %rows = icmp sgt i64 %ho2, 0
   %cols = icmp sgt i64 %wo2, 0
   %go = and i1 %rows, %cols
+  %total = mul i64 %ho2, %wo2
   %bi = insertelement <8 x float> undef, float %bias, i32 0
   %bs = shufflevector <8 x float> %bi, <8 x float> undef, <8 x i32> zeroinitializer
   br i1 %go, label %row, label %done
-{_row_loop()}
+row:
+  %y = phi i64 [0, %entry], [%y1, %rowend]
+  %y2 = mul i64 %y, 2
+  %toff = mul i64 %y2, %wp
+  %boff = add i64 %toff, %wp
+  %doff = mul i64 %y, %wo2
+  br label %col
+col:
+  %x = phi i64 [0, %row], [%x1, %next]
   %x2 = mul i64 %x, 2
 {_row_pair('float', '%x2')}
   %a0 = shufflevector <16 x float> %tv, <16 x float> undef, {ev}
@@ -195,55 +206,113 @@ entry:
 {_later("m1", "b", "a", "zeroinitializer", 1)}
 {_later("m2", "c", "m1", "%m1k", 2)}
 {_later("m3", "d", "m2", "%m2k", 3)}
+  %da = add i64 %doff, %x
+  %dp = getelementptr float, float* %dst, i64 %da
+  %cp = getelementptr i8, i8* %codes, i64 %da
+  %dend = add i64 %da, 8
+  %inside = icmp sle i64 %dend, %total
+  br i1 %inside, label %plain, label %masked
+plain:
+  %dq = bitcast float* %dp to <8 x float>*
+  store <8 x float> %m3, <8 x float>* %dq, align 4
+  %cq = bitcast i8* %cp to <8 x i8>*
+  store <8 x i8> %m3k, <8 x i8>* %cq, align 1
+  br label %next
+masked:
   %rem = sub i64 %wo2, %x
 {_splat_i64("rs", "%rem", 8)}
   %mask = icmp slt <8 x i64> {_lanes(8)}, %rs
-  %da = add i64 %doff, %x
-  %dp = getelementptr float, float* %dst, i64 %da
   call void @llvm.masked.store.v8f32.p0(<8 x float> %m3, ptr %dp, i32 4, <8 x i1> %mask)
-  %cp = getelementptr i8, i8* %codes, i64 %da
   call void @llvm.masked.store.v8i8.p0(<8 x i8> %m3k, ptr %cp, i32 1, <8 x i1> %mask)
-{_row_loop_end(8, '%wo2')}
+  br label %next
+next:
+  %x1 = add i64 %x, 8
+  %more = icmp slt i64 %x1, %wo2
+  br i1 %more, label %col, label %rowend
+rowend:
+  %y1 = add i64 %y, 1
+  %morey = icmp slt i64 %y1, %ho2
+  br i1 %morey, label %row, label %done
+done:
+  ret void
+}}
 """
 
 
 def unpool_ir() -> str:
     """``unpool(g, codes, n, dy2, dst)``: dst[2j + dx] = g[j] where codes[j] == dy2 + dx, else 0, for j < n and dx in
-    (0, 1): one output row (dy2 = 0 the top, 2 the bottom) of a 2x2 max pool's gradient; 8 blocks a step, masked
-    loads and stores (nothing read or written past n / 2n)."""
+    (0, 1): one output row (dy2 = 0 the top, 2 the bottom) of a 2x2 max pool's gradient; 8 blocks a step with plain
+    loads and stores, a row's last n % 8 blocks by one more step ending at n (rewriting some: the same values) or,
+    in rows of fewer than 8, one at a time with integer masks; no branch on the data, nothing read or written past
+    n / 2n. (Masked vector loads and stores, used before, cost ~2x as much on AVX2 for rows of 14: the byte mask
+    loads are scalarised with a branch a lane.)"""
     il = "<16 x i32> <" + ", ".join(f"i32 {i // 2 + 8 * (i % 2)}" for i in range(16)) + ">"
+
+    def block(t, x):  # the 8 blocks from x
+        return f"""  %{t}gp = getelementptr float, float* %g, i64 {x}
+  %{t}gq = bitcast float* %{t}gp to <8 x float>*
+  %{t}gv = load <8 x float>, <8 x float>* %{t}gq, align 4
+  %{t}cp = getelementptr i8, i8* %codes, i64 {x}
+  %{t}cq = bitcast i8* %{t}cp to <8 x i8>*
+  %{t}cv = load <8 x i8>, <8 x i8>* %{t}cq, align 1
+  %{t}cd = sub <8 x i8> %{t}cv, %ds
+  %{t}ie = icmp eq <8 x i8> %{t}cd, {_i8s(0)}
+  %{t}io = icmp eq <8 x i8> %{t}cd, {_i8s(1)}
+  %{t}e = select <8 x i1> %{t}ie, <8 x float> %{t}gv, <8 x float> zeroinitializer
+  %{t}o = select <8 x i1> %{t}io, <8 x float> %{t}gv, <8 x float> zeroinitializer
+  %{t}v = shufflevector <8 x float> %{t}e, <8 x float> %{t}o, {il}
+  %{t}x2 = mul i64 {x}, 2
+  %{t}dp = getelementptr float, float* %dst, i64 %{t}x2
+  %{t}dq = bitcast float* %{t}dp to <16 x float>*
+  store <16 x float> %{t}v, <16 x float>* %{t}dq, align 4"""
     return f"""
 define void @unpool(float* %g, i8* %codes, i64 %n, i64 %dy2, float* %dst) {{
 entry:
-  %go = icmp sgt i64 %n, 0
   %d8 = trunc i64 %dy2 to i8
   %di = insertelement <8 x i8> undef, i8 %d8, i32 0
   %ds = shufflevector <8 x i8> %di, <8 x i8> undef, <8 x i32> zeroinitializer
-  br i1 %go, label %col, label %done
+  %full = and i64 %n, -8
+  %go = icmp sgt i64 %full, 0
+  br i1 %go, label %col, label %tailcheck
 col:
   %x = phi i64 [0, %entry], [%x1, %col]
-  %rem = sub i64 %n, %x
-{_splat_i64("rs", "%rem", 8)}
-  %mask = icmp slt <8 x i64> {_lanes(8)}, %rs
-  %rem2 = mul i64 %rem, 2
-{_splat_i64("r2", "%rem2", 16)}
-  %mask2 = icmp slt <16 x i64> {_lanes(16)}, %r2
-  %gp = getelementptr float, float* %g, i64 %x
-  %gv = call <8 x float> @llvm.masked.load.v8f32.p0(ptr %gp, i32 4, <8 x i1> %mask, <8 x float> zeroinitializer)
-  %cp = getelementptr i8, i8* %codes, i64 %x
-  %cv = call <8 x i8> @llvm.masked.load.v8i8.p0(ptr %cp, i32 1, <8 x i1> %mask, <8 x i8> zeroinitializer)
-  %cd = sub <8 x i8> %cv, %ds
-  %ie = icmp eq <8 x i8> %cd, {_i8s(0)}
-  %io = icmp eq <8 x i8> %cd, {_i8s(1)}
-  %e = select <8 x i1> %ie, <8 x float> %gv, <8 x float> zeroinitializer
-  %o = select <8 x i1> %io, <8 x float> %gv, <8 x float> zeroinitializer
-  %v = shufflevector <8 x float> %e, <8 x float> %o, {il}
-  %x2 = mul i64 %x, 2
-  %dp = getelementptr float, float* %dst, i64 %x2
-  call void @llvm.masked.store.v16f32.p0(<16 x float> %v, ptr %dp, i32 4, <16 x i1> %mask2)
+{block("", "%x")}
   %x1 = add i64 %x, 8
-  %more = icmp slt i64 %x1, %n
-  br i1 %more, label %col, label %done
+  %more = icmp slt i64 %x1, %full
+  br i1 %more, label %col, label %last
+last:
+  %rest = icmp slt i64 %full, %n
+  br i1 %rest, label %lastblock, label %done
+lastblock:
+  %xl = sub i64 %n, 8
+{block("l", "%xl")}
+  br label %done
+tailcheck:
+  %t0 = icmp sgt i64 %n, 0
+  br i1 %t0, label %tail, label %done
+tail:
+  %y = phi i64 [0, %tailcheck], [%y1, %tail]
+  %tgp = getelementptr float, float* %g, i64 %y
+  %tg = load float, float* %tgp, align 4
+  %tcp = getelementptr i8, i8* %codes, i64 %y
+  %tc = load i8, i8* %tcp, align 1
+  %tcd = sub i8 %tc, %d8
+  %tie = icmp eq i8 %tcd, 0
+  %tio = icmp eq i8 %tcd, 1
+  %tgi = bitcast float %tg to i32
+  %tme = sext i1 %tie to i32
+  %tmo = sext i1 %tio to i32
+  %te = and i32 %tgi, %tme
+  %to = and i32 %tgi, %tmo
+  %y2 = mul i64 %y, 2
+  %tdf = getelementptr float, float* %dst, i64 %y2
+  %tdp = bitcast float* %tdf to i32*
+  store i32 %te, i32* %tdp, align 4
+  %tdp1 = getelementptr i32, i32* %tdp, i64 1
+  store i32 %to, i32* %tdp1, align 4
+  %y1 = add i64 %y, 1
+  %tmore = icmp slt i64 %y1, %n
+  br i1 %tmore, label %tail, label %done
 done:
   ret void
 }}
