@@ -67,10 +67,11 @@ def _max(out, a, b, n, elem):
             f"  %{out} = select <{n} x i1> %{out}p, <{n} x float> %{b}, <{n} x float> %{a}")
 
 
-def _row_loop() -> str:
+def _row_loop(latch="col") -> str:
     """IR: the blocks of a loop over output rows y < %ho2 (%toff / %boff: offsets of input rows 2y and 2y+1 at
-    stride %wp; %doff = y * %wo2) with an inner column loop %x (``_row_loop_end`` closes both)."""
-    return """row:
+    stride %wp; %doff = y * %wo2) with an inner column loop %x (``_row_loop_end`` closes both, in the block
+    ``latch``: the column loop's last)."""
+    return f"""row:
   %y = phi i64 [0, %entry], [%y1, %rowend]
   %y2 = mul i64 %y, 2
   %toff = mul i64 %y2, %wp
@@ -78,7 +79,7 @@ def _row_loop() -> str:
   %doff = mul i64 %y, %wo2
   br label %col
 col:
-  %x = phi i64 [0, %row], [%x1, %col]"""
+  %x = phi i64 [0, %row], [%x1, %{latch}]"""
 
 
 def _row_pair(t, off) -> str:
@@ -184,15 +185,7 @@ entry:
   %bi = insertelement <8 x float> undef, float %bias, i32 0
   %bs = shufflevector <8 x float> %bi, <8 x float> undef, <8 x i32> zeroinitializer
   br i1 %go, label %row, label %done
-row:
-  %y = phi i64 [0, %entry], [%y1, %rowend]
-  %y2 = mul i64 %y, 2
-  %toff = mul i64 %y2, %wp
-  %boff = add i64 %toff, %wp
-  %doff = mul i64 %y, %wo2
-  br label %col
-col:
-  %x = phi i64 [0, %row], [%x1, %next]
+{_row_loop("next")}
   %x2 = mul i64 %x, 2
 {_row_pair('float', '%x2')}
   %a0 = shufflevector <16 x float> %tv, <16 x float> undef, {ev}
@@ -226,16 +219,7 @@ masked:
   call void @llvm.masked.store.v8i8.p0(<8 x i8> %m3k, ptr %cp, i32 1, <8 x i1> %mask)
   br label %next
 next:
-  %x1 = add i64 %x, 8
-  %more = icmp slt i64 %x1, %wo2
-  br i1 %more, label %col, label %rowend
-rowend:
-  %y1 = add i64 %y, 1
-  %morey = icmp slt i64 %y1, %ho2
-  br i1 %morey, label %row, label %done
-done:
-  ret void
-}}
+{_row_loop_end(8, '%wo2')}
 """
 
 
