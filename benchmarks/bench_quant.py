@@ -5,8 +5,9 @@
 
 Every side starts from the same torch mlp (torch.manual_seed(0)). ember: the workload traced with
 torch's weights, ``ember.quantize.quantize_dynamic`` (int8 weights per output channel, uint8
-activations quantized per call to 7 bits, as torch's x86 backend), saved and loaded with ``ember.serialize.load``; fp32 the same without
-quantization. ONNX Runtime: the fp32 ONNX file torch exports, and that file after
+activations quantized per call to 7 bits, as torch's x86 backend), saved and loaded with
+``ember.serialize.load``; fp32 the same without quantization. ONNX Runtime: the fp32 ONNX file torch exports,
+and that file after
 ``onnxruntime.quantization.quantize_dynamic(weight_type=QInt8)`` (with ``reduce_range``, 7-bit weights, on CPUs
 without VNNI, as its docs advise); ember's 7-bit-weight row is ``per_channel_7bit_dynamic_qconfig``, the same
 (7-bit weights, 8-bit activations). 2 threads,
@@ -208,12 +209,11 @@ def main():
     print("|---|---|---|---|---|---|---|---|")
     for b in BATCHES:
         med = {s: statistics.median(r[str(b)] for r in runs[s]) for s in SIDES}
-        e8, e32, o8 = med["ember-int8"], med["ember-fp32"], med["ort-int8"]
-        print(f"| mlp dynamic int8 (7-bit activations) | {b} | {e32:.0f} | {e8:.0f} | {med['ort-fp32']:.0f} | {o8:.0f} | {e8 / e32:.2f} "
-              f"| {e8 / o8:.2f} |")
-        e7 = med["ember-int8-7bit"]
-        print(f"| mlp dynamic int8, 7-bit weights (ORT's) | {b} | {e32:.0f} | {e7:.0f} | {med['ort-fp32']:.0f} | {o8:.0f} | "
-              f"{e7 / e32:.2f} | {e7 / o8:.2f} |")
+        e32, o32, o8 = med["ember-fp32"], med["ort-fp32"], med["ort-int8"]
+        for label, side in (("mlp dynamic int8 (7-bit activations)", "ember-int8"),
+                            ("mlp dynamic int8, 7-bit weights (ORT's)", "ember-int8-7bit")):
+            e = med[side]
+            print(f"| {label} | {b} | {e32:.0f} | {e:.0f} | {o32:.0f} | {o8:.0f} | {e / e32:.2f} | {e / o8:.2f} |")
     for b in BATCHES:
         c32, c8 = (statistics.median(r[str(b)] for r in runs[s]) for s in ("ember-cnn-fp32", "ember-cnn-int8"))
         print(f"| cnn static int8 | {b} | {c32:.0f} | {c8:.0f} | - | - | {c8 / c32:.2f} | - |")

@@ -235,6 +235,7 @@ def qconv_prepare(op, inputs, attrs, pool):
     fixed = _fixed_requant(op, inputs)
     if fixed is None:
         return None
+    attrs = dict(attrs)  # (the caller's stay as they are)
     in_requant = attrs.pop("in_requant", None)
     if in_requant is not None:  # the input's table first: inside the Winograd layout pass, else one lookup
         from .qfold import _check_codes, _lookup, fold_table

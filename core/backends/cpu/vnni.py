@@ -22,8 +22,8 @@ argument (which keeps those kernels cacheable). ``EMBER_INT8_VNNI=0`` turns both
 ``EMBER_INT8_TILE=avx2`` picks the AVX2 tile on a VNNI machine (to test it there).
 
 Weight layout (``pack``), per block of 32 output columns: VNNI and U8S8, for each group of 4 k, 32 x 4 bytes
-(column-major within the group): (N/32, Kp/4, 32, 4) int8; AVX2, for each pair of k, 32 x 2 int16: the same bytes viewed as
-(N/32, Kp/2, 32, 4) int8. Zero-padded past N.
+(column-major within the group): (N/32, Kp/4, 32, 4) int8; AVX2, for each pair of k, 32 x 2 int16: the same bytes
+viewed as (N/32, Kp/2, 32, 4) int8. Zero-padded past N.
 """
 from __future__ import annotations
 
@@ -98,8 +98,9 @@ def _avx2_ir(halves=2, name="tile2", u8s8=False) -> str:
     with ``halves`` = 1 only the block's first 16 columns (a layer's last block when no more are real). lda = 0
     (one row, repeated) takes a one-row loop over all the columns at once (4 accumulators), not four equal rows.
 
-    With ``u8s8`` the U8S8 tile (tile7): uint8 rows and the VNNI layout, for weights of 7 bits (|w| <= 64):
-    ``vpmaddubsw`` (32 uint8 x int8 products summed in pairs into int16: exact, at most 2 * 255 * 64 = 32640) then
+    With ``u8s8`` the U8S8 tile (tile7): uint8 rows and the VNNI layout, for weights of 7 bits (|w| <= 64) or
+    activation codes of 7 bits (<= 127): ``vpmaddubsw`` (32 uint8 x int8 products summed in pairs into int16: exact,
+    within 2 * 255 * 64 = 32640 or 2 * 127 * 128 = 32512) then
     ``vpmaddwd`` by ones (the pairs of pairs into int32) and ``vpaddd``: a column's four products in 3 instructions,
     where the int16 tile needs 4 for two columns' worth (measured on Zen 3, one thread, 32 x 784 -> 512: ~96 G
     multiply-adds/s against ~63)."""
@@ -110,15 +111,17 @@ def _avx2_ir(halves=2, name="tile2", u8s8=False) -> str:
 
     def product(tag, a, w, acc_in, acc_out):
         if not u8s8:
-            return [f"  %p{tag} = call {vt} @llvm.x86.avx2.pmadd.wd({wt} {a}, {wt} {w})", f"  {acc_out} = add {vt} {acc_in}, %p{tag}"]
+            return [f"  %p{tag} = call {vt} @llvm.x86.avx2.pmadd.wd({wt} {a}, {wt} {w})",
+                    f"  {acc_out} = add {vt} {acc_in}, %p{tag}"]
         return [f"  %s{tag} = call <16 x i16> @llvm.x86.avx2.pmadd.ub.sw({wt} {a}, {wt} {w})",
                 f"  %p{tag} = call {vt} @llvm.x86.avx2.pmadd.wd(<16 x i16> %s{tag}, <16 x i16> {ones})",
                 f"  {acc_out} = add {vt} {acc_in}, %p{tag}"]
 
     def bcast(tag, row, k):
         off = [f"  %ao{tag} = shl i64 {k}, {a_shift}"] if a_shift else [f"  %ao{tag} = add i64 {k}, 0"]
-        return off + [f"  %ap{tag} = getelementptr i8, i8* {row}, i64 %ao{tag}", f"  %aq{tag} = bitcast i8* %ap{tag} to i32*",
-                      f"  %as{tag} = load i32, i32* %aq{tag}, align 1", f"  %ai{tag} = insertelement {vt} undef, i32 %as{tag}, i32 0",
+        return off + [f"  %ap{tag} = getelementptr i8, i8* {row}, i64 %ao{tag}",
+                      f"  %aq{tag} = bitcast i8* %ap{tag} to i32*", f"  %as{tag} = load i32, i32* %aq{tag}, align 1",
+                      f"  %ai{tag} = insertelement {vt} undef, i32 %as{tag}, i32 0",
                       f"  %ab{tag} = shufflevector {vt} %ai{tag}, {vt} undef, <8 x i32> zeroinitializer",
                       f"  %av{tag} = bitcast {vt} %ab{tag} to {wt}"]
 
@@ -134,7 +137,8 @@ def _avx2_ir(halves=2, name="tile2", u8s8=False) -> str:
     nv = 2 * halves  # the one-row loop: every column's vector in one pass
     lines += ["row:", "  %rk = phi i64 [0, %entry], [%rkn, %row]"]
     lines += [f"  %rc{h} = phi {vt} [zeroinitializer, %entry], [%rn{h}, %row]" for h in range(nv)]
-    lines += [f"  %rwo = mul i64 %rk, {w_step}", "  %rwb = getelementptr i8, i8* %w, i64 %rwo"] + bcast("r", "%a0", "%rk")
+    lines += [f"  %rwo = mul i64 %rk, {w_step}", "  %rwb = getelementptr i8, i8* %w, i64 %rwo"]
+    lines += bcast("r", "%a0", "%rk")
     for h in range(nv):
         lines += wload(f"r{h}", "%rwb", 32 * h) + product(f"r{h}", "%avr", f"%wvr{h}", f"%rc{h}", f"%rn{h}")
     lines += [f"  %rkn = add i64 %rk, {k_step}", f"  %rmore = icmp ult i64 %rkn, {bound}",
@@ -155,7 +159,8 @@ def _avx2_ir(halves=2, name="tile2", u8s8=False) -> str:
         for r in range(4):
             lines += bcast(f"{half}{r}", f"%a{r}", f"%k{half}")
             for h in range(2):
-                lines += product(f"{half}{r}{h}", f"%av{half}{r}", f"%wv{half}{h}", f"%c{half}{r}{h}", f"%n{half}{r}{h}")
+                lines += product(f"{half}{r}{h}", f"%av{half}{r}", f"%wv{half}{h}", f"%c{half}{r}{h}",
+                                 f"%n{half}{r}{h}")
         lines += [f"  %k{half}n = add i64 %k{half}, {k_step}", f"  %more{half} = icmp ult i64 %k{half}n, {bound}",
                   f"  br i1 %more{half}, label %loop{half}, label %done{half}", f"done{half}:"]
         for r, h in acc:
@@ -177,7 +182,7 @@ define void @noop(i8* %a0, i64 %lda, i8* %w, i64 %kp, i32* %out, i64 %ldo) {
 _STATE = {}
 
 
-VNNI, AVX2, U8S8 = 1, 2, 3  # kind(): which tile runs (0: none); U8S8: AVX2 hosts' tile for 7-bit weights
+VNNI, AVX2, U8S8 = 1, 2, 3  # kind(): which tile runs (0: none); U8S8: AVX2 hosts' tile for 7-bit weights or codes
 W7 = 64  # |w| <= W7: a weight the U8S8 tile takes exactly
 
 
