@@ -16,7 +16,10 @@ excluded from the step times and reported separately.
 Two more columns bound what ember's step could reach, measured in ember's process after its bursts:
 the step's BLAS GEMMs replayed alone (the same operands, recorded from one step; torch runs the same
 products) and ``optimizer.step()`` alone on that step's gradients (hot in cache). Their sum over
-torch's step is the ratio ember would have with no other work at all.
+torch's step is the ratio ember would have with no other work at all. For the mlp a third process takes its
+turn in every round: the same step written by hand on ember's kernels (kernel_step.py: no Tensor, autograd,
+module or optimizer code; checked to leave the same parameters as ember's step), the floor of a Python framework
+over these kernels; its ratio to torch is taken per round like ember's.
 """
 from __future__ import annotations
 
@@ -61,6 +64,13 @@ def worker(side, name, warmup, threads):
             opt.zero_grad()
             torch.nn.functional.cross_entropy(tm(x), y).backward()
             opt.step()
+    elif side == "kernels":
+        from kernel_step import check, mlp_kernel_step
+
+        check(lambda: ember_model(name), xs[0], ys[0])
+        em = ember_model(name)
+        copy_torch_weights(tm, em)
+        opt, step = None, mlp_kernel_step(em, 0.01, 0.9)
     else:
         import ember
         import ember.nn.functional as F
@@ -159,7 +169,7 @@ def main():
     ap.add_argument("--rounds", type=int, default=15, help="bursts per side")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--workloads", default="mlp,cnn")
-    ap.add_argument("--worker", choices=["ember", "torch"], help=argparse.SUPPRESS)
+    ap.add_argument("--worker", choices=["ember", "torch", "kernels"], help=argparse.SUPPRESS)
     args = ap.parse_args()
     _set_threads(args.threads)
     if args.worker:
@@ -176,14 +186,15 @@ def main():
           f"numpy {np.__version__}  numba {numba.__version__}  {args.rounds} alternating bursts x {args.repeats} steps")
     print("| workload | ember median us | torch median us | ember/torch (median of rounds; range) | target "
           "| ember first step ms | torch first step ms | ember's GEMMs alone us | optimizer.step alone us "
-          "| (GEMMs + step) / torch |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
+          "| (GEMMs + step) / torch | hand-written kernel step us (/ torch; range) |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     for name in args.workloads.split(","):
-        sides = {side: Side(side, name, args) for side in ("ember", "torch")}
-        runs = {"ember": [], "torch": []}
+        order = ("ember", "torch", "kernels") if name == "mlp" else ("ember", "torch")
+        sides = {side: Side(side, name, args) for side in order}
+        runs = {side: [] for side in order}
         try:
             for r in range(args.rounds):
-                for side in (("ember", "torch") if r % 2 == 0 else ("torch", "ember")):
+                for side in order[r % len(order):] + order[:r % len(order)]:
                     time.sleep(PAUSE_S)
                     runs[side].append(sides[side].ask("run", args.repeats)["median_us"])
             time.sleep(PAUSE_S)
@@ -195,10 +206,15 @@ def main():
         ratios = [a / b for a, b in zip(runs["ember"], runs["torch"])]
         ratio = statistics.median(ratios)
         g, o = floor["gemm_us"], floor["opt_us"]
+        if "kernels" in runs:
+            k = [a / b for a, b in zip(runs["kernels"], runs["torch"])]
+            hand = f"{statistics.median(runs['kernels']):.0f} ({statistics.median(k):.2f}; {min(k):.2f}-{max(k):.2f})"
+        else:
+            hand = "-"
         verdict = "meets" if ratio <= TARGETS[name] else "misses"
         print(f"| {name} train step B={BATCH[name]} | {e:.0f} | {t:.0f} | {ratio:.2f} ({min(ratios):.2f}-{max(ratios):.2f}) "
               f"| <= {TARGETS[name]} ({verdict}) | {sides['ember'].first_ms:.0f} | {sides['torch'].first_ms:.0f} | "
-              f"{g:.0f} ({floor['n_gemm']} calls) | {o:.0f} | {(g + o) / t:.2f} |", flush=True)
+              f"{g:.0f} ({floor['n_gemm']} calls) | {o:.0f} | {(g + o) / t:.2f} | {hand} |", flush=True)
 
 
 if __name__ == "__main__":
