@@ -151,6 +151,8 @@ def _linear_gw_cpu(g, x):
 def _linear_bw(ctx, g):
     x, w = ctx.inputs[0], ctx.inputs[1]
     needs = ctx.needs_input_grad
+    if g._data.__class__ is np.ndarray:
+        return _linear_bw_cpu(ctx, g._data, x._data, w._data, needs)
     g2 = g if g.ndim == 2 else g.reshape(-1, g.shape[-1])
     gx = gw = gb = None
     if needs[0]:
@@ -161,6 +163,24 @@ def _linear_bw(ctx, g):
     if len(needs) > 2 and needs[2]:
         gb = g2.sum(0).reshape(ctx.input_shapes[2])
     return (gx, gw, gb) if len(needs) > 2 else (gx, gw)
+
+
+def _linear_bw_cpu(ctx, g, x, w, needs):
+    """linear's backward on numpy arrays: the kernels called directly (the backward records nothing; an op dispatch
+    for each of its four small results cost more than their arithmetic in the mlp's last layer)."""
+    g2 = g if g.ndim == 2 else g.reshape(-1, g.shape[-1])
+    gx = gw = gb = None
+    if needs[0]:
+        gx = blas.matmul(g2, w)
+        gx = Tensor._wrap(gx if x.ndim == 2 else gx.reshape(x.shape))
+    if needs[1]:
+        gw = Tensor._wrap(_linear_gw_cpu(g, x))
+    if len(needs) > 2:
+        if needs[2]:
+            b = g2.sum(0)
+            gb = Tensor._wrap(b if b.shape == ctx.input_shapes[2] else b.reshape(ctx.input_shapes[2]))
+        return gx, gw, gb
+    return gx, gw
 
 
 def linear(input, weight, bias=None):

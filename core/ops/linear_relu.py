@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..backends.cpu import blas
 from ..backends.cpu.jit import njit
 from ..tensor import Tensor
-from .linalg import _linear_cpu, _linear_gw, _linear_rule, _mm
+from .linalg import _linear_cpu, _linear_gw_cpu, _linear_rule
 from .registry import apply, backward, kernel, register_op
 
 _KERNEL_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
@@ -71,15 +72,17 @@ def _linear_relu_bw(ctx, g):
     y = ctx.outputs[0]
     needs = ctx.needs_input_grad
     has_bias = len(needs) > 2
-    ga = np.ascontiguousarray(g._data)  # (the op runs on the CPU only: its output's gradient is a numpy array)
+    # The op runs on the CPU only: gradients are numpy arrays, and the backward calls the kernels directly (it runs
+    # without recording; an op dispatch each would cost more than the small products' arithmetic).
+    ga = np.ascontiguousarray(g._data)
     gma, gba = np.empty(ga.shape, ga.dtype), np.empty(ga.shape[1], ga.dtype)
     _mask_colsum(ga, y._data, gma, gba)
-    gm, gb = Tensor._wrap(gma), Tensor._wrap(gba)
-    gx = _mm(gm, w) if needs[0] else None
-    gw = apply(_linear_gw, gm, x) if needs[1] else None
+    gx = Tensor._wrap(blas.matmul(gma, w._data)) if needs[0] else None
+    gw = Tensor._wrap(_linear_gw_cpu(gma, x._data)) if needs[1] else None
     if not has_bias:
         return gx, gw
-    return gx, gw, (gb.reshape(ctx.input_shapes[2]) if needs[2] else None)
+    bshape = ctx.input_shapes[2]  # (a view would be copied before it becomes .grad)
+    return gx, gw, (Tensor._wrap(gba if gba.shape == bshape else gba.reshape(bshape)) if needs[2] else None)
 
 
 def fusable(x, weight, bias) -> bool:

@@ -14,6 +14,7 @@ import numpy as np
 from ..autograd.grad_mode import is_grad_enabled
 from ..backends.cpu import loss_kernels as L
 from ..backends.cpu.jit import f32c
+from ..tensor import Tensor
 from .registry import apply, backward, kernel, register_op
 from .util import broadcast_shapes
 
@@ -108,7 +109,12 @@ def _ce_cpu(x, t, w=None, *, ignore_index, reduction, label_smoothing):
 @backward("cross_entropy")
 def _ce_bw(ctx, g):
     ins = ctx.inputs
-    gx = apply(_ce_bwd, g, *ins, **ctx.attrs) if ctx.needs_input_grad[0] else None
+    gx = None
+    if ctx.needs_input_grad[0]:
+        if g._data.__class__ is np.ndarray:  # (the kernel directly: the backward records nothing)
+            gx = Tensor._wrap(_ce_bwd_cpu(g._data, *[t._data for t in ins], **ctx.attrs))
+        else:
+            gx = apply(_ce_bwd, g, *ins, **ctx.attrs)
     return (gx,) + (None,) * (len(ins) - 1)
 
 

@@ -116,6 +116,10 @@ def _extra_calls():
     registry.apply("arange", start=0, end=5, step=1, dtype="int64"), registry.apply("arange", start=5, end=0, step=-2,
                                                                                     dtype="float32")
     registry.apply("arange", start=3, end=3, step=1, dtype="int64")
+    # backward ops the CPU backward runs as plain kernels (dispatched as ops on CUDA)
+    registry.apply("linear_weight_grad", _x(2, 3, 4), _x(2, 3, 5))
+    registry.apply("cross_entropy_backward", _x(()), _x(4, 3), ember.tensor([0, 2, 1, 1]), ignore_index=-100,
+                   reduction="mean", label_smoothing=0.0)
     # fused inference ops the serialize passes emit (never reached from eager code)
     registry.apply("linear_act", _x(3, 4), _x(5, 4), _x(5), act="relu")
     registry.apply("linear_act", _x(2, 3, 4), _x(5, 4), act="gelu")
