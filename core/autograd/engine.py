@@ -83,7 +83,7 @@ def run_backward(outputs, grad_outputs, retain_graph=False, inputs=None):
 
         for node in _topo_order(roots):
             grads = pending.pop(id(node), None)
-            if grads is None or all(g is None for g in grads):
+            if grads is None or grads.count(None) == len(grads):
                 if not retain_graph:
                     node.ctx._free()
                 continue
@@ -113,12 +113,14 @@ def run_backward(outputs, grad_outputs, retain_graph=False, inputs=None):
                 )
             if not retain_graph:
                 node.ctx._free()
+            shapes = node.ctx.input_shapes
             for i, (e, g) in enumerate(zip(node.edges, in_grads)):
                 if e is None or g is None:
                     continue
-                if not isinstance(g, Tensor):
+                if g.__class__ is not Tensor and not isinstance(g, Tensor):
                     raise TypeError(f"{node.name()}: backward returned {type(g).__name__} for input {i}, expected a Tensor or None")
-                _check_grad(node, i, g)
+                if g._data.shape != shapes[i]:
+                    _check_grad(node, i, g)
                 if e.__class__ is not tuple:  # a leaf tensor
                     t = e
                     if capture is not None:
@@ -138,7 +140,7 @@ def run_backward(outputs, grad_outputs, retain_graph=False, inputs=None):
 def _accumulate_leaf(t, g, owned):
     if t._grad_hooks:
         g = run_hooks(t._grad_hooks, g)
-    if g.dtype != t.dtype:
+    if g._data.dtype != t._data.dtype:
         g = g.to(t.dtype)
     if t.grad is None:
         data = g._data
