@@ -212,8 +212,8 @@ def main():
         else:
             hand = "-"
         verdict = "meets" if ratio <= TARGETS[name] else "misses"
-        print(f"| {name} train step B={BATCH[name]} | {e:.0f} | {t:.0f} | {ratio:.2f} ({min(ratios):.2f}-{max(ratios):.2f}) "
-              f"| <= {TARGETS[name]} ({verdict}) | {sides['ember'].first_ms:.0f} | {sides['torch'].first_ms:.0f} | "
+        print(f"| {name} train step B={BATCH[name]} | {e:.0f} | {t:.0f} | "
+              f"{ratio:.2f} ({min(ratios):.2f}-{max(ratios):.2f}) | <= {TARGETS[name]} ({verdict}) | {sides['ember'].first_ms:.0f} | {sides['torch'].first_ms:.0f} | "
               f"{g:.0f} ({floor['n_gemm']} calls) | {o:.0f} | {(g + o) / t:.2f} | {hand} |", flush=True)
 
 
