@@ -24,9 +24,10 @@ def mlp_kernel_step(model, lr, momentum):
     hp = np.array([lr, 0.0, momentum, 1.0], np.float32)
     one = np.ones(1, np.float32)
     mm = blas.matmul
-    first = [True]
+    first = True  # (the momentum buffer starts as the first gradient, as in torch)
 
     def step(x, t):
+        nonlocal first
         w1, b1, w2, b2, w3, b3 = params
         n = x.shape[0]
         h1 = np.empty((n, w1.shape[0]), np.float32)
@@ -47,8 +48,8 @@ def mlp_kernel_step(model, lr, momentum):
         _mask_colsum(mm(g2, w2), h1, g1, gb1)
         gw1 = mm(g1.T, x, np.empty_like(w1))
         for p, g, buf in zip(params, (gw1, gb1, gw2, gb2, gw3, gb3), bufs):
-            sgd_update(p.size, p.reshape(-1), g.reshape(-1), buf.reshape(-1), hp, False, False, first[0])
-        first[0] = False
+            sgd_update(p.size, p.reshape(-1), g.reshape(-1), buf.reshape(-1), hp, False, False, first)
+        first = False
 
     return step
 

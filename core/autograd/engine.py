@@ -117,7 +117,7 @@ def run_backward(outputs, grad_outputs, retain_graph=False, inputs=None):
             for i, (e, g) in enumerate(zip(node.edges, in_grads)):
                 if e is None or g is None:
                     continue
-                if g.__class__ is not Tensor and not isinstance(g, Tensor):
+                if not isinstance(g, Tensor):
                     raise TypeError(f"{node.name()}: backward returned {type(g).__name__} for input {i}, expected a Tensor or None")
                 if g._data.shape != shapes[i]:
                     _check_grad(node, i, g)

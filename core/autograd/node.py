@@ -5,18 +5,22 @@ from __future__ import annotations
 class Context:
     """What forward leaves for backward: saved tensors, flags and any attributes the op sets."""
 
-    def __init__(self):
+    def __init__(self, needs_input_grad=(), input_shapes=()):
         self._saved = None
         self._saved_versions = None
-        self.needs_input_grad = ()
-        self.input_shapes = ()
+        self.needs_input_grad = needs_input_grad
+        self.input_shapes = input_shapes
         self._freed = False
 
     def save_for_backward(self, *tensors):
         if self._saved is not None:
             raise RuntimeError("save_for_backward can be called at most once per forward")
+        self._save(tensors)
+
+    def _save(self, tensors):
+        """Keep ``tensors`` (a tuple; None entries allowed) and their versions, for the in-place check."""
         self._saved = tensors
-        self._saved_versions = tuple(t._version if t is not None else None for t in tensors)
+        self._saved_versions = tuple([None if t is None else t._vbox[0] for t in tensors])
 
     @property
     def saved_tensors(self):

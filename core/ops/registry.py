@@ -122,13 +122,8 @@ class OpContext(Context):
     Saved tensors are version-checked when read, so an in-place change after the forward is caught."""
 
     def __init__(self, attrs, needs=(), shapes=(), dtypes=()):
-        # (Context's fields set here directly: one op records one of these per application)
-        self._saved = None
-        self._saved_versions = None
-        self._freed = False
+        Context.__init__(self, needs, shapes)
         self.attrs = attrs
-        self.needs_input_grad = needs
-        self.input_shapes = shapes
         self.input_dtypes = dtypes
         self._n_in = 0
 
@@ -176,7 +171,7 @@ def apply(op, *inputs, **attrs):
 
 def _record(op, inputs, arrays, attrs, outs, needs):
     """Attach the autograd node of one op application to its floating outputs. (Runs once per op application:
-    list comprehensions and inlined helpers, ~2-6 us less than generator expressions and calls per op.)"""
+    list comprehensions rather than generator expressions, a few us less per op.)"""
     ctx = OpContext(attrs, needs, tuple([a.shape for a in arrays]), tuple([_FROM_NP[a.dtype] for a in arrays]))
     si = op.save_inputs
     if si is True:
@@ -190,20 +185,14 @@ def _record(op, inputs, arrays, attrs, outs, needs):
     if so:
         # aliases, not the outputs themselves: no output -> node -> output reference cycle
         saved = saved + tuple([_alias(o) if so is True or i in so else None for i, o in enumerate(outs)])
-    if saved:  # (Context.save_for_backward's work: the tensors and their versions, for the in-place check)
-        ctx._saved = saved
-        ctx._saved_versions = tuple([None if t is None else t._vbox[0] for t in saved])
-    # where each input's gradient goes (see Node): nowhere, a leaf, or (node, output index)
-    edges = tuple([None if not t._requires_grad else (t if t.grad_fn is None else (t.grad_fn, t._out_idx))
-                   for t in inputs])
-    node = Node(op._bw_name, op.backward, ctx, edges, op.n_outputs)
-    i = 0
-    for o in outs:
+    if saved:
+        ctx._save(saved)
+    node = Node(op._bw_name, op.backward, ctx, tuple([_edge(t) for t in inputs]), op.n_outputs)
+    for i, o in enumerate(outs):
         if o._data.dtype.kind == "f":
             o._requires_grad = True
             o.grad_fn = node
             o._out_idx = i
-        i += 1
 
 
 def _check_devices(op, inputs):
